@@ -1,0 +1,227 @@
+"""Vector-store query benchmark: exact FLAT against HNSW in cbir_dist.store, scored against NumPy in the same run.
+
+    python benchmarks/query.py --sizes 10000,100000 --dim 2304 --queries 1000 --k 10 --db-dir /tmp/cbir_bench
+
+For each size: synthetic clustered float32 vectors (``--clusters`` Gaussian clusters; each point is
+its centre plus noise in a random ``--intrinsic-dim``-d subspace of its cluster plus small isotropic
+noise, like deep features; queries are fresh draws from the same mixture). Every step runs in a
+fresh subprocess so its peak memory (ru_maxrss, the embedded milvus-lite server included) is its own:
+
+- ``truth``: exact k-NN by NumPy (float32 GEMM shortlist, re-ranked in float64), in query chunks;
+- ``insert``: create a FLAT collection, upsert all rows (batched), flush and index;
+- one per ``--configs`` entry (flat, hnsw, ivf_flat): (re)build that index over the stored rows,
+  then search all queries; recall@k against ``truth`` (and, for flat, the largest distance error).
+
+Targets: FLAT recall exactly 1.0; HNSW recall@10 >= 0.99 at its default search param; peak memory
+< 4 GiB for 1000 queries over 100k x 2304-d. ``--ef`` adds HNSW rows at other ``ef`` values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _peak_gib() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def step_generate(work: Path, n: int, dim: int, n_queries: int, clusters: int, intrinsic: int, seed: int) -> dict:
+    """Write ``base.npy`` (n, dim) and ``queries.npy`` (n_queries, dim) to ``work`` chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    bases = rng.standard_normal((clusters, intrinsic, dim)).astype(np.float32) / np.sqrt(intrinsic)
+
+    def draw(count: int, out: np.ndarray) -> None:
+        for start in range(0, count, 256):
+            m = min(256, count - start)
+            c = rng.integers(0, clusters, m)
+            z = rng.standard_normal((m, intrinsic)).astype(np.float32) * 0.6
+            x = centres[c] + np.einsum("mi,mid->md", z, bases[c]) + 0.05 * rng.standard_normal((m, dim)).astype(np.float32)
+            out[start : start + m] = x
+
+    for name, count in (("base.npy", n), ("queries.npy", n_queries)):
+        out = np.lib.format.open_memmap(work / name, mode="w+", dtype=np.float32, shape=(count, dim))
+        draw(count, out)
+        out.flush()
+        del out
+    return {"peak_gib": _peak_gib()}
+
+
+def step_truth(work: Path, k: int) -> dict:
+    base = np.load(work / "base.npy", mmap_mode="r")
+    queries = np.load(work / "queries.npy")
+    t0 = time.perf_counter()
+    shortlist = k + 20
+    ids = np.empty((queries.shape[0], k), np.int64)
+    dists = np.empty((queries.shape[0], k), np.float64)
+    cand_d = np.full((queries.shape[0], 0), np.inf)
+    cand_i = np.zeros((queries.shape[0], 0), np.int64)
+    q2 = (queries.astype(np.float64) ** 2).sum(1)
+    for start in range(0, base.shape[0], 8192):  # rows in chunks: (Q, 8192) float32 at a time
+        block = np.asarray(base[start : start + 8192])
+        d2 = q2[:, None] - 2.0 * (queries @ block.T) + (block.astype(np.float64) ** 2).sum(1)[None, :]
+        cand_d = np.concatenate([cand_d, d2], axis=1)
+        cand_i = np.concatenate([cand_i, np.broadcast_to(np.arange(start, start + block.shape[0]), d2.shape)], axis=1)
+        keep = np.argpartition(cand_d, min(shortlist, cand_d.shape[1] - 1), axis=1)[:, :shortlist]
+        cand_d = np.take_along_axis(cand_d, keep, 1)
+        cand_i = np.take_along_axis(cand_i, keep, 1)
+    for q in range(queries.shape[0]):  # exact float64 re-rank of the shortlist
+        exact = np.sqrt(((np.asarray(base[np.sort(cand_i[q])], np.float64) - queries[q]) ** 2).sum(1))
+        order = np.argsort(exact, kind="stable")[:k]
+        ids[q] = np.sort(cand_i[q])[order]
+        dists[q] = exact[order]
+    np.save(work / "truth_ids.npy", ids)
+    np.save(work / "truth_dists.npy", dists)
+    return {"seconds": time.perf_counter() - t0, "peak_gib": _peak_gib()}
+
+
+def step_insert(work: Path, db: str, batch: int) -> dict:
+    from cbir_dist.store import VectorStore
+
+    base = np.load(work / "base.npy", mmap_mode="r")
+    with VectorStore(db, "bench") as store:
+        store.create(base.shape[1], json.dumps({"bench": "synthetic", "dim": base.shape[1]}), overwrite=True)
+        t0 = time.perf_counter()
+        for start in range(0, base.shape[0], batch):
+            rows = np.asarray(base[start : start + batch])
+            ids = np.arange(start, start + rows.shape[0])
+            store.upsert(ids, [f"img/{i:07d}.jpg" for i in ids], [f"c{i % 100}" for i in ids], rows)
+        t_insert = time.perf_counter() - t0
+        store.flush_and_index()
+        t_total = time.perf_counter() - t0
+        count = store.count()
+    return {"insert_s": t_insert, "insert_flush_index_s": t_total, "rows": count, "peak_gib": _peak_gib()}
+
+
+def step_config(work: Path, db: str, config: str, k: int, efs: list[int]) -> dict:
+    from cbir_dist.store import VectorStore
+
+    queries = np.load(work / "queries.npy")
+    truth_ids = np.load(work / "truth_ids.npy")
+    truth_d = np.load(work / "truth_dists.npy")
+    rows = []
+    with VectorStore(db, "bench") as store:
+        t0 = time.perf_counter()
+        store.set_index(config.upper())
+        build = time.perf_counter() - t0
+        settings = [None] + ([{"ef": e} for e in efs] if config == "hnsw" else [])
+        for params in settings:
+            t0 = time.perf_counter()
+            res = store.search(queries, k, search_params=params)
+            secs = time.perf_counter() - t0
+            hits = sum(len(set(a) & set(b)) for a, b in zip(res.ids.tolist(), truth_ids.tolist(), strict=True))
+            row = {
+                "config": config + ("" if params is None else f" ef={params['ef']}"),
+                "search_params": params or store._default_search_params(store._describe(), k),  # noqa: SLF001
+                "build_s": build,
+                "qps": queries.shape[0] / secs,
+                "recall": hits / truth_ids.size,
+                "max_dist_err": float(np.abs(res.distances.astype(np.float64) - truth_d).max()),
+            }
+            rows.append(row)
+    for row in rows:
+        row["peak_gib"] = _peak_gib()
+    return {"rows": rows}
+
+
+def run_step(args: argparse.Namespace, *step: str) -> dict:
+    """Run one step in a fresh interpreter; it prints one JSON line last."""
+    cmd = [sys.executable, __file__, "--_step", *step, "--k", str(args.k), "--batch", str(args.batch),
+           "--ef", ",".join(map(str, args.ef)), "--dim", str(args.dim), "--queries", str(args.queries),
+           "--clusters", str(args.clusters), "--intrinsic-dim", str(args.intrinsic_dim), "--seed", str(args.seed)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000", help="comma-separated row counts")
+    ap.add_argument("--dim", type=int, default=2304)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--configs", default="flat,hnsw", help="comma-separated: flat, hnsw, ivf_flat")
+    ap.add_argument("--ef", default="", help="extra HNSW ef values to score, e.g. 32,64,256")
+    ap.add_argument("--clusters", type=int, default=100)
+    ap.add_argument("--intrinsic-dim", type=int, default=32, help="dimension of each cluster's spread")
+    ap.add_argument("--batch", type=int, default=5000, help="rows per upsert call")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--db-dir", default="/tmp/cbir_query_bench", help="scratch folder (emptied per size)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder afterwards")
+    ap.add_argument("--_step", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.ef = [int(e) for e in args.ef.split(",") if e.strip()]
+
+    if args._step:
+        kind, work = args._step[0], Path(args._step[1])
+        if kind == "generate":
+            result = step_generate(work, int(args._step[2]), args.dim, args.queries, args.clusters,
+                                   args.intrinsic_dim, args.seed)
+        elif kind == "truth":
+            result = step_truth(work, args.k)
+        elif kind == "insert":
+            result = step_insert(work, str(work / "bench.db"), args.batch)
+        else:
+            result = step_config(work, str(work / "bench.db"), kind, args.k, args.ef)
+        print(json.dumps(result))
+        return
+
+    configs = [c.strip().lower() for c in args.configs.split(",") if c.strip()]
+    print(f"dim={args.dim} queries={args.queries} k={args.k} clusters={args.clusters} "
+          f"intrinsic_dim={args.intrinsic_dim} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
+          f"cpus={os.cpu_count()}", flush=True)
+    table = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        work = Path(args.db_dir) / f"n{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        run_step(args, "generate", str(work), str(n))
+        t_data = time.perf_counter() - t0
+        truth = run_step(args, "truth", str(work))
+        print(f"n={n}: data {t_data:.1f}s, numpy exact truth "
+              f"{truth['seconds']:.1f}s (peak {truth['peak_gib']:.2f} GiB)", flush=True)
+        ins = run_step(args, "insert", str(work))
+        print(f"n={n}: upsert {ins['rows']} rows {ins['insert_s']:.1f}s ({ins['rows'] / ins['insert_s']:.0f} rows/s), "
+              f"+flush+index {ins['insert_flush_index_s']:.1f}s, peak {ins['peak_gib']:.2f} GiB", flush=True)
+        for config in configs:
+            for row in run_step(args, config, str(work))["rows"]:
+                row["n"] = n
+                table.append(row)
+                print(f"n={n}: {row['config']} done (recall {row['recall']:.4f})", flush=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    header = f"{'rows':>7} {'config':<14} {'search params':<16} {'build s':>8} {'queries/s':>10} " \
+             f"{'recall@' + str(args.k):>9} {'max |d err|':>11} {'peak GiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in table:
+        params = ",".join(f"{k}={v}" for k, v in r["search_params"].items()) or "-"
+        print(f"{r['n']:>7} {r['config']:<14} {params:<16} {r['build_s']:>8.1f} {r['qps']:>10.1f} "
+              f"{r['recall']:>9.4f} {r['max_dist_err']:>11.2e} {r['peak_gib']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The query job: query images (optionally damaged, then reconstructed) → top-k neighbours from the collection.
+
+Queries are always described with the collection's own FeatureSpec, read from the store, so the
+vectors compared were made the same way. Output rows (one per query and rank):
+``query, query_id, query_label, rank, id, path, label, distance, error`` — a query whose file is bad
+gets one row with ``rank`` 0 and the reason in ``error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .fuse import FeatureSpec
+from .imageio import DEFAULT_MAX_PIXELS, ImageFile, list_images
+from .ingest import OK, Record, read_record
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("query", "query_id", "query_label", "rank", "id", "path", "label", "distance", "error")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """A query run; the CLI and jobs/query.py fill it."""
+
+    db: str = "cbir.db"
+    collection: str = "images"
+    token: str | None = None
+    k: int = 10
+    fringe: float | None = None
+    missing_fraction: float = 0.25
+    angle: float = 0.0
+    phase: float = 0.0
+    masks_dir: str | None = None
+    inpainter: str = "none"
+    exclude_self: bool = False
+    batch_size: int = 32
+    weights_override: str | None = None
+    device: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    memory_budget_bytes: int = 1 << 30
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.fringe is not None and self.masks_dir is not None:
+            raise ValueError("give either --fringe HZ or --masks DIR, not both")
+        if self.fringe is not None and self.fringe <= 0:
+            raise ValueError(f"--fringe must be a positive frequency in Hz (fringes per image), got {self.fringe}")
+
+
+def query_mask(image: np.ndarray, path: str, config: QueryConfig, queries_root: str | None = None) -> np.ndarray | None:
+    """The known-pixel mask for one query: a fringe pattern, a file from the masks folder, or None (intact)."""
+    from .masks import fringe_mask, load_mask
+
+    h, w = image.shape[:2]
+    if config.fringe is not None:
+        return fringe_mask(h, w, config.fringe, config.missing_fraction, angle=config.angle, phase=config.phase)
+    if config.masks_dir is not None:
+        rel = Path(path).relative_to(queries_root) if queries_root else Path(Path(path).name)
+        for candidate in (Path(config.masks_dir) / rel, Path(config.masks_dir) / rel.with_suffix(".png"),
+                          Path(config.masks_dir) / Path(rel.name).with_suffix(".png"), Path(config.masks_dir) / rel.name):
+            if candidate.exists():
+                return load_mask(candidate, shape=(h, w))
+        raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
+    return None
+
+
+def restore(image: np.ndarray, known: np.ndarray | None, inpainter) -> np.ndarray:
+    """Damage ``image`` with ``known`` (zero the missing pixels) and reconstruct it with ``inpainter``."""
+    if known is None:
+        return image
+    from .masks import apply_mask
+
+    return inpainter(apply_mask(image, known), known)
+
+
+def load_queries(files: Sequence[ImageFile], max_pixels: int) -> list[Record]:
+    return [read_record(f, max_pixels=max_pixels) for f in files]
+
+
+def search_vectors(store, vectors: np.ndarray, query_ids: Sequence[int], k: int, exclude_self: bool):
+    """Top-k for each vector; with ``exclude_self`` the row whose id equals the query's is dropped."""
+    res = store.search(vectors, k + 1 if exclude_self else k)
+    ids, dist, paths, labels = res.ids, res.distances, res.paths, res.labels
+    if not exclude_self:
+        return ids, dist, paths, labels
+    out = [np.empty((len(ids), k), dtype=a.dtype) for a in (ids, dist, paths, labels)]
+    for q, qid in enumerate(query_ids):
+        keep = np.flatnonzero(ids[q] != qid)[:k]
+        for o, a in zip(out, (ids, dist, paths, labels)):
+            o[q] = a[q, keep]
+    return tuple(out)
+
+
+class Searcher:
+    """The collection's spec, a feature extractor built from it, and the store: reused across query passes."""
+
+    def __init__(self, config: QueryConfig, *, store=None):
+        from .extract import Extractor
+        from .store import VectorStore
+
+        self.config = config
+        self.store = store or VectorStore(config.db, config.collection, token=config.token,
+                                          memory_budget_bytes=config.memory_budget_bytes)
+        self.spec = FeatureSpec.from_json(self.store.spec_json())
+        self.extractor = Extractor(self.spec, device=config.device, weights=config.weights_override,
+                                   batch_size=config.batch_size)
+        self.store.flush_and_index()
+
+    def run(self, records: Sequence[Record], config: QueryConfig | None = None, *, root: str | None = None,
+            progress: bool = True) -> dict:
+        """Damage, reconstruct, describe and search each record; returns the result columns."""
+        from tqdm.auto import tqdm
+
+        from .inpaint import get_inpainter
+
+        config = config or self.config
+        inpainter = get_inpainter(config.inpainter)
+        cols: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
+
+        def add(rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float, error: str):
+            for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
+                cols[c].append(v)
+
+        for start in tqdm(range(0, len(records), config.batch_size), desc="query", unit="batch", disable=not progress):
+            good, images = [], []
+            for r in records[start : start + config.batch_size]:
+                if r.status != OK:
+                    add(r, 0, -1, "", "", float("nan"), r.error)
+                    continue
+                try:
+                    images.append(restore(r.image, query_mask(r.image, r.path, config, root), inpainter))
+                    good.append(r)
+                except (FileNotFoundError, ValueError) as exc:
+                    add(r, 0, -1, "", "", float("nan"), str(exc))
+            if not good:
+                continue
+            vectors = self.extractor(images)
+            ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
+                                                      config.exclude_self)
+            for q, r in enumerate(good):
+                for rank in range(ids.shape[1]):
+                    if ids[q, rank] < 0:
+                        break
+                    add(r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank], float(dist[q, rank]), "")
+        return cols
+
+
+def run_query(queries: str | Sequence[ImageFile], config: QueryConfig, *, store=None, out: str | None = None,
+              progress: bool = True) -> dict:
+    """Run every query in a folder (or list of files); return the result columns, written to ``out`` if given."""
+    root = None
+    if isinstance(queries, (str, os.PathLike)):
+        root = str(queries)
+        files = list_images(queries)
+    else:
+        files = list(queries)
+    if not files:
+        raise ValueError(f"no query images found in {queries}")
+    searcher = Searcher(config, store=store)
+    cols = searcher.run(load_queries(files, config.max_pixels), root=root, progress=progress)
+    if out:
+        write_results(cols, out)
+    return cols
+
+
+def write_results(cols: dict, out: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "query": pa.array(cols["query"], pa.string()),
+        "query_id": pa.array(cols["query_id"], pa.int64()),
+        "query_label": pa.array(cols["query_label"], pa.string()),
+        "rank": pa.array(cols["rank"], pa.int32()),
+        "id": pa.array(cols["id"], pa.int64()),
+        "path": pa.array(cols["path"], pa.string()),
+        "label": pa.array(cols["label"], pa.string()),
+        "distance": pa.array(cols["distance"], pa.float32()),
+        "error": pa.array(cols["error"], pa.string()),
+    })
+    tmp = Path(str(out) + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+
+
+def precision_table(cols: dict, ks=(1, 5, 10)) -> dict[int, float]:
+    """Mean P@k (in %) over the successful queries of a result table (label match = relevant)."""
+    by_query: dict[str, list[bool]] = {}
+    for q, ql, rank, label, err in zip(cols["query"], cols["query_label"], cols["rank"], cols["label"], cols["error"]):
+        if err or rank == 0:
+            continue
+        by_query.setdefault(q, []).append(label == ql)
+    if not by_query:
+        return {k: float("nan") for k in ks}
+    return {k: 100.0 * float(np.mean([np.mean(hits[:k]) for hits in by_query.values()])) for k in ks}

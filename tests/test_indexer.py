@@ -1,0 +1,245 @@
+"""The index job's driver side and local backend: resume, idempotence, overwrite, bad files, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cbir_dist.demo import make_dataset
+from cbir_dist.indexer import IndexConfig, IndexRun, ShardProcessor, run_index, run_shards_in_order
+from cbir_dist.ingest import DUPLICATE, OK, REJECTED
+from cbir_dist.profiles import build_spec
+from cbir_dist.store import VectorStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_folder(root: Path, per_class: int = 4, size: int = 40) -> Path:
+    """6 classes x ``per_class`` PNGs, plus one duplicate, one corrupt and one empty file."""
+    data = make_dataset(root / "images", per_class=per_class, size=size)
+    first = sorted((data / "desert_dots").iterdir())[0]
+    shutil.copy(first, data / "rose_noise" / "zz_copy_of_dots.png")  # duplicate (same bytes, other path)
+    (data / "ocean_waves" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "night_rings" / "empty.png").write_bytes(b"")
+    return data
+
+
+def descriptor_spec():
+    return build_spec(backbone=None, descriptors=("correlogram",), mode="balanced")
+
+
+class CountingProcessor(ShardProcessor):
+    """The local processor, counting the shards it reads and the images it describes."""
+
+    shards_read = 0
+    images_described = 0
+    created = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).created += 1
+        super().__init__(*args, **kwargs)
+
+    def read(self, files):
+        type(self).shards_read += 1
+        return super().read(files)
+
+    def features(self, images):
+        type(self).images_described += len(images)
+        return super().features(images)
+
+
+@pytest.fixture
+def counting():
+    CountingProcessor.shards_read = CountingProcessor.images_described = CountingProcessor.created = 0
+    return CountingProcessor
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path)
+
+
+def _cfg(tmp_path, data, **kw):
+    kw = {"shard_size": 8, "db": str(tmp_path / "t.db"), "collection": "t", "run_dir": str(tmp_path / "run"),
+          "progress": False, **kw}
+    return IndexConfig(str(data), **kw)
+
+
+def _all_rows(cfg):
+    """Every stored row, found through the manifest's ids (each id asked once)."""
+    man = pq.read_table(Path(cfg.run_dir) / "manifest.parquet").to_pydict()
+    ids = sorted({i for i, s in zip(man["id"], man["status"]) if s == OK})
+    with VectorStore(cfg.db, cfg.collection) as store:
+        return store.count(), store.fetch(ids), ids
+
+
+def test_counts_add_up_and_bad_files_are_listed(tmp_path, folder):
+    cfg = _cfg(tmp_path, folder)
+    s = run_index(descriptor_spec(), cfg)
+    assert (s.files, s.indexed, s.duplicates, s.rejected) == (27, 24, 1, 2)
+    assert s.indexed + s.duplicates + s.rejected == s.files
+    assert s.rows_written == 24
+    assert s.line() == f"indexed 24, duplicates 1, rejected 2 (see {tmp_path / 'run' / 'errors.parquet'})"
+    err = pq.read_table(tmp_path / "run" / "errors.parquet").to_pydict()
+    reasons = dict(zip([Path(p).name for p in err["path"]], zip(err["status"], err["reason"])))
+    assert reasons["empty.png"] == (REJECTED, "empty file (0 bytes)")
+    assert reasons["broken.jpg"][0] == REJECTED and "broken.jpg" in reasons["broken.jpg"][1]
+    assert reasons["zz_copy_of_dots.png"][0] == DUPLICATE
+    assert reasons["zz_copy_of_dots.png"][1].endswith("desert_dots_00.png")
+    count, rows, ids = _all_rows(cfg)
+    assert count == 24 and len(ids) == 24 and rows["vector"].shape == (24, descriptor_spec().dim)
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert stats["rows_written"] == 24 and stats["files"] == 27 and stats["backend"] == "local"
+    assert set(stats["stage_seconds"]) == {"decode", "inpaint", "deep", "descriptors", "write"}
+    assert stats["stage_items"]["decode"] == 27 and stats["stage_items"]["descriptors"] == 24
+    assert stats["stage_images_per_s"]["decode"] > 0 and stats["peak_rss_mb"] > 0
+
+
+def test_resume_skips_finished_shards(tmp_path, folder, counting):
+    cfg = _cfg(tmp_path, folder)
+    first = run_index(descriptor_spec(), cfg, processor_factory=counting)
+    n_shards = -(-27 // 8)
+    assert counting.shards_read == n_shards and counting.images_described == 24
+    assert len(list((tmp_path / "run" / "shards").glob("*.done"))) == n_shards
+
+    counting.shards_read = counting.images_described = counting.created = 0
+    again = run_index(descriptor_spec(), cfg, processor_factory=counting)
+    assert counting.created == 0 and counting.shards_read == 0  # nothing left: the backbone is not even loaded
+    assert (again.indexed, again.duplicates, again.rejected) == (first.indexed, first.duplicates, first.rejected)
+    assert again.rows_written == 0
+
+    # a changed file voids only its own shard's marker; its unchanged images are already stored
+    victim = sorted((folder / "forest_checks").iterdir())[1]
+    os.utime(victim, (time.time() + 5, time.time() + 5))
+    counting.shards_read = counting.images_described = 0
+    third = run_index(descriptor_spec(), cfg, processor_factory=counting)
+    assert counting.shards_read == 1 and counting.images_described == 0
+    assert third.already_present > 0 and third.indexed == 24
+
+
+def test_rerun_keeps_one_row_per_image(tmp_path, folder):
+    cfg = _cfg(tmp_path, folder)
+    run_index(descriptor_spec(), cfg)
+    shutil.rmtree(tmp_path / "run")  # lose the run dir: every shard is redone, the store deduplicates by id
+    s = run_index(descriptor_spec(), cfg)
+    assert s.already_present == 24 and s.rows_written == 0
+    count, rows, ids = _all_rows(cfg)
+    assert count == 24 and len(set(rows["id"].tolist())) == 24
+
+
+def test_overwrite_rebuilds(tmp_path, folder, counting):
+    cfg = _cfg(tmp_path, folder)
+    run_index(descriptor_spec(), cfg)
+    counting.shards_read = counting.images_described = 0
+    s = run_index(descriptor_spec(), _cfg(tmp_path, folder, overwrite=True), processor_factory=counting)
+    assert counting.shards_read == 4 and counting.images_described == 24
+    assert s.rows_written == 24 and s.already_present == 0
+    assert _all_rows(cfg)[0] == 24
+
+
+def test_fresh_collection_voids_old_markers(tmp_path, folder, counting):
+    cfg = _cfg(tmp_path, folder)
+    run_index(descriptor_spec(), cfg)
+    shutil.rmtree(tmp_path / "t.db")  # the store is gone but the run dir says "done"
+    s = run_index(descriptor_spec(), cfg, processor_factory=counting)
+    assert counting.shards_read == 4 and s.rows_written == 24
+    assert _all_rows(cfg)[0] == 24
+
+
+def test_shards_finish_in_order_whatever_order_results_arrive(tmp_path, folder):
+    """A backend may deliver shards out of order; the duplicate's original must still be the first path."""
+    cfg = _cfg(tmp_path, folder, shard_size=4)
+    spec = descriptor_spec()
+    run = IndexRun(spec, cfg)
+    proc = ShardProcessor(run.spec, cfg)
+
+    def results():
+        for shard in reversed(run.pending):
+            recs = proc.read(shard.files)
+            images = {r.path: r.image for r in recs}
+            yield shard.index, recs, lambda todo, images=images: proc.features([images[r.path] for r in todo])
+
+    run_shards_in_order(run, results())
+    s = run.close()
+    assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
+    man = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pydict()
+    assert man["path"] == sorted(man["path"])
+    dup = man["status"].index(DUPLICATE)
+    assert Path(man["path"][dup]).name == "zz_copy_of_dots.png"
+
+
+def test_stream_ending_early_is_a_job_error(tmp_path, folder):
+    run = IndexRun(descriptor_spec(), _cfg(tmp_path, folder))
+    try:
+        with pytest.raises(RuntimeError, match="ended before shard 0"):
+            run_shards_in_order(run, iter(()))
+    finally:
+        run.abort()
+
+
+def test_no_images_is_a_job_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        run_index(descriptor_spec(), _cfg(tmp_path, tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("kw", [{"shard_size": 0}, {"batch_size": 0}, {"backend": "spark"}, {"torch_threads": 0},
+                                {"deep_actors": 0}, {"max_pixels": 0}])
+def test_config_is_validated(kw):
+    with pytest.raises(ValueError):
+        IndexConfig("x", **kw)
+
+
+def test_transform_hook_changes_the_vectors(tmp_path, folder):
+    def invert(image, _id):
+        return 255 - image
+
+    a = _cfg(tmp_path, folder, collection="plain")
+    b = _cfg(tmp_path, folder, collection="inverted", run_dir=str(tmp_path / "run2"))
+    run_index(descriptor_spec(), a)
+    s = run_index(descriptor_spec(), b, transform=invert)
+    assert json.loads((tmp_path / "run2" / "stats.json").read_text())["stage_items"]["inpaint"] == 25
+    _, ra, ids = _all_rows(a)
+    _, rb, _ = _all_rows(b)
+    assert np.array_equal(ra["id"], rb["id"]) and not np.allclose(ra["vector"], rb["vector"])
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    """Kill the CLI job with SIGKILL once a shard is done, rerun it: every valid image exactly once."""
+    data = make_folder(tmp_path, per_class=12, size=48)  # 72 images + 3 bad files, 25 shards of 3
+    db, run_dir = tmp_path / "k.db", tmp_path / "krun"
+    cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
+           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram,gabor"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    markers = run_dir / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.exists() and any(markers.glob("*.done")):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate()[0].decode(errors="replace")
+    done_at_kill = len(list(markers.glob("*.done")))
+    assert proc.returncode == -signal.SIGKILL, out
+    assert 1 <= done_at_kill < 25, f"the kill did not land mid-run ({done_at_kill} shards done)"
+
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "indexed 72, duplicates 1, rejected 2" in res.stdout
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["shards_processed"] <= 25 - done_at_kill
+    cfg = IndexConfig(str(data), db=str(db), collection="k", run_dir=str(run_dir))
+    count, rows, ids = _all_rows(cfg)
+    assert count == 72 and len(ids) == 72
+    assert sorted(rows["id"].tolist()) == ids  # every valid image stored, each id once

@@ -1,0 +1,178 @@
+"""The Ray backend: same rows and vectors as the local backend, stage placement, resources, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cbir_dist.indexer import IndexConfig, run_index  # noqa: E402
+from cbir_dist.pipeline import plan_stages, run_index_ray  # noqa: E402
+from cbir_dist.profiles import build_spec  # noqa: E402
+from cbir_dist.store import VectorStore  # noqa: E402
+from test_indexer import make_folder  # noqa: E402
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def deep_spec():
+    """Random-weight MobileNetV2 at 32 px + correlogram + gabor: every stage of the real graph, fast."""
+    return build_spec(backbone="mobilenet_v2", weights="random", image_size=32,
+                      descriptors=("correlogram", "gabor"), mode="balanced")
+
+
+def _cfg(tmp_path, data, name, backend, **kw):
+    return IndexConfig(str(data), db=str(tmp_path / f"{name}.db"), collection=name, run_dir=str(tmp_path / name),
+                       shard_size=8, batch_size=4, progress=False, backend=backend, torch_threads=1, **kw)
+
+
+def _stored(cfg):
+    man = pq.read_table(Path(cfg.run_dir) / "manifest.parquet").to_pydict()
+    with VectorStore(cfg.db, cfg.collection) as store:
+        ids = sorted({i for i, s in zip(man["id"], man["status"]) if s == "ok"})
+        return man, store.count(), store.fetch(ids)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("pipeline"))  # 24 images + duplicate + corrupt + empty
+
+
+def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray):
+    spec = deep_spec()
+    local = run_index(spec, _cfg(tmp_path, folder, "loc", "local"))
+    remote = run_index_ray(spec, _cfg(tmp_path, folder, "ray", "ray"))
+    assert (remote.indexed, remote.duplicates, remote.rejected) == (local.indexed, local.duplicates, local.rejected)
+    assert (remote.indexed, remote.duplicates, remote.rejected) == (24, 1, 2)
+    assert remote.rows_written == local.rows_written == 24
+
+    man_l, count_l, rows_l = _stored(_cfg(tmp_path, folder, "loc", "local"))
+    man_r, count_r, rows_r = _stored(_cfg(tmp_path, folder, "ray", "ray"))
+    assert man_r == man_l  # same files, ids, statuses and reasons, in the same order
+    assert count_l == count_r == 24
+    assert np.array_equal(rows_l["id"], rows_r["id"]) and list(rows_l["path"]) == list(rows_r["path"])
+    np.testing.assert_allclose(rows_r["vector"], rows_l["vector"], rtol=0, atol=1e-6)
+    assert np.abs(rows_l["vector"]).max() > 0.01  # real features, not zeros
+
+    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert stats["backend"] == "ray" and stats["rows_written"] == 24
+    assert stats["stage_items"]["decode"] == 27 and stats["stage_items"]["deep"] == 25
+    assert all(stats["stage_seconds"][s] > 0 for s in ("decode", "deep", "descriptors", "write"))
+    assert stats["peak_worker_rss_mb"] > 0
+    assert set(stats["stage_nodes"]) == {"decode", "descriptors", "deep"}
+
+
+def test_ray_rerun_resumes_and_keeps_one_row_per_image(tmp_path, folder, local_ray):
+    spec = build_spec(backbone=None, descriptors=("correlogram",), mode="balanced")
+    cfg = _cfg(tmp_path, folder, "again", "ray")
+    run_index_ray(spec, cfg)
+    shard1 = pq.read_table(tmp_path / "again" / "shards" / "00001.parquet").to_pydict()
+    (tmp_path / "again" / "shards" / "00001.done").unlink()  # as if killed after shard 1's upsert, before its marker
+    s = run_index_ray(spec, cfg)
+    stats = json.loads((tmp_path / "again" / "stats.json").read_text())
+    assert stats["shards_processed"] == 1 and s.rows_written == 0
+    assert s.already_present == shard1["status"].count("ok") > 0
+    assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
+    assert _stored(cfg)[1] == 24
+
+
+def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
+    class KillOnce:  # defined here so that Ray pickles it by value (workers cannot import test modules)
+        """Transform hook that kills its worker process the first time it runs (a dead worker mid-job)."""
+
+        def __init__(self, flag: str):
+            self.flag = flag
+
+        def __call__(self, image, _id):
+            if not os.path.exists(self.flag):
+                Path(self.flag).write_text("died once")
+                os._exit(1)
+            return image
+
+    spec = build_spec(backbone=None, descriptors=("correlogram",), mode="balanced")
+    flag = tmp_path / "killed"
+    cfg = _cfg(tmp_path, folder, "retry", "ray")
+    s = run_index_ray(spec, cfg, transform=KillOnce(str(flag)))
+    assert flag.exists()  # a worker really died
+    assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2) and s.rows_written == 24
+
+
+@pytest.mark.parametrize(
+    ("cluster", "kw", "expect"),
+    [
+        ({"CPU": 2.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, actor_gpus=0.0, pool_size=1, torch_threads=1)),
+        ({"CPU": 1.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=1)),
+        ({"CPU": 16.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, pool_size=4)),
+        ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=3)),  # capped: one CPU stays for the tasks
+        ({"CPU": 8.0, "GPU": 2.0}, {}, dict(actor_gpus=1.0, actor_cpus=1.0, pool_size=2)),
+        ({"CPU": 8.0, "GPU": 2.0}, {"device": "cpu"}, dict(actor_gpus=0.0)),
+        ({"CPU": 4.0, "GPU": 1.0}, {"deep_resources": {"gpu_node": 1}}, dict(actor_resources={"gpu_node": 1})),
+    ],
+)
+def test_plan_never_lets_actors_take_every_cpu(cluster, kw, expect):
+    plan = plan_stages(cluster, IndexConfig("x", **kw))
+    for key, value in expect.items():
+        assert getattr(plan, key) == value, key
+    if not plan.actor_gpus:
+        assert plan.pool_size * plan.actor_cpus + plan.task_cpus <= cluster["CPU"]
+
+
+def test_plan_needs_cpus():
+    with pytest.raises(RuntimeError, match="no CPUs"):
+        plan_stages({"GPU": 1.0}, IndexConfig("x"))
+
+
+def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, folder):
+    """Head: 1 CPU, no GPU. Worker: 1 CPU, 1 logical GPU and a custom resource; the backbone actor
+    takes both of the worker's CPU and GPU, so the read/descriptor tasks can only run on the head."""
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1, num_gpus=1, resources={"deep_node": 1})
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        head_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "deep_node" not in n["Resources"])
+        assert worker.node_id != head_id
+        cfg = _cfg(tmp_path, folder, "gpu", "ray", deep_resources={"deep_node": 1})
+        s = run_index_ray(deep_spec(), cfg)
+        assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
+        nodes = json.loads((tmp_path / "gpu" / "stats.json").read_text())["stage_nodes"]
+        assert nodes["deep"] == [worker.node_id]
+        assert nodes["decode"] == [head_id] and nodes["descriptors"] == [head_id]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_job_entry_point_defaults_to_the_ray_backend(tmp_path, folder, local_ray, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jobs_index", Path(__file__).resolve().parents[1] / "jobs" / "index.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    run_dir = tmp_path / "job"
+    rc = job.main([str(folder), "--db", str(tmp_path / "job.db"), "--collection", "job", "--run-dir", str(run_dir),
+                   "--backbone", "none", "--descriptors", "gabor", "--shard-size", "10"])
+    assert rc == 0
+    assert "indexed 24, duplicates 1, rejected 2" in capsys.readouterr().out
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["backend"] == "ray" and stats["shards"] == 3 and stats["stage_nodes"]["descriptors"]
+    with pytest.raises(SystemExit) as exc:
+        job.main(["--help"])
+    assert exc.value.code == 0 and "python jobs/index.py" in capsys.readouterr().out
