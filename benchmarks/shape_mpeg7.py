@@ -110,11 +110,16 @@ def evaluate(x: np.ndarray, y: np.ndarray, standardise: bool = True) -> dict[str
     be_idx, _ = rank(x, x, 40, exclude=None)  # query included (distance 0), MPEG-7 protocol
     be_idx = _query_first(be_idx, own)
     labels = y[loo_idx]
-    out = {f"P@{k}": float(precision_at_k(labels, y, k)) for k in (1, 5, 10)}
-    out["bullseye"] = float(bullseye_score(y[be_idx], y, class_size=20, window=40))
+    out = {f"P@{k}": _p(labels, y, k) for k in (1, 5, 10)}
+    class_size = np.bincount(y)[y]  # 20 for every MPEG-7 class, the query included
+    out["bullseye"] = float(bullseye_score(y[be_idx], y, class_size=class_size, window=40).mean())
     for k in (1, 3, 5):
         out[f"knn{k}"] = classification_report(y, knn_predict(labels, loo_dist, k))["accuracy"]
     return out
+
+
+def _p(labels: np.ndarray, y: np.ndarray, k: int) -> float:
+    return float(precision_at_k(labels, y, k).mean())
 
 
 def _query_first(idx: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -168,20 +173,20 @@ def affine_section(data: Path, contours, y, seed: int, workers: int) -> None:
         zq = apply_standardizer(x_all[var], mean, std).astype(np.float64)
         idx, dist = rank(zq, zdb, 10, exclude=src[var])
         lab, yq = y[idx], ya[var]
-        p1 = precision_at_k(lab, yq, 1)
+        p1 = _p(lab, yq, 1)
         k1 = classification_report(yq, knn_predict(lab, dist, 1))["accuracy"]
         print(f"| variants -> originals (own source excluded) | {name} | {len(yq)} | {len(zdb)} | {_fmt(p1)} | "
-              f"{_fmt(precision_at_k(lab, yq, 10))} | {_fmt(k1)} | {_fmt(base)} | {100 * (p1 - base):+.1f} |")
+              f"{_fmt(_p(lab, yq, 10))} | {_fmt(k1)} | {_fmt(base)} | {100 * (p1 - base):+.1f} |")
         for v in VARIANTS:
             m = kind[var] == v
-            pv = precision_at_k(lab[m], yq[m], 1)
+            pv = _p(lab[m], yq[m], 1)
             print(f"|   only {v} | {name} | {m.sum()} | {len(zdb)} | {_fmt(pv)} | "
-                  f"{_fmt(precision_at_k(lab[m], yq[m], 10))} | | {_fmt(base)} | {100 * (pv - base):+.1f} |")
+                  f"{_fmt(_p(lab[m], yq[m], 10))} | | {_fmt(base)} | {100 * (pv - base):+.1f} |")
         za = apply_standardizer(x_all, *fit_standardizer(x_all)).astype(np.float64)
         idx, dist = rank(za, za, 10, exclude=np.arange(len(za)))
         lab = ya[idx]
         print(f"| leave-one-out in the repository | {name} | {len(za)} | {len(za) - 1} | "
-              f"{_fmt(precision_at_k(lab, ya, 1))} | {_fmt(precision_at_k(lab, ya, 10))} | "
+              f"{_fmt(_p(lab, ya, 1))} | {_fmt(_p(lab, ya, 10))} | "
               f"{_fmt(classification_report(ya, knn_predict(lab, dist, 1))['accuracy'])} | {_fmt(base)} | |",
               flush=True)
 

@@ -67,7 +67,9 @@ def _shift(rng) -> tuple[float, float]:
 def draw_affine_params(rng: np.random.Generator) -> dict[str, AffineParams]:
     """Parameters of the four variants, drawn from ``rng`` in a fixed order (deterministic per seed)."""
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+        )
     rotation = AffineParams(angle=_angle(rng))
     dx, dy = _shift(rng)
     translation = AffineParams(dx=dx, dy=dy)
@@ -86,6 +88,15 @@ def background_value(image: np.ndarray) -> np.ndarray:
     return colours[np.argmax(counts)]
 
 
+def _only_other_level(src: np.ndarray, bg: np.ndarray) -> np.ndarray | None:
+    """The one colour other than ``bg`` if ``src`` (H, W, C) is two-level, else None (linear time, no sort)."""
+    flat = src.reshape(-1, src.shape[2])
+    other = flat[(flat != bg).any(axis=1)]
+    if len(other) == 0 or not (other == other[0]).all():
+        return None
+    return other[0].copy()
+
+
 def _check_image(image) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise TypeError("image must be a uint8 numpy array (H, W) or (H, W, 3)")
@@ -98,6 +109,15 @@ def _check_image(image) -> np.ndarray:
 
 def apply_affine(image: np.ndarray, params: AffineParams) -> np.ndarray:
     """Warp ``image`` by ``params`` onto an unclipped canvas (see the module docstring).
+
+    The map is ``x' = s R(angle) (x - c) + c' + (dx W, dy H)``: rotation and scaling about the image
+    centre ``c``, then the result is placed at ``c'`` — the centre of a canvas that holds the warped
+    image corners plus a margin of ``0.3 W`` / ``0.3 H`` per side (the largest shift drawn) — and shifted.
+
+    Parameters
+    ----------
+    image : ndarray, uint8, shape (H, W) or (H, W, 3)
+    params : AffineParams
 
     Returns
     -------
@@ -120,9 +140,9 @@ def apply_affine(image: np.ndarray, params: AffineParams) -> np.ndarray:
     m[1, 2] += -(lo[1] + 0.5) + my + params.dy * h
 
     bg = background_value(image)
-    levels = np.unique(image.reshape(-1, image.shape[2] if image.ndim == 3 else 1), axis=0)
-    binary = len(levels) == 2
     src = image if image.ndim == 3 else image[..., None]
+    fg = _only_other_level(src, bg)
+    binary = fg is not None
     out = cv2.warpAffine(
         np.ascontiguousarray(src),
         m,
@@ -134,7 +154,6 @@ def apply_affine(image: np.ndarray, params: AffineParams) -> np.ndarray:
     if out.ndim == 2:
         out = out[..., None]
     if binary:
-        fg = levels[0] if np.array_equal(levels[1], bg) else levels[1]
         # distance along the bg->fg segment, thresholded half-way: stays exactly two-level
         span = fg.astype(np.float64) - bg.astype(np.float64)
         frac = ((out.astype(np.float64) - bg) @ span) / float(span @ span)
@@ -194,7 +213,8 @@ def write_affine_repository(src_dir: str | os.PathLike, dst_dir: str | os.PathLi
             path = out_dir / fn
             Image.fromarray(arr).save(path)
             written.append(str(path))
-            rows.append(f"{rel},{name},{path.relative_to(dst_dir).as_posix()},{p.angle:.4f},{p.scale:.4f},{p.dx:.4f},{p.dy:.4f}")
+            rel_out = path.relative_to(dst_dir).as_posix()
+            rows.append(f"{rel},{name},{rel_out},{p.angle:.4f},{p.scale:.4f},{p.dx:.4f},{p.dy:.4f}")
     (dst_dir / "affine_params.csv").write_text("\n".join(rows) + "\n")
     log.info("wrote %d images (%d sources x 5) under %s", len(written), len(files), dst_dir)
     return written

@@ -131,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray (default): cells as Ray tasks on $RAY_ADDRESS or a local Ray; local: one process")
+    g = p.add_argument_group("--profile shape|texture (Pande et al.: KNN, bull's-eye, affine repository)")
+    g.add_argument("--knn-k", type=lambda t: tuple(int(x) for x in _csv(t)), default=(1, 3, 5), metavar="K,...",
+                   help="neighbours voting in the KNN classification (default 1,3,5)")
+    g.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True,
+                   help="shape: also build, index and score the affine repository (default on)")
+    g.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score descriptor variants by numpy retrieval (default on)")
+    g.add_argument("--n-coeffs", type=int, default=None, help="shape: Fourier coefficients (profile: 10)")
+    g.add_argument("--sigma", type=float, default=None, help="shape: contour smoothing in px (profile: 1)")
+    g.add_argument("--extreme-points", action=argparse.BooleanOptionalAction, default=None,
+                   help="shape: append the 4 extreme-point features (profile: on)")
 
     # demo
     p = sub.add_parser("demo", help="generate a small labelled set, index it, query it damaged, print P@1/5/10",
@@ -140,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone (default mobilenet_v2; none = descriptors only)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict PATH")
     p.add_argument("--per-class", type=int, default=12, help="images per class (default 12)")
+
+    # classify
+    p = sub.add_parser("classify", help="predict each image's class by a vote of its k nearest neighbours",
+                       description="Describe every image in IMAGES_DIR with the collection's feature spec and "
+                                   "predict its class by a majority vote of its k nearest rows (ties: smaller "
+                                   "summed distance). An image's own row, when stored, never votes. Prints the "
+                                   "accuracy when the images sit in class folders.")
+    p.add_argument("images_dir", metavar="IMAGES_DIR")
+    _add_store_args(p)
+    p.add_argument("-k", type=int, default=5, help="neighbours voting (default 5)")
+    p.add_argument("--out", default=None, metavar="FILE.parquet", help="write one row per image here")
+    _add_model_args(p)
     return parser
 
 
@@ -217,7 +240,9 @@ def cmd_evaluate(args) -> int:
         from .shape_eval import ShapeEvalConfig, run_shape_evaluate
 
         res = run_shape_evaluate(ShapeEvalConfig(args.dataset, args.out, profile=args.profile, seed=args.seed,
-                                                 protocol=args.protocol))
+                                                 protocol=args.protocol, knn_k=args.knn_k, affine=args.affine,
+                                                 ablation=args.ablation, n_coeffs=args.n_coeffs, sigma=args.sigma,
+                                                 extreme_points=args.extreme_points))
         print(res["summary"])
         return 0
     from .evaluate import EvalConfig, run_evaluate
@@ -236,7 +261,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo}
+def cmd_classify(args) -> int:
+    from .classify import run_classify
+
+    res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=args.token,
+                       out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
+                       device=args.device, max_pixels=args.max_pixels)
+    line = f"{res['n']} images, {res['failed']} failed"
+    if res["accuracy"] is not None:
+        m = res["report"]["macro"]
+        line += (f"; accuracy {100 * res['accuracy']:.1f} % over {res['labelled']} labelled images (k = {args.k}; "
+                 f"macro precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, "
+                 f"specificity {100 * m['specificity']:.1f})")
+    print(line + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "classify": cmd_classify}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # our own progress at INFO; other libraries (faiss, milvus-lite, ray) only warn unless -vv
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cbir_dist").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from .errors import CbirError
 
     try:

@@ -68,6 +68,7 @@ class EvalConfig:
     index_type: str = "FLAT"
     fig6_query: int = 0
     cell_cpus: float = 1.0
+    image_size: int = 224
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -178,7 +179,7 @@ def _spec_for(cfg: EvalConfig, backbone: str) -> FeatureSpec:
 
     if cfg.profile:
         return profile_spec(cfg.profile, backbone=backbone)
-    return build_spec(backbone=backbone, descriptors=cfg.descriptors, mode=cfg.fusion)
+    return build_spec(backbone=backbone, descriptors=cfg.descriptors, mode=cfg.fusion, image_size=cfg.image_size)
 
 
 def _retrieval_metrics(store, vectors: np.ndarray, queries, cfg: EvalConfig, class_sizes: dict) -> dict:

@@ -267,11 +267,14 @@ def _build(ray, items, spec, config, plan, transform):
 
 
 class _ShardAssembler:
-    """Collects streamed rows per shard; a shard is complete when every one of its files came back."""
+    """Collects streamed rows per shard; a shard is complete when every one of its files came back.
+
+    Rows are keyed by their position in the shard, so a row delivered twice (a retried task) counts once.
+    """
 
     def __init__(self, shards: Sequence[Shard], feature_columns: Sequence[str]):
         self.expected = {s.index: len(s.files) for s in shards}
-        self.rows: dict[int, list] = {s.index: [] for s in shards}
+        self.rows: dict[int, dict[int, tuple]] = {s.index: {} for s in shards}
         self.feature_columns = list(feature_columns)
 
     def add(self, batch: dict) -> list[int]:
@@ -281,18 +284,19 @@ class _ShardAssembler:
         feats = [np.asarray(batch[c]) for c in self.feature_columns]
         for j, (s, pos) in enumerate(zip(batch[SHARD], batch[POS])):
             s = int(s)
-            row = [c[j] for c in cols]
-            self.rows[s].append((int(pos), row, [f[j] for f in feats]))
-            if len(self.rows[s]) == self.expected[s]:
+            rows = self.rows.get(s)
+            if rows is None or int(pos) in rows:  # a row delivered twice
+                continue
+            rows[int(pos)] = (tuple(c[j] for c in cols), [f[j] for f in feats])
+            if len(rows) == self.expected[s]:
                 completed.append(s)
         return completed
 
     def take(self, s: int) -> tuple[list[Record], dict]:
-        rows = sorted(self.rows.pop(s), key=lambda r: r[0])
-        if [r[0] for r in rows] != list(range(self.expected[s])):
-            raise RuntimeError(f"shard {s}: rows came back duplicated or missing ({len(rows)} rows)")
+        rows, self.rows[s] = self.rows[s], None  # None: handed over; later copies of its rows are ignored
         recs, by_path = [], {}
-        for _, (path, label, size, mtime, id_, status, error), feats in rows:
+        for pos in range(self.expected[s]):
+            (path, label, size, mtime, id_, status, error), feats = rows[pos]
             recs.append(Record(str(path), str(label), int(size), float(mtime), int(id_), str(status), str(error)))
             by_path[str(path)] = feats
         return recs, by_path
@@ -333,29 +337,26 @@ def stream_shards(ds, run: IndexRun, shards: Sequence[Shard]) -> Iterator[tuple[
 # --- connecting -------------------------------------------------------------------------------------
 
 
-def connect(*, num_cpus: int | None = None) -> bool:
+def connect() -> bool:
     """Make sure this process is connected to Ray; returns True when it connected (and should disconnect).
 
-    Order: an existing connection in this process; ``RAY_ADDRESS`` (a cluster, or ``ray job submit``);
-    a cluster already running on this machine (``address="auto"``); else a new local instance with
-    this machine's CPUs.
+    Order: an existing connection in this process; ``RAY_ADDRESS`` (a remote cluster, or the job's
+    cluster under ``ray job submit``); the cluster that ``ray start`` last recorded on this machine;
+    else a new local instance with all of this machine's CPUs. Deliberately not ``address="auto"``:
+    that also joins any other Ray instance it finds running here (another program's, a test's).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        log.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        return True
     try:
-        ray.init(address="auto", log_to_driver=True)
-        log.info("connected to the Ray cluster running on this machine")
-        return True
-    except ConnectionError:
-        pass
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
-    log.info("started a local Ray instance with %s CPUs", num_cpus or os.cpu_count())
+        ray.init(include_dashboard=False, log_to_driver=True)
+    except ConnectionError as exc:
+        if os.environ.get("RAY_ADDRESS"):
+            raise
+        log.warning("the Ray cluster recorded on this machine is unreachable (%s); starting a local one", exc)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
     return True
 
 

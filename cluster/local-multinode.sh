@@ -4,8 +4,9 @@
 # the first of which can declare a logical GPU so GPU-pinned actors have somewhere to land.
 #
 # Start:  bash cluster/local-multinode.sh start [--workers N] [--gpu] [--port P]   (start is the default)
-#         then: RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python jobs/index.py ...
-#         or, from Python on this machine: ray.init(address="127.0.0.1:P")
+#         then: RAY_ADDRESS=127.0.0.1:P python jobs/index.py ...   (or ray.init(address="127.0.0.1:P"))
+#         or, when this ray is ray[default] (dashboard + job server on P+1875, 8265 by default):
+#               ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/index.py ...
 # Status: bash cluster/local-multinode.sh status
 # Stop:   bash cluster/local-multinode.sh stop
 #
@@ -42,6 +43,9 @@ elif [ -x "$ROOT/.venv/bin/ray" ]; then RAY="$ROOT/.venv/bin/ray"
 else echo "local-multinode.sh: no 'ray' CLI found (activate the venv or set RAY=...)" >&2; exit 1
 fi
 PYTHON="$(dirname "$RAY")/python"
+# Job entrypoints (`ray job submit -- python ...`) run under the nodes' PATH: make `python` the
+# interpreter that holds this ray.
+export PATH="$(dirname "$RAY"):$PATH"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -114,6 +118,8 @@ case "$cmd" in
     if alive "$dir/head.pid"; then
       echo "already running: address 127.0.0.1:$port (bash $0 stop to tear down)"; exit 0
     fi
+    # Logs of the previous run (one run's are kept until the next start); only what this script made.
+    rm -rf "$dir"/head "$dir"/worker[0-9]* "$dir"/*.out "$dir"/*.pid
     mkdir -p "$dir"
     # Ports: head uses P (GCS), P+1..P+9; worker i uses P+10i..P+10i+9, plus a worker-port range.
     # The dashboard (and with it `ray job submit`) needs ray[default]; with only ray[data]

@@ -97,11 +97,11 @@ case "$cmd" in
     t0=$(date +%s)
     # setsid: the python wrapper and the milvus binary it spawns share one new process group,
     # so `stop` can signal both (the wrapper handles only SIGINT and would orphan the binary).
-    setsid "$VENV/bin/milvus-server" --data "$data" --proxy-port "$port" "${auth[@]}" \
+    PYTHONUNBUFFERED=1 setsid "$VENV/bin/milvus-server" --data "$data" --proxy-port "$port" "${auth[@]}" \
       >"$data/server.out" 2>&1 </dev/null &
     echo $! >"$pidfile"
     # Ready = the proxy accepts TCP connections and the wrapper has passed its /healthz wait
-    # (it prints its banner after that).
+    # (it prints its banner after that; PYTHONUNBUFFERED above makes the banner reach the file).
     while :; do
       if ! running_pid >/dev/null; then
         echo "milvus_server.sh: the server exited during start-up" >&2
@@ -138,6 +138,7 @@ case "$cmd" in
     if [ -z "$pid" ] || ! group_alive "$pid"; then
       echo "not running"; rm -f "$pidfile"; exit 0
     fi
+    members=$(ps -eo pid=,pgid= | awk -v g="$pid" '$2 == g {print $1}')
     # SIGINT is what the milvus-server wrapper handles: it stops the milvus binary, then exits.
     kill -INT -- "-$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do
@@ -149,6 +150,9 @@ case "$cmd" in
       sleep 0.5
     fi
     rm -f "$pidfile"
+    # The milvus binary leaves a server_id_<pid> file in /tmp/milvus whatever its data dir is.
+    for p in $members; do rm -f "/tmp/milvus/server_id_$p"; done
+    rmdir /tmp/milvus 2>/dev/null || true
     echo "stopped (pid $pid)"
     ;;
 

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh dev
+# a real Milvus standalone server (PyPI `milvus`, in its own .milvus-venv) for the server-URI tests
+bash scripts/milvus_server.sh install
 exec .venv/bin/python -m pytest -q "$@"

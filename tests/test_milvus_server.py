@@ -15,6 +15,8 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from cbir_dist.errors import StoreError
 pytestmark = pytest.mark.slow  # a real server: ~15-30 s to start, ~40 s of tests on 2 cores
 
 SCRIPT = REPO / "scripts" / "milvus_server.sh"
-MILVUS_VENV = REPO / ".milvus-venv"
+MILVUS_VENV = Path(os.environ.get("CBIR_MILVUS_VENV") or REPO / ".milvus-venv")  # as the script reads it
 DEFAULT_TOKEN = "root:Milvus"  # Milvus' built-in user, valid once authentication is on
 START_TIMEOUT_S = 240
 DIM = 24
@@ -39,7 +41,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server() -> tuple[str, str | None]:
+def server() -> Iterator[tuple[str, str | None]]:
     """``(uri, token)`` of a running Milvus server; started here and stopped after the module."""
     if os.environ.get("CBIR_MILVUS_URI"):
         yield os.environ["CBIR_MILVUS_URI"], os.environ.get("CBIR_MILVUS_TOKEN") or None
@@ -171,7 +173,7 @@ def test_hnsw_and_ivf_indexes_on_the_server(server, rng):
                 vs.drop()
 
 
-def test_drop_removes_the_collection(server, store, rng):
+def test_drop_removes_the_collection(store, rng):
     ids, paths, labels, vectors = _rows(rng, 20)
     store.create(DIM, SPEC)
     store.upsert(ids, paths, labels, vectors)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from cbir_dist.profiles import build_spec  # noqa: E402
 from cbir_dist.store import VectorStore  # noqa: E402
 from test_indexer import make_folder  # noqa: E402
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def deep_spec():
@@ -136,6 +136,64 @@ def test_plan_needs_cpus():
         plan_stages({"GPU": 1.0}, IndexConfig("x"))
 
 
+def test_job_entry_point_defaults_to_the_ray_backend(tmp_path, folder, local_ray, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jobs_index", Path(__file__).resolve().parents[1] / "jobs" / "index.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    run_dir = tmp_path / "job"
+    rc = job.main([str(folder), "--db", str(tmp_path / "job.db"), "--collection", "job", "--run-dir", str(run_dir),
+                   "--backbone", "none", "--descriptors", "gabor", "--shard-size", "10"])
+    assert rc == 0
+    assert "indexed 24, duplicates 1, rejected 2" in capsys.readouterr().out
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["backend"] == "ray" and stats["shards"] == 3 and stats["stage_nodes"]["descriptors"]
+    with pytest.raises(SystemExit) as exc:
+        job.main(["--help"])
+    assert exc.value.code == 0 and "python jobs/index.py" in capsys.readouterr().out
+
+
+def _actor_pids(name: str) -> list[int]:
+    """Processes of this machine whose command line (Ray's process title) names ``name``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if name in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_backbone_actor_is_restarted(tmp_path, folder, local_ray):
+    """SIGKILL the backbone actor's process as soon as it exists: Ray restarts it and the job completes."""
+    import signal
+    import threading
+
+    killed: list[int] = []
+    before = set(_actor_pids("DeepActor"))
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for pid in set(_actor_pids("DeepActor")) - before:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    s = run_index_ray(deep_spec(), _cfg(tmp_path, folder, "actorkill", "ray"))
+    thread.join()
+    assert killed, "the backbone actor was never seen"
+    assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2) and s.rows_written == 24
+    assert _stored(_cfg(tmp_path, folder, "actorkill", "ray"))[1] == 24
+
+
+# Last in the file: it shuts down the module's Ray instance to start a multi-node cluster.
 def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, folder):
     """Head: 1 CPU, no GPU. Worker: 1 CPU, 1 logical GPU and a custom resource; the backbone actor
     takes both of the worker's CPU and GPU, so the read/descriptor tasks can only run on the head."""
@@ -158,21 +216,3 @@ def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, fol
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def test_job_entry_point_defaults_to_the_ray_backend(tmp_path, folder, local_ray, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("jobs_index", Path(__file__).resolve().parents[1] / "jobs" / "index.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    run_dir = tmp_path / "job"
-    rc = job.main([str(folder), "--db", str(tmp_path / "job.db"), "--collection", "job", "--run-dir", str(run_dir),
-                   "--backbone", "none", "--descriptors", "gabor", "--shard-size", "10"])
-    assert rc == 0
-    assert "indexed 24, duplicates 1, rejected 2" in capsys.readouterr().out
-    stats = json.loads((run_dir / "stats.json").read_text())
-    assert stats["backend"] == "ray" and stats["shards"] == 3 and stats["stage_nodes"]["descriptors"]
-    with pytest.raises(SystemExit) as exc:
-        job.main(["--help"])
-    assert exc.value.code == 0 and "python jobs/index.py" in capsys.readouterr().out

@@ -1,0 +1,107 @@
+"""The evaluation job end to end on a tiny generated set: outputs, schema, metrics, concurrency under Ray."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cbir_dist.demo import make_dataset
+from cbir_dist.evaluate import EvalConfig, mask_phase, run_evaluate, select_queries
+from cbir_dist.ingest import Record
+
+METRICS = ("p_at_1", "p_at_5", "p_at_10", "map")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = make_dataset(root / "data", per_class=4, size=64)
+    cfg = EvalConfig(str(data), str(root / "out"), frequencies=(0.5, 6.0), backbones=("mobilenet_v2",),
+                     inpainters=("none", "telea"), weights={"mobilenet_v2": "random"}, image_size=64,
+                     queries=None, repeats=2, backend="ray", map_k=23)
+    res = run_evaluate(cfg, progress=False)
+    return cfg, res, root / "out"
+
+
+def test_outputs_exist(evaluated):
+    _, _, out = evaluated
+    for name in ("results.json", "table1.md", "table2.md", "report.html", "precision_vs_frequency.png",
+                 "quality_vs_frequency.png", "fig6.png", "timeline.png"):
+        assert (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Table 2" in html
+
+
+def test_results_json_schema(evaluated):
+    cfg, _, out = evaluated
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"config", "versions", "records"}
+    recs = res["records"]
+    assert len(recs) == 2 * 2 * 3  # frequencies x inpainters x states
+    for r in recs:
+        assert r["state"] in ("original", "damaged", "reconstructed")
+        for key in ("backbone", "inpainter", "frequency", "wall_seconds", *METRICS, *(m + "_std" for m in METRICS)):
+            assert key in r, key
+        assert 0 <= r["p_at_1"] <= 100 and 0 <= r["map"] <= 100
+    rec = [r for r in recs if r["state"] == "reconstructed"]
+    for r in rec:
+        for key in ("ssim", "fsim", "psnr", "ssim_std", "fsim_std", "psnr_std"):
+            assert key in r
+    # the zero-filled image is worse than Telea's reconstruction, and 6 Hz/25 % damage is not identity
+    tel = {r["frequency"]: r for r in rec if r["inpainter"] == "telea"}
+    non = {r["frequency"]: r for r in rec if r["inpainter"] == "none"}
+    for f in (0.5, 6.0):
+        assert tel[f]["psnr"] > non[f]["psnr"] and tel[f]["ssim"] > non[f]["ssim"]
+        assert non[f]["ssim"] < 0.99
+    # with two repeats the phases differ, so the damaged figures have a spread in at least one cell
+    assert any(r["psnr_std"] > 0 for r in rec)
+
+
+def test_original_state_is_shared_and_inpainter_none_equals_damaged(evaluated):
+    _, res, _ = evaluated
+    recs = res["records"]
+    origs = {r["p_at_1"] for r in recs if r["state"] == "original"}
+    assert len(origs) == 1
+    for r in recs:
+        if r["inpainter"] == "none" and r["state"] == "reconstructed":
+            d = next(x for x in recs if x["state"] == "damaged" and x["frequency"] == r["frequency"]
+                     and x["inpainter"] == "none")
+            assert all(r[m] == d[m] for m in METRICS)
+
+
+def test_cells_ran_concurrently(evaluated):
+    _, res, _ = evaluated
+    tl = res["timeline"]
+    assert len({t["pid"] for t in tl}) >= 2, "all tasks ran in one worker"
+    overlaps = [(a, b) for i, a in enumerate(tl) for b in tl[i + 1:]
+                if a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlaps, "no two tasks overlapped in time"
+
+
+def test_tables_name_the_protocol(evaluated):
+    _, _, out = evaluated
+    t2 = (out / "table2.md").read_text()
+    assert "exclude-self" in t2 and "| 6 |" in t2 and "telea P@1" in t2
+    t1 = (out / "table1.md").read_text()
+    assert "| 0.5 |" in t1 and "telea SSIM" in t1
+
+
+def test_select_queries_is_stratified_and_seeded():
+    recs = [Record(f"/d/{c}/{i}.png", c) for c in "abc" for i in range(10)]
+    q = select_queries(recs, 7, seed=3)
+    assert len(q) == 7 and q == select_queries(recs, 7, seed=3)
+    counts = {c: sum(r.label == c for r in q) for c in "abc"}
+    assert sorted(counts.values()) == [2, 2, 3]
+    assert select_queries(recs, None, 0) == recs
+
+
+def test_mask_phases_differ_per_repeat():
+    phases = [mask_phase(0, 6.0, r) for r in range(4)]
+    assert phases[0] == 0.0 and len(set(phases)) == 4 and all(0 <= p <= np.pi for p in phases)
+
+
+@pytest.mark.parametrize("kwargs, msg", [({"protocol": "x"}, "protocol"), ({"repeats": 0}, "repeats"),
+                                         ({"frequencies": (0.0,)}, "positive"), ({"inpainters": ()}, "inpainter")])
+def test_config_validation(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        EvalConfig("d", "o", **kwargs)
