@@ -209,8 +209,9 @@ def main(argv=None) -> int:
     print("|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|")
     for r in rows:
         print("| " + " | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) + " |")
+    load = best["plain loop"]["load_seconds"]
     print("\nstage columns: seconds summed over all workers (with Ray they run at the same time on different "
-          "cores); the plain loop's backbone load took {:.1f} s of its total.".format(best["plain loop"]["load_seconds"]))
+          f"cores); the plain loop's backbone load took {load:.1f} s of its total.")
     print("max |vector difference| vs the plain loop: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"images": n, "ray_start_s": ray_start, "runs": results,

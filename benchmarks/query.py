@@ -150,7 +150,9 @@ def run_step(args: argparse.Namespace, *step: str) -> dict:
            "--ef", ",".join(map(str, args.ef)), "--dim", str(args.dim), "--queries", str(args.queries),
            "--clusters", str(args.clusters), "--intrinsic-dim", str(args.intrinsic_dim), "--seed", str(args.seed)]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"step {' '.join(step)} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -208,7 +210,8 @@ def main() -> None:
             for row in run_step(args, config, str(work))["rows"]:
                 row["n"] = n
                 table.append(row)
-                print(f"n={n}: {row['config']} done (recall {row['recall']:.4f})", flush=True)
+                print(f"n={n}: {row['config']}: build {row['build_s']:.1f}s, {row['qps']:.1f} queries/s, "
+                      f"recall@{args.k} {row['recall']:.4f}, peak {row['peak_gib']:.2f} GiB", flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Shape retrieval on MPEG-7 CE-Shape-1 part B with the centroid-distance Fourier descriptor (Pande et al.).
 
-    python benchmarks/shape_mpeg7.py --data ../shared/data/mpeg7            # everything (~5 min, 2 cores)
+    python benchmarks/shape_mpeg7.py --data ../shared/data/mpeg7            # everything (~9 min on 2 busy cores)
     python benchmarks/shape_mpeg7.py --data ../shared/data/mpeg7 --no-affine
 
 Protocol. Every one of the 1400 shapes queries the other 1399 (leave-one-out) by Euclidean distance on

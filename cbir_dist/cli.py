@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="drop and rebuild the collection and the run's shards")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = one process; ray = Ray Data pipeline on the current Ray cluster")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
+    p.add_argument("--deep-actors", type=int, default=None,
+                   help="ray: number of backbone actors (default: one per GPU, else what the CPUs allow)")
+    p.add_argument("--deep-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="ray: custom resource each backbone actor asks for, e.g. deep=1 to pin them to tagged nodes")
     _add_model_args(p)
 
     # query
@@ -195,13 +201,10 @@ def cmd_index(args) -> int:
         shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels,
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
+        torch_threads=args.torch_threads, deep_actors=args.deep_actors,
+        deep_resources={k: float(v) for k, v in (r.split("=", 1) for r in args.deep_resource)},
     )
-    if args.backend == "ray":
-        from .pipeline import run_index_ray
-
-        summary = run_index_ray(spec, cfg)
-    else:
-        summary = run_index(spec, cfg)
+    summary = run_index(spec, cfg)
     print(summary.line())
     return 0
 

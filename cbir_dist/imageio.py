@@ -69,7 +69,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
                 arr = _pil_to_rgb(im)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
+        # PIL's message names the in-memory buffer's address; keep reasons reproducible across runs
+        raise ImageDecodeError(f"{name}: not a readable image (unknown or unsupported format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{name}: not a readable image ({exc})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc

@@ -55,7 +55,7 @@ class IndexConfig:
     ``torch_threads`` sets torch's intra-op threads for the backbone in both backends (default: the
     local backend leaves torch alone; a Ray CPU actor uses as many threads as CPUs it holds). Equal
     thread counts make the two backends' vectors bit-identical on one machine.
-    ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else one per 4 CPUs),
+    ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else 2/3 of the CPUs),
     ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g. ``{"gpu_node": 1}``
     to pin them on tagged nodes).
     """
@@ -127,7 +127,8 @@ class StageClock:
         self.counts[stage] += int(count)
 
     def per_second(self) -> dict:
-        return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None) for k, s in self.seconds.items()}
+        return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None)
+                for k, s in self.seconds.items()}
 
 
 # --- files ------------------------------------------------------------------------------------------
@@ -441,13 +442,19 @@ def run_index(
     store=None,
     transform: ImageTransform | None = None,
 ) -> IndexSummary:
-    """Index ``config.images_dir`` into the collection in this process; see the module docstring.
+    """Index ``config.images_dir`` into the collection; see the module docstring.
 
+    With ``config.backend == "ray"`` this runs :func:`cbir_dist.pipeline.run_index_ray` (same run
+    directory, same rows); otherwise everything happens in this process.
     ``transform`` is the optional masking/inpainting hook (see :data:`ImageTransform`).
     Raises ``FileNotFoundError``/``ValueError`` when there is nothing to index and
     :class:`~cbir_dist.errors.StoreError` when the store fails: a job-level failure. Individual bad
     files never raise; they are counted and listed in ``errors.parquet``.
     """
+    if config.backend == "ray" and processor_factory is None:
+        from .pipeline import run_index_ray
+
+        return run_index_ray(spec, config, store=store, transform=transform)
     run = IndexRun(spec, config, store=store)
     processor = None
     try:

@@ -193,9 +193,11 @@ def plan_stages(cluster: Mapping[str, float], config: IndexConfig) -> StagePlan:
     """Split the cluster between CPU tasks and backbone actors so that neither can starve the other.
 
     With GPUs (and ``config.device`` not ``"cpu"``): one actor per GPU (``num_gpus=1``, one CPU to
-    feed it). Without: actors hold at most ``CPU - task_cpus`` CPUs together, one per 4 CPUs by
-    default, so at least one read/descriptor task can always run (an actor pool holding every CPU
-    would leave the tasks that feed it unscheduled: the job hangs without an error).
+    feed it). Without: up to one single-threaded actor per CPU for two thirds of the CPUs (the
+    backbone usually costs more than decoding and descriptors; Ray Data grows the pool from one
+    actor as batches queue up), and never more than ``CPU - task_cpus`` CPUs together, so at least
+    one read/descriptor task can always run (an actor pool holding every CPU would leave the tasks
+    that feed it unscheduled: the job hangs without an error).
     """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = float(cluster.get("GPU", 0.0))
@@ -209,7 +211,7 @@ def plan_stages(cluster: Mapping[str, float], config: IndexConfig) -> StagePlan:
                          config.torch_threads, extra)
     budget = cpus - task_cpus
     actor_cpus = 1.0 if budget >= 1 else max(budget, 0.25)
-    pool = config.deep_actors or max(1, int(cpus // 4))
+    pool = config.deep_actors or max(1, int(cpus * 2 // 3))
     pool = max(1, min(pool, int(budget // actor_cpus)))
     threads = config.torch_threads or max(1, int(actor_cpus))
     return StagePlan(task_cpus, actor_cpus, 0.0, pool, threads, extra)
@@ -227,7 +229,6 @@ def build_dataset(spec: FeatureSpec, config: IndexConfig, shards: Sequence[Shard
         {C.PATH: f.path, C.LABEL: f.label, SHARD: s.index, POS: j}
         for s in shards for j, f in enumerate(s.files)
     ]
-    bs = config.batch_size
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing max_retries/max_restarts/max_task_retries through map_batches'
         # **ray_remote_args but has no named parameter for them yet; we want them explicit and finite.

@@ -52,6 +52,7 @@ MAX_LABEL_BYTES = 512
 MAX_REQUEST_BYTES = 64 << 20  # Milvus' default gRPC request cap
 REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: well under the cap
 MAX_QUERIES_PER_REQUEST = 512
+SCAN_PER_REQUEST = 1 << 35  # query x row x dim products per exact-search request (~10-30 s on one core)
 ID_CHUNK = 1000  # ids per `id in [...]` expression
 CONNECT_TIMEOUT_S = 5.0
 INDEX_WAIT_TIMEOUT_S = 3600.0
@@ -65,6 +66,10 @@ _SPEC_KEY = "cbir_spec"  # property keys: cbir_spec_parts = N, cbir_spec_0 ... c
 _SPEC_PART_CHARS = 16384  # <= 64 kB of UTF-8 per property value
 _INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
 _FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
+# pymilvus pings every 10 s; the embedded server answers pings more often than every 5 min during a
+# call that sends no data (an index build, a long search) with GOAWAY "too_many_pings" after ~3 min,
+# and pymilvus then retries the call. Over loopback keepalive is useless: turn it off.
+_LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
 
@@ -182,7 +187,10 @@ class VectorStore:
                 )
         try:
             with _LiteStartErrors() as lite_errors:
-                client = MilvusClient(uri=self._lite_path or self.uri, token=self._token, timeout=CONNECT_TIMEOUT_S)
+                client = MilvusClient(
+                    uri=self._lite_path or self.uri, token=self._token, timeout=CONNECT_TIMEOUT_S,
+                    **({"grpc_options": _LITE_GRPC_OPTIONS} if self._lite_path else {}),
+                )
         except MilvusException as exc:
             if self._lite_path is not None:
                 cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
@@ -616,7 +624,8 @@ class VectorStore:
         n_rows = self.count()
         if n_rows == 0:
             return SearchResult(ids, dists, paths, labels)
-        chunk = self._query_chunk(0 if self._clean else n_rows, info.dim, k)
+        scan_rows = n_rows if info.index_type == "FLAT" else 0
+        chunk = self._query_chunk(0 if self._clean else n_rows, info.dim, k, scan_rows=scan_rows)
         logger.debug("search: %d queries over %d rows in requests of %d", nq, n_rows, chunk)
         for start in range(0, nq, chunk):
             with self._rpc("search"):
@@ -642,10 +651,13 @@ class VectorStore:
             return {"nprobe": min(nlist, max(IVF_MIN_NPROBE, -(-nlist // 8)))}
         return {"nprobe": 1} if self.is_local else {}  # FLAT: one IVF list on milvus-lite, scanned whole
 
-    def _query_chunk(self, brute_rows: int, dim: int, k: int) -> int:
-        """Queries per search request: bounded by the request size, the reply size and, while
+    def _query_chunk(self, brute_rows: int, dim: int, k: int, *, scan_rows: int = 0) -> int:
+        """Queries per search request: bounded by the request size, the reply size, the work of an
+        exact scan over ``scan_rows`` rows (so one request takes seconds, not minutes) and, while
         ``brute_rows`` rows may be brute-forced, by ``chunk * rows * dim * 4 * 2 <= memory_budget_bytes``."""
         chunk = min(MAX_QUERIES_PER_REQUEST, REQUEST_TARGET_BYTES // (dim * 4), REQUEST_TARGET_BYTES // (k * 400))
+        if scan_rows > 0:
+            chunk = min(chunk, SCAN_PER_REQUEST // (scan_rows * dim))
         if brute_rows > 0:
             chunk = min(chunk, self.memory_budget_bytes // (BRUTE_FORCE_TEMPORARIES * brute_rows * dim * 4))
         return max(1, int(chunk))

@@ -437,17 +437,18 @@ def run_training_loop(cfg: TrainConfig, *, device=None, rank: int = 0, world_siz
     if cfg.style_weight > 0 or cfg.correlation_weight > 0:
         vgg = vgg_features(cfg.vgg_weights, pretrained=cfg.vgg_pretrained).to(device)
 
-    ckpt_path = Path(resume_from) if resume_from else cfg.checkpoint_path
+    ckpt_path = cfg.checkpoint_path  # where this run writes its checkpoints
+    load_path = Path(resume_from) if resume_from else ckpt_path
     step = 0
     elapsed_before = 0.0  # training seconds spent before this (re)start, for the max_minutes budget
-    if ckpt_path.is_file():
+    if load_path.is_file():
         extra = {}
-        step = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, rng=rng, discriminator=disc,
+        step = load_checkpoint(load_path, model=model, optimizer=optimizer, rng=rng, discriminator=disc,
                                d_optimizer=d_opt, extra_out=extra)
         elapsed_before = float(extra.get("elapsed_s", 0.0))
         if world_size > 1:  # each rank continues its own stream
             rng = np.random.default_rng([cfg.seed, rank, step])
-        log.info("resumed from %s at step %d", ckpt_path, step)
+        log.info("resumed from %s at step %d", load_path, step)
     if prepare_model is not None:
         model = prepare_model(model)
         if disc is not None:

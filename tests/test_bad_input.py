@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import socket
 
 import numpy as np
@@ -60,7 +61,7 @@ def make_bad_folder(root, rng):
     return {"indexed": len(valid), "duplicates": 1, "rejected": len(rejected)}, rejected
 
 
-@pytest.mark.parametrize("backend", ["local"])
+@pytest.mark.parametrize("backend", ["local", "ray"])
 def test_bad_input_exact_counts_and_reasons(tmp_path, rng, backend):
     expected, rejected_names = make_bad_folder(tmp_path / "data", rng)
     spec = build_spec(backbone="none", descriptors=("glcm", "correlogram"))
@@ -85,6 +86,7 @@ def test_bad_input_exact_counts_and_reasons(tmp_path, rng, backend):
     assert "smaller than" in reasons["tiny.png"][1]
     assert "exceeds the limit" in reasons["bomb.png"][1]
     assert "unreadable" in reasons["socket.jpg"][1]
+    assert not re.search(r"0x[0-9a-f]{6,}", " ".join(errors["reason"])), "reasons must not hold memory addresses"
     store = VectorStore(str(tmp_path / "b.db"), "bad")
     assert store.count() == 8
     manifest = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pydict()

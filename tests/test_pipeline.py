@@ -116,7 +116,8 @@ def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
     [
         ({"CPU": 2.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, actor_gpus=0.0, pool_size=1, torch_threads=1)),
         ({"CPU": 1.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=1)),
-        ({"CPU": 16.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, pool_size=4)),
+        ({"CPU": 16.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, pool_size=10)),
+        ({"CPU": 4.0}, {}, dict(pool_size=2)),
         ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=3)),  # capped: one CPU stays for the tasks
         ({"CPU": 8.0, "GPU": 2.0}, {}, dict(actor_gpus=1.0, actor_cpus=1.0, pool_size=2)),
         ({"CPU": 8.0, "GPU": 2.0}, {"device": "cpu"}, dict(actor_gpus=0.0)),
@@ -139,7 +140,8 @@ def test_plan_needs_cpus():
 def test_job_entry_point_defaults_to_the_ray_backend(tmp_path, folder, local_ray, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("jobs_index", Path(__file__).resolve().parents[1] / "jobs" / "index.py")
+    path = Path(__file__).resolve().parents[1] / "jobs" / "index.py"
+    spec = importlib.util.spec_from_file_location("jobs_index", path)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     run_dir = tmp_path / "job"

@@ -190,3 +190,25 @@ def test_config_rejects_bad_choices(tmp_path):
         ShapeEvalConfig("d", "o", profile="texture", n_coeffs=20)
     with pytest.raises(ValueError, match="variants"):
         ShapeEvalConfig("d", "o", variants=("shear",))
+
+
+def test_evaluate_cli_passes_the_shape_options(monkeypatch, tmp_path, capsys):
+    import cbir_dist.shape_eval as se
+    from cbir_dist.cli import main
+
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return {"summary": "fake summary line"}
+
+    monkeypatch.setattr(se, "run_shape_evaluate", fake)
+    rc = main(["evaluate", str(tmp_path), "--profile", "shape", "--out", str(tmp_path / "o"), "--knn-k", "1,7",
+               "--no-affine", "--n-coeffs", "20", "--sigma", "2", "--no-extreme-points", "--protocol", "include-self"])
+    assert rc == 0 and "fake summary line" in capsys.readouterr().out
+    cfg = seen["cfg"]
+    assert (cfg.profile, cfg.knn_k, cfg.affine, cfg.n_coeffs, cfg.sigma, cfg.extreme_points, cfg.protocol) == (
+        "shape", (1, 7), False, 20, 2.0, False, "include-self")
+    spec = se.profile_spec_for(cfg)
+    assert dict(spec.block("fourier_shape").params) == {"n_coeffs": 20, "sigma": 2.0, "extreme_points": False}
+    assert spec.dim == 20
