@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-self", action="store_true",
                    help="drop the query's own original (same content id) from its neighbours")
     p.add_argument("--out", required=True, metavar="FILE.parquet", help="where to write the result table")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local = one process; ray = decode, damage, inpaint and describe on the Ray pipeline "
+                        "(GPU actors when present), search in this process")
     _add_model_args(p)
 
     # evaluate
@@ -217,6 +220,7 @@ def cmd_query(args) -> int:
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
         inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
+        backend=args.backend,
     )
     cols = run_query(args.queries_dir, cfg, out=args.out)
     n_err = sum(1 for e in cols["error"] if e)

@@ -37,7 +37,8 @@ from . import columns as C
 from .fuse import DEEP, Block, FeatureSpec
 from .imageio import ImageFile
 from .indexer import STAGES, ImageTransform, IndexConfig, IndexRun, IndexSummary, Shard, run_shards_in_order
-from .ingest import OK, Record, read_record
+from .errors import CbirError
+from .ingest import OK, REJECTED, Record, read_record
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,14 @@ def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
     rows = _ok_rows(batch)
     images = _object_array(list(batch[C.IMAGE]))
     ids = batch[C.ID]
+    status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
     for i in rows:
-        images[i] = transform(np.asarray(images[i]), int(ids[i]))
+        try:
+            images[i] = transform(np.asarray(images[i]), int(ids[i]))
+        except (OSError, ValueError, CbirError) as exc:  # a per-file failure is a value, not a failed task
+            status[i], error[i], images[i] = REJECTED, f"mask/inpaint failed: {exc}", _EMPTY_IMAGE
     out = dict(batch)
-    out[C.IMAGE] = images
+    out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
     return _stamp(out, "inpaint", time.perf_counter() - t, len(ids))
 
 
@@ -399,3 +404,35 @@ def run_index_ray(
         run.abort()
         raise
     return run.close()
+
+
+# --- the query side ---------------------------------------------------------------------------------
+
+
+def describe_files_ray(spec: FeatureSpec, files: Sequence[ImageFile], config: IndexConfig, *,
+                       transform: ImageTransform | None = None) -> tuple[list[Record], dict[str, np.ndarray]]:
+    """Every block of ``spec`` for ``files`` through the index job's Ray Data graph (the query job's path).
+
+    Returns the files' records (status and reason per file, in the order given) and the features of
+    the ok ones, block name → ``(n_ok, dim)``, in record order. ``transform`` damages and reconstructs
+    each image (mask + inpainting) inside the CPU tasks.
+    """
+    import ray
+
+    from pathlib import Path
+
+    shard = Shard(0, list(files), [], Path("."), False)
+    started = connect()
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = bool(config.progress)
+        plan = plan_stages(ray.cluster_resources(), config)
+        ds = build_dataset(spec, config, [shard], plan, transform=transform)
+        asm = _ShardAssembler([shard], [C.block_column(n) for n in spec.names])
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            asm.add(batch)
+        recs, by_path = asm.take(0)
+    finally:
+        if started:
+            ray.shutdown()
+    ok = [r for r in recs if r.status == OK]
+    return recs, _compute_from(by_path, spec.names)(ok)

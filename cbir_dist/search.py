@@ -45,8 +45,12 @@ class QueryConfig:
     device: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     memory_budget_bytes: int = 1 << 30
+    backend: str = "local"
+    progress: bool = True
 
     def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.fringe is not None and self.masks_dir is not None:
@@ -81,6 +85,25 @@ def restore(image: np.ndarray, known: np.ndarray | None, inpainter) -> np.ndarra
     return inpainter(apply_mask(image, known), known)
 
 
+class QueryTransform:
+    """The damage-and-reconstruct step as a picklable ``(image, id) -> image`` hook for Ray tasks.
+
+    ``paths`` maps content ids to query paths; it is needed only to find per-file masks (``--masks``).
+    """
+
+    def __init__(self, config: QueryConfig, root: str | None = None, paths: dict[int, str] | None = None):
+        self.config, self.root, self.paths = config, root, paths or {}
+        self._inpainter = None
+
+    def __call__(self, image: np.ndarray, id_: int) -> np.ndarray:
+        from .inpaint import get_inpainter
+
+        if self._inpainter is None:
+            self._inpainter = get_inpainter(self.config.inpainter)
+        path = self.paths.get(int(id_), "")
+        return restore(image, query_mask(image, path, self.config, self.root), self._inpainter)
+
+
 def load_queries(files: Sequence[ImageFile], max_pixels: int) -> list[Record]:
     return [read_record(f, max_pixels=max_pixels) for f in files]
 
@@ -103,16 +126,24 @@ class Searcher:
     """The collection's spec, a feature extractor built from it, and the store: reused across query passes."""
 
     def __init__(self, config: QueryConfig, *, store=None):
-        from .extract import Extractor
         from .store import VectorStore
 
         self.config = config
         self.store = store or VectorStore(config.db, config.collection, token=config.token,
                                           memory_budget_bytes=config.memory_budget_bytes)
         self.spec = FeatureSpec.from_json(self.store.spec_json())
-        self.extractor = Extractor(self.spec, device=config.device, weights=config.weights_override,
-                                   batch_size=config.batch_size)
+        self._extractor = None
         self.store.flush_and_index()
+
+    @property
+    def extractor(self):
+        """The in-process feature extractor (loaded on first use; the Ray path loads it in actors instead)."""
+        if self._extractor is None:
+            from .extract import Extractor
+
+            self._extractor = Extractor(self.spec, device=self.config.device, weights=self.config.weights_override,
+                                        batch_size=self.config.batch_size)
+        return self._extractor
 
     def run(self, records: Sequence[Record], config: QueryConfig | None = None, *, root: str | None = None,
             progress: bool = True) -> dict:
@@ -140,16 +171,52 @@ class Searcher:
                     good.append(r)
                 except (FileNotFoundError, ValueError) as exc:
                     add(r, 0, -1, "", "", float("nan"), str(exc))
-            if not good:
-                continue
-            vectors = self.extractor(images)
-            ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
-                                                      config.exclude_self)
-            for q, r in enumerate(good):
-                for rank in range(ids.shape[1]):
-                    if ids[q, rank] < 0:
-                        break
-                    add(r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank], float(dist[q, rank]), "")
+            if good:
+                self._search_into(add, good, self.extractor(images), config)
+        return cols
+
+    def _search_into(self, add, good: Sequence[Record], vectors: np.ndarray, config: QueryConfig) -> None:
+        ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
+                                                  config.exclude_self)
+        for q, r in enumerate(good):
+            for rank in range(ids.shape[1]):
+                if ids[q, rank] < 0:
+                    break
+                add(r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank], float(dist[q, rank]), "")
+
+    def run_ray(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *,
+                root: str | None = None) -> dict:
+        """Like :meth:`run`, with decoding, damage, reconstruction and features on the Ray pipeline."""
+        from .indexer import IndexConfig
+        from .pipeline import describe_files_ray
+
+        config = config or self.config
+        paths = None
+        if config.masks_dir is not None:  # per-file masks are found by path: map content ids to paths
+            from .imageio import content_id
+
+            paths = {}
+            for f in files:
+                try:
+                    paths[content_id(Path(f.path).read_bytes())] = f.path
+                except OSError:
+                    pass
+        icfg = IndexConfig(root or ".", batch_size=config.batch_size, max_pixels=config.max_pixels,
+                           weights_override=config.weights_override, device=config.device, backend="ray",
+                           progress=config.progress)
+        recs, feats = describe_files_ray(self.spec, files, icfg, transform=QueryTransform(config, root, paths))
+        cols: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
+
+        def add(rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float, error: str):
+            for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
+                cols[c].append(v)
+
+        good = [r for r in recs if r.status == OK]
+        for r in recs:
+            if r.status != OK:
+                add(r, 0, -1, "", "", float("nan"), r.error)
+        if good:
+            self._search_into(add, good, self.spec.fuse(feats), config)
         return cols
 
 
@@ -165,7 +232,10 @@ def run_query(queries: str | Sequence[ImageFile], config: QueryConfig, *, store=
     if not files:
         raise ValueError(f"no query images found in {queries}")
     searcher = Searcher(config, store=store)
-    cols = searcher.run(load_queries(files, config.max_pixels), root=root, progress=progress)
+    if config.backend == "ray":
+        cols = searcher.run_ray(files, root=root)
+    else:
+        cols = searcher.run(load_queries(files, config.max_pixels), root=root, progress=progress)
     if out:
         write_results(cols, out)
     return cols

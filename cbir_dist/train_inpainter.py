@@ -343,8 +343,12 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def plot_history(records: list[dict], png) -> None:
-    """Loss curve (train total and L1 terms) with validation PSNR on a second axis, saved as PNG."""
+def plot_history(records: list[dict], png, references: dict[str, float] | None = None) -> None:
+    """Loss curve (train L1 terms) with validation PSNR on a second axis, saved as PNG.
+
+    ``references`` maps a label to a validation PSNR drawn as a horizontal line (e.g. Telea's on
+    the same validation pairs).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,9 +368,11 @@ def plot_history(records: list[dict], png) -> None:
         ax2 = ax.twinx()
         ax2.plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", color="k", label="val PSNR")
         ax2.plot([r["step"] for r in val], [r["val_psnr_none"] for r in val], ":", color="grey", label="val PSNR, no inpainting")
+        for (label, value), colour in zip((references or {}).items(), ("tab:red", "tab:purple", "tab:brown")):
+            ax2.axhline(value, ls="--", lw=1, color=colour, label=f"val PSNR, {label}")
         ax2.set_ylabel("validation PSNR (dB)")
         ax2.legend(loc="center right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("two-stage inpainter training")
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,19 @@ def test_index_rerun_with_different_spec_is_refused(indexed):
     with pytest.raises(SpecMismatchError, match="blocks"):
         run_index(other, IndexConfig(str(data), db=db, collection="c", run_dir=str(root / "run2"),
                                      weights_override="random", progress=False))
+
+
+def test_ray_backend_gives_the_same_results_as_local(indexed, tmp_path):
+    data, db, _ = indexed
+    qdir = tmp_path / "q" / "x"
+    qdir.mkdir(parents=True)
+    for p in sorted(data.rglob("*.png"))[:6]:
+        (qdir / p.name).write_bytes(p.read_bytes())
+    (qdir / "broken.png").write_bytes(b"nope")
+    kw = dict(k=4, fringe=3.0, inpainter="telea", exclude_self=True, progress=False)
+    local = run_query(str(tmp_path / "q"), _cfg(db, **kw), progress=False)
+    ray_ = run_query(str(tmp_path / "q"), _cfg(db, backend="ray", **kw), progress=False)
+    for c in ("query", "query_id", "rank", "id", "label", "error"):
+        assert ray_[c] == local[c], c
+    np.testing.assert_allclose(np.asarray(ray_["distance"]), np.asarray(local["distance"]), rtol=1e-4, atol=1e-4)
+    assert sum(1 for r in ray_["rank"] if r == 0) == 1

@@ -273,7 +273,7 @@ def test_few_steps_reduce_the_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
     assert np.mean(history[-5:]) < 0.7 * np.mean(history[:3])
 
 
