@@ -14,8 +14,6 @@ voters for the predicted class, and a bad file has an empty prediction and its r
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -111,20 +109,11 @@ def _add(cols, path, id_, label, predicted, votes, distance, neighbour_ids, neig
 def write_predictions(cols: dict, out: str) -> None:
     """The prediction table as Parquet (written to a temporary name, then renamed)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "path": pa.array(cols["path"], pa.string()),
-        "id": pa.array(cols["id"], pa.int64()),
-        "label": pa.array(cols["label"], pa.string()),
-        "predicted": pa.array(cols["predicted"], pa.string()),
-        "votes": pa.array(cols["votes"], pa.int32()),
-        "distance": pa.array(cols["distance"], pa.float32()),
-        "neighbour_ids": pa.array(cols["neighbour_ids"], pa.list_(pa.int64())),
-        "neighbour_labels": pa.array(cols["neighbour_labels"], pa.list_(pa.string())),
-        "error": pa.array(cols["error"], pa.string()),
-    })
-    tmp = Path(str(out) + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    from .indexer import write_parquet
+
+    types = {"path": pa.string(), "id": pa.int64(), "label": pa.string(), "predicted": pa.string(),
+             "votes": pa.int32(), "distance": pa.float32(), "neighbour_ids": pa.list_(pa.int64()),
+             "neighbour_labels": pa.list_(pa.string()), "error": pa.string()}
+    write_parquet(out, {c: cols[c] for c in types}, types)
+

@@ -145,13 +145,25 @@ def _shard_key(files: Sequence[ImageFile]) -> list:
     return key
 
 
-def _write_parquet(path: Path, columns: dict) -> None:
+def write_parquet(path: str | os.PathLike, columns: dict, types: dict | None = None) -> None:
+    """Write ``columns`` (name → list) as a Parquet file atomically: a temporary name, then a rename.
+
+    ``types`` gives pyarrow types for some columns (the rest are inferred). A reader never sees a
+    half-written file, so a killed job leaves either the old file or the new one.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(pa.table(columns), tmp)
+    types = types or {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+
 
 
 def _read_parquet(path: Path) -> dict:
@@ -318,7 +330,7 @@ class IndexRun:
         if todo:
             feats = compute(todo)
             if self.config.save_features or self.fit_first:
-                _write_parquet(shard.features, _features_columns(todo, feats))
+                write_parquet(shard.features, _features_columns(todo, feats))
             if not self.fit_first:
                 t = time.perf_counter()
                 self.summary.rows_written += self.store.upsert(
@@ -328,7 +340,7 @@ class IndexRun:
                 self.clock.add("write", time.perf_counter() - t, len(todo))
         for r in records:
             r.image = None
-        _write_parquet(shard.manifest, _manifest_columns(records))
+        write_parquet(shard.manifest, _manifest_columns(records))
         _atomic_json(shard.marker, {"key": shard.key, "rows": len(todo), "time": time.time()})
         self.records.extend(records)
         self.bar.update(len(shard.files))
@@ -506,9 +518,9 @@ def _fit_and_write(spec: FeatureSpec, config: IndexConfig, store, parts: Sequenc
 
 def _finish_run(run: IndexRun, seconds: float) -> None:
     records, summary, config = run.records, run.summary, run.config
-    _write_parquet(run.run_dir / "manifest.parquet", _manifest_columns(records))
+    write_parquet(run.run_dir / "manifest.parquet", _manifest_columns(records))
     bad = [r for r in records if r.status != OK]
-    _write_parquet(
+    write_parquet(
         run.run_dir / "errors.parquet",
         {"path": [r.path for r in bad], "status": [r.status for r in bad], "reason": [r.error for r in bad]},
     )

@@ -189,6 +189,32 @@ def _thumb(img: np.ndarray, size: int = 96) -> np.ndarray:
     return canvas
 
 
+def draw_hits_row(axes_row, query_image: np.ndarray, caption: str, paths: Sequence[str], labels: Sequence[str],
+                  query_label: str, *, k: int, hit_caption=None) -> None:
+    """One figure row: the query, then its top-``k`` results framed green (same class) or red (other).
+
+    ``hit_caption(rank, label, ok)`` gives each result's title (default: rank and a check mark).
+    """
+    from .imageio import read_image
+
+    hit_caption = hit_caption or (lambda rank, label, ok: f"{rank} {'✓' if ok else '✗'}")
+    axes_row[0].imshow(_thumb(query_image))
+    axes_row[0].set_title(caption, fontsize=8)
+    for j in range(k):
+        ax = axes_row[j + 1]
+        if j < len(paths) and paths[j]:
+            ok = labels[j] == query_label
+            color = "tab:green" if ok else "tab:red"
+            ax.imshow(_thumb(read_image(paths[j])))
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(3)
+            ax.set_title(hit_caption(j + 1, labels[j], ok), fontsize=7, color=color)
+    for ax in axes_row:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def plot_fig6(entry: dict, title: str, path: Path) -> None:
     """Fig. 6: original / damaged / reconstructed query rows, each followed by its top-10 (green = correct)."""
     from .imageio import read_image
@@ -200,22 +226,8 @@ def plot_fig6(entry: dict, title: str, path: Path) -> None:
     k = max(len(entry["hits"][s]["paths"]) for s, _ in rows)
     fig, axes = plt.subplots(3, k + 1, figsize=(1.3 * (k + 1), 4.4), squeeze=False)
     for r, (state, qimg) in enumerate(rows):
-        ax = axes[r, 0]
-        ax.imshow(_thumb(qimg))
-        ax.set_title(state, fontsize=8)
-        for j in range(k):
-            ax = axes[r, j + 1]
-            hits = entry["hits"][state]
-            if j < len(hits["paths"]) and hits["paths"][j]:
-                ok = hits["labels"][j] == entry["label"]
-                ax.imshow(_thumb(read_image(hits["paths"][j])))
-                for s in ax.spines.values():
-                    s.set_edgecolor("tab:green" if ok else "tab:red")
-                    s.set_linewidth(3)
-                ax.set_title(f"{j + 1} {'✓' if ok else '✗'}", fontsize=7, color="tab:green" if ok else "tab:red")
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        hits = entry["hits"][state]
+        draw_hits_row(axes[r], qimg, state, hits["paths"], hits["labels"], entry["label"], k=k)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

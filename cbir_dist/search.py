@@ -241,25 +241,17 @@ def run_query(queries: str | Sequence[ImageFile], config: QueryConfig, *, store=
     return cols
 
 
-def write_results(cols: dict, out: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+RESULT_TYPES = {"query_id": "int64", "rank": "int32", "id": "int64", "distance": "float32"}
 
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "query": pa.array(cols["query"], pa.string()),
-        "query_id": pa.array(cols["query_id"], pa.int64()),
-        "query_label": pa.array(cols["query_label"], pa.string()),
-        "rank": pa.array(cols["rank"], pa.int32()),
-        "id": pa.array(cols["id"], pa.int64()),
-        "path": pa.array(cols["path"], pa.string()),
-        "label": pa.array(cols["label"], pa.string()),
-        "distance": pa.array(cols["distance"], pa.float32()),
-        "error": pa.array(cols["error"], pa.string()),
-    })
-    tmp = Path(str(out) + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+
+def write_results(cols: dict, out: str) -> None:
+    """The result table as Parquet, columns :data:`RESULT_COLUMNS` (written atomically)."""
+    import pyarrow as pa
+
+    from .indexer import write_parquet
+
+    types = {c: getattr(pa, RESULT_TYPES.get(c, "string"))() for c in RESULT_COLUMNS}
+    write_parquet(out, {c: cols[c] for c in RESULT_COLUMNS}, types)
 
 
 def precision_table(cols: dict, ks=(1, 5, 10)) -> dict[int, float]:

@@ -904,26 +904,14 @@ def plot_ablation(results: dict, path: Path) -> None:
 def plot_grid(entries: list[dict], title: str, path: Path) -> None:
     """Each row: a query, then its top results (green frame = same class, red = other)."""
     from .imageio import read_image
-    from .report import _thumb
+    from .report import draw_hits_row
 
     plt = _plt()
     k = max(len(e["paths"]) for e in entries)
     fig, axes = plt.subplots(len(entries), k + 1, figsize=(1.2 * (k + 1), 1.35 * len(entries) + 0.4), squeeze=False)
     for r, e in enumerate(entries):
-        axes[r, 0].imshow(_thumb(read_image(e["query"])))
-        axes[r, 0].set_title(f"query: {e['label']}", fontsize=7)
-        for j in range(k):
-            ax = axes[r, j + 1]
-            if j < len(e["paths"]) and e["paths"][j]:
-                ok = e["labels"][j] == e["label"]
-                ax.imshow(_thumb(read_image(e["paths"][j])))
-                for s in ax.spines.values():
-                    s.set_edgecolor("tab:green" if ok else "tab:red")
-                    s.set_linewidth(3)
-                ax.set_title(f"{j + 1} {e['labels'][j]}", fontsize=6, color="tab:green" if ok else "tab:red")
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        draw_hits_row(axes[r], read_image(e["query"]), f"query: {e['label']}", e["paths"], e["labels"], e["label"],
+                      k=k, hit_caption=lambda rank, label, ok: f"{rank} {label}")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -8,7 +8,6 @@ from PIL import Image
 from cbir_dist.errors import ImageDecodeError
 from cbir_dist.imageio import content_id, decode_image, list_images, read_image
 from cbir_dist.ingest import DUPLICATE, OK, REJECTED, mark_duplicates, read_record
-from cbir_dist.imageio import ImageFile
 
 
 def _encode(arr, fmt, mode=None, **kw):

@@ -207,7 +207,7 @@ def test_transform_hook_changes_the_vectors(tmp_path, folder):
     a = _cfg(tmp_path, folder, collection="plain")
     b = _cfg(tmp_path, folder, collection="inverted", run_dir=str(tmp_path / "run2"))
     run_index(descriptor_spec(), a)
-    s = run_index(descriptor_spec(), b, transform=invert)
+    run_index(descriptor_spec(), b, transform=invert)
     assert json.loads((tmp_path / "run2" / "stats.json").read_text())["stage_items"]["inpaint"] == 25
     _, ra, ids = _all_rows(a)
     _, rb, _ = _all_rows(b)
