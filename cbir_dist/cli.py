@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--extreme-points", action=argparse.BooleanOptionalAction, default=None,
                    help="shape: append the 4 extreme-point features (profile: on)")
 
+    # train-inpainter
+    p = sub.add_parser("train-inpainter", help="train the two-stage inpainting network (Ray Train, resumable)",
+                       description="Train the two-stage coarse-to-fine inpainting network on class-per-folder image "
+                                   "directories, with fringe and irregular masks drawn per batch. --out is the run "
+                                   "folder (metrics, loss curve, checkpoints; a rerun resumes); the weights go to "
+                                   "--weights-out (default OUT/two_stage.pt); shipped in cbir_dist/weights/ with their "
+                                   "provenance JSON they become what --inpainter two-stage loads.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .train_inpainter import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+
     # demo
     p = sub.add_parser("demo", help="generate a small labelled set, index it, query it damaged, print P@1/5/10",
                        description="End-to-end demo on a generated image set (6 classes x 12 images) in a local "
@@ -284,7 +296,17 @@ def cmd_classify(args) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
+def cmd_train_inpainter(args) -> int:
+    import json
+
+    from .train_inpainter import run_from_args
+
+    result = run_from_args(args, "cbir-dist train-inpainter " + " ".join(sys.argv[2:]))
+    print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2, default=str))
+    return 0
+
+
+COMMANDS = {"train-inpainter": cmd_train_inpainter, "index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "classify": cmd_classify}
 
 
