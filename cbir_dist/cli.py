@@ -33,6 +33,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="reject images with more pixels than this (decompression bombs; default 1e8)")
 
 
+def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fringe", type=float, default=None, metavar="HZ",
+                   help=f"damage each {what} with a fringe mask of this frequency (fringes per image, 0.5-6)")
+    g.add_argument("--masks", default=None, metavar="DIR",
+                   help=f"damage each {what} with the mask of the same name in DIR (white = known, black = missing)")
+    p.add_argument("--missing-fraction", type=float, default=0.25, help="fringe: fraction of pixels removed (0.25)")
+    p.add_argument("--phase", type=float, default=0.0, help="fringe: phase in radians (default 0)")
+    p.add_argument("--angle", type=float, default=0.0, help="fringe: orientation in degrees (default 0)")
+    p.add_argument("--inpainter", default="none",
+                   help=f"reconstruct damaged {what}s with: none (zero fill), telea, ns, biharmonic, two-stage")
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -75,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="drop and rebuild the collection and the run's shards")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = one process; ray = Ray Data pipeline on the current Ray cluster")
+    _add_damage_args(p, "image")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
     p.add_argument("--deep-actors", type=int, default=None,
@@ -89,16 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the collection's own feature spec. Writes one row per query and rank.")
     p.add_argument("queries_dir", metavar="QUERIES_DIR")
     _add_store_args(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--fringe", type=float, default=None, metavar="HZ",
-                   help="damage each query with a fringe mask of this frequency (fringes per image, 0.5-6)")
-    g.add_argument("--masks", default=None, metavar="DIR",
-                   help="damage each query with the mask of the same name in DIR (white = known, black = missing)")
-    p.add_argument("--missing-fraction", type=float, default=0.25, help="fringe: fraction of pixels removed (0.25)")
-    p.add_argument("--phase", type=float, default=0.0, help="fringe: phase in radians (default 0)")
-    p.add_argument("--angle", type=float, default=0.0, help="fringe: orientation in degrees (default 0)")
-    p.add_argument("--inpainter", default="none",
-                   help="reconstruct damaged queries with: none (zero fill), telea, ns, biharmonic, two-stage")
+    _add_damage_args(p, "query")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop the query's own original (same content id) from its neighbours")
@@ -219,7 +224,15 @@ def cmd_index(args) -> int:
         torch_threads=args.torch_threads, deep_actors=args.deep_actors,
         deep_resources={k: float(v) for k, v in (r.split("=", 1) for r in args.deep_resource)},
     )
-    summary = run_index(spec, cfg)
+    transform = None
+    if args.fringe is not None or args.masks is not None:  # index images with missing regions, reconstructed
+        from .imageio import list_images
+        from .search import QueryConfig, damage_transform
+
+        damage = QueryConfig(fringe=args.fringe, masks_dir=args.masks, missing_fraction=args.missing_fraction,
+                             angle=args.angle, phase=args.phase, inpainter=args.inpainter)
+        transform = damage_transform(damage, list_images(args.images_dir), args.images_dir)
+    summary = run_index(spec, cfg, transform=transform)
     print(summary.line())
     return 0
 

@@ -104,6 +104,26 @@ class QueryTransform:
         return restore(image, query_mask(image, path, self.config, self.root), self._inpainter)
 
 
+def damage_transform(config: QueryConfig, files: Sequence[ImageFile], root: str | None = None):
+    """The damage-and-reconstruct hook for a run over ``files``, or None when nothing is damaged.
+
+    With ``--masks`` the hook finds each image's mask by path, so content ids are mapped to paths first.
+    """
+    if config.fringe is None and config.masks_dir is None:
+        return None
+    paths = None
+    if config.masks_dir is not None:
+        from .imageio import content_id
+
+        paths = {}
+        for f in files:
+            try:
+                paths[content_id(Path(f.path).read_bytes())] = f.path
+            except OSError:
+                pass  # unreadable: the read stage rejects it with its reason
+    return QueryTransform(config, root, paths)
+
+
 def load_queries(files: Sequence[ImageFile], max_pixels: int) -> list[Record]:
     return [read_record(f, max_pixels=max_pixels) for f in files]
 
@@ -191,20 +211,10 @@ class Searcher:
         from .pipeline import describe_files_ray
 
         config = config or self.config
-        paths = None
-        if config.masks_dir is not None:  # per-file masks are found by path: map content ids to paths
-            from .imageio import content_id
-
-            paths = {}
-            for f in files:
-                try:
-                    paths[content_id(Path(f.path).read_bytes())] = f.path
-                except OSError:
-                    pass
         icfg = IndexConfig(root or ".", batch_size=config.batch_size, max_pixels=config.max_pixels,
                            weights_override=config.weights_override, device=config.device, backend="ray",
                            progress=config.progress)
-        recs, feats = describe_files_ray(self.spec, files, icfg, transform=QueryTransform(config, root, paths))
+        recs, feats = describe_files_ray(self.spec, files, icfg, transform=damage_transform(config, files, root))
         cols: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
 
         def add(rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float, error: str):
