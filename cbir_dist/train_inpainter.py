@@ -279,7 +279,7 @@ def save_checkpoint(path, *, model, optimizer, step: int, rng: np.random.Generat
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": int(step),
-        "numpy_rng": rng.bit_generator.state,
+        "numpy_rng": json.dumps(rng.bit_generator.state),  # JSON keeps the file loadable with weights_only=True
         "torch_rng": torch.get_rng_state(),
         "config": asdict(config),
         "extra": extra or {},
@@ -300,10 +300,10 @@ def load_checkpoint(path, *, model, optimizer, rng: np.random.Generator, discrim
     """
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG state objects
+    state = torch.load(path, map_location="cpu", weights_only=True)
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    rng.bit_generator.state = state["numpy_rng"]
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
     torch.set_rng_state(state["torch_rng"])
     if extra_out is not None:
         extra_out.update(state.get("extra", {}))
@@ -573,7 +573,7 @@ def export_weights(checkpoint_path, weights_path, *, provenance: dict | None = N
 
     from .inpaint.two_stage import sha256_file
 
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     sd = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)

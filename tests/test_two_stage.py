@@ -344,11 +344,11 @@ def test_resume_after_kill_is_identical_to_uninterrupted_run(image_set, tmp_path
     cfg = _cfg(image_set, tmp_path / "killed")
     with pytest.raises(_Kill):
         ti.run_training_loop(cfg, report=kill_at_3)
-    assert torch.load(cfg.checkpoint_path, weights_only=False)["step"] == 2
+    assert torch.load(cfg.checkpoint_path, weights_only=True)["step"] == 2
     resumed = ti.run_training_loop(cfg)
     assert resumed["step"] == 4
-    a = torch.load(_cfg(image_set, tmp_path / "full").checkpoint_path, weights_only=False)
-    b = torch.load(cfg.checkpoint_path, weights_only=False)
+    a = torch.load(_cfg(image_set, tmp_path / "full").checkpoint_path, weights_only=True)
+    b = torch.load(cfg.checkpoint_path, weights_only=True)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert a["numpy_rng"] == b["numpy_rng"]
