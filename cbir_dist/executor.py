@@ -63,7 +63,7 @@ class RayExecutor:
             if os.environ.get("RAY_ADDRESS"):
                 ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
             else:
-                ray.init(num_cpus=num_cpus, **kwargs)
+                _start_local_ray(ray, num_cpus=num_cpus, **kwargs)
                 self._started = True
         self.max_retries = max_retries
         self._remote: dict[Callable, Any] = {}
@@ -87,6 +87,23 @@ class RayExecutor:
     def shutdown(self) -> None:
         if self._started:
             self._ray.shutdown()
+
+
+def _start_local_ray(ray, *, attempts: int = 3, **kwargs) -> None:
+    """Start a local Ray instance, retrying a failed start (seen on a loaded 2-core machine right after
+    another instance shut down: the new head's processes did not come up in time)."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("starting a local Ray instance failed (%s); retrying (%d/%d)", exc, attempt, attempts - 1)
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 def make_executor(backend: str, **kwargs):
