@@ -142,6 +142,21 @@ def search_vectors(store, vectors: np.ndarray, query_ids: Sequence[int], k: int,
     return tuple(out)
 
 
+def _new_columns() -> dict[str, list]:
+    return {c: [] for c in RESULT_COLUMNS}
+
+
+def _add_row(cols: dict, rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float,
+             error: str) -> None:
+    for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
+        cols[c].append(v)
+
+
+def _add_error(cols: dict, rec: Record, reason: str) -> None:
+    """A query that could not be run: one row with rank 0 and the reason."""
+    _add_row(cols, rec, 0, -1, "", "", float("nan"), reason)
+
+
 class Searcher:
     """The collection's spec, a feature extractor built from it, and the store: reused across query passes."""
 
@@ -174,35 +189,31 @@ class Searcher:
 
         config = config or self.config
         inpainter = get_inpainter(config.inpainter)
-        cols: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
-
-        def add(rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float, error: str):
-            for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
-                cols[c].append(v)
-
+        cols = _new_columns()
         for start in tqdm(range(0, len(records), config.batch_size), desc="query", unit="batch", disable=not progress):
             good, images = [], []
             for r in records[start : start + config.batch_size]:
                 if r.status != OK:
-                    add(r, 0, -1, "", "", float("nan"), r.error)
+                    _add_error(cols, r, r.error)
                     continue
                 try:
                     images.append(restore(r.image, query_mask(r.image, r.path, config, root), inpainter))
                     good.append(r)
                 except (FileNotFoundError, ValueError) as exc:
-                    add(r, 0, -1, "", "", float("nan"), str(exc))
+                    _add_error(cols, r, str(exc))
             if good:
-                self._search_into(add, good, self.extractor(images), config)
+                self._search_into(cols, good, self.extractor(images), config)
         return cols
 
-    def _search_into(self, add, good: Sequence[Record], vectors: np.ndarray, config: QueryConfig) -> None:
+    def _search_into(self, cols: dict, good: Sequence[Record], vectors: np.ndarray, config: QueryConfig) -> None:
         ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
                                                   config.exclude_self)
         for q, r in enumerate(good):
             for rank in range(ids.shape[1]):
                 if ids[q, rank] < 0:
                     break
-                add(r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank], float(dist[q, rank]), "")
+                _add_row(cols, r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank],
+                         float(dist[q, rank]), "")
 
     def run_ray(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *,
                 root: str | None = None) -> dict:
@@ -215,18 +226,13 @@ class Searcher:
                            weights_override=config.weights_override, device=config.device, backend="ray",
                            progress=config.progress)
         recs, feats = describe_files_ray(self.spec, files, icfg, transform=damage_transform(config, files, root))
-        cols: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
-
-        def add(rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float, error: str):
-            for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
-                cols[c].append(v)
-
+        cols = _new_columns()
         good = [r for r in recs if r.status == OK]
         for r in recs:
             if r.status != OK:
-                add(r, 0, -1, "", "", float("nan"), r.error)
+                _add_error(cols, r, r.error)
         if good:
-            self._search_into(add, good, self.spec.fuse(feats), config)
+            self._search_into(cols, good, self.spec.fuse(feats), config)
         return cols
 
 
