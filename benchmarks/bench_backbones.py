@@ -2,7 +2,7 @@
 
     python benchmarks/bench_backbones.py --backbones mobilenet_v2 vgg16 --threads 2 --n 64
 
-Ours: ``cbir_dist.backbones`` (OpenCV uint8 resize + crop, normalisation on the device, channels_last,
+Ours: ``cbir_dist.features.backbones`` (OpenCV uint8 resize + crop, normalisation on the device, channels_last,
 inference_mode, bf16 autocast on CUDA). Baseline: the torchvision way — ``weights.transforms()`` on
 each image tensor, a contiguous fp32 batch, ``torch.no_grad()``, the same cut model. Random weights
 (speed does not depend on them). Inputs: 375 x 500 synthetic photo-like images (resize + crop needed).
@@ -47,7 +47,13 @@ def main() -> None:
     import torch
     from torchvision.transforms import v2
 
-    from cbir_dist.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbone, preprocess, resize_size
+    from cbir_dist.features.backbones import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        load_backbone,
+        preprocess,
+        resize_size,
+    )
 
     torch.set_num_threads(args.threads)
     imgs = _images(args.n)

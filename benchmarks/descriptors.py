@@ -35,11 +35,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cbir_dist.descriptors import compute  # noqa: E402
-from cbir_dist.descriptors._validate import grey_uint8  # noqa: E402
-from cbir_dist.descriptors.correlogram import quantize_colors  # noqa: E402
-from cbir_dist.descriptors.gabor import gabor_bank, working_image  # noqa: E402
-from cbir_dist.descriptors.glcm import ANGLES, tile_edges  # noqa: E402
+from cbir_dist.features.descriptors import compute  # noqa: E402
+from cbir_dist.features.descriptors._validate import grey_uint8  # noqa: E402
+from cbir_dist.features.descriptors.correlogram import quantize_colors  # noqa: E402
+from cbir_dist.features.descriptors.gabor import gabor_bank, working_image  # noqa: E402
+from cbir_dist.features.descriptors.glcm import ANGLES, tile_edges  # noqa: E402
 
 SIDE = 256
 TARGET_TOTAL_MS = 40.0
@@ -72,7 +72,8 @@ def folder_images(root: str, n: int) -> list[np.ndarray]:
     """``n`` images spread over ``root``'s (sorted) files, resized to 256 x 256."""
     import cv2
 
-    from cbir_dist.imageio import list_images, read_image
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.images import read_image
 
     files = list_images(root)
     if not files:

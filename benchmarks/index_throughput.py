@@ -8,9 +8,9 @@ milvus-lite collection, flushing every ``--shard-size`` rows:
     one process, no bookkeeping: read + hash + decode, descriptors, backbone (torch's default
     threads), fuse, upsert, in batches of ``--batch-size``.
 ``local backend``
-    ``cbir_dist.indexer.run_index`` (the same loop plus run directory, manifest and markers).
+    ``cbir_dist.index.run_index`` (the same loop plus run directory, manifest and markers).
 ``ray backend``
-    ``cbir_dist.pipeline.run_index_ray`` on a local Ray instance started before the clock starts
+    ``cbir_dist.index.cluster.run_index_ray`` on a local Ray instance started before the clock starts
     (its start-up time is printed separately; a cluster is normally already running).
 
 Prints one row per backend: wall seconds (backbone loading included), images/s, the ratio to the
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 
 def subset(data: Path, limit: int, dest: Path) -> int:
     """Symlink the first ``limit`` images of ``data`` into ``dest`` (same class folders)."""
-    from cbir_dist.imageio import list_images
+    from cbir_dist.io.files import list_images
 
     files = list_images(data)[:limit]
     for f in files:
@@ -75,11 +75,11 @@ def subset(data: Path, limit: int, dest: Path) -> int:
 
 def plain_loop(spec, images_dir: Path, db: str, batch_size: int, shard_size: int) -> dict:
     """The same work as an index run, as one straight loop; returns seconds per stage and in total."""
-    from cbir_dist.extract import DeepFeatures, handcrafted_features
-    from cbir_dist.fuse import DEEP
-    from cbir_dist.imageio import list_images
-    from cbir_dist.ingest import OK, read_record
-    from cbir_dist.store import VectorStore
+    from cbir_dist.features.extract import DeepFeatures, handcrafted_features
+    from cbir_dist.features.spec import DEEP
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.records import OK, read_record
+    from cbir_dist.store.milvus import VectorStore
 
     t0 = time.perf_counter()
     sec = dict.fromkeys(STAGES, 0.0)
@@ -118,8 +118,9 @@ def plain_loop(spec, images_dir: Path, db: str, batch_size: int, shard_size: int
 
 def warm_up(spec, images_dir: Path) -> None:
     """Import and touch everything once, so the first timed run does not pay for imports and disk caches."""
-    from cbir_dist.extract import Extractor
-    from cbir_dist.imageio import list_images, read_image
+    from cbir_dist.features.extract import Extractor
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.images import read_image
 
     files = list_images(images_dir)
     for f in files:
@@ -128,7 +129,8 @@ def warm_up(spec, images_dir: Path) -> None:
 
 
 def backend_run(kind: str, spec, images_dir: Path, work: Path, args) -> dict:
-    from cbir_dist.indexer import IndexConfig, run_index
+    from cbir_dist.index import run_index
+    from cbir_dist.index.run import IndexConfig
 
     cfg = IndexConfig(str(images_dir), db=str(work / f"{kind}.db"), collection=kind, run_dir=str(work / f"run_{kind}"),
                       shard_size=args.shard_size, batch_size=args.batch_size, overwrite=True, backend=kind,
@@ -136,7 +138,7 @@ def backend_run(kind: str, spec, images_dir: Path, work: Path, args) -> dict:
                       deep_actors=args.deep_actors)
     t0 = time.perf_counter()
     if kind == "ray":
-        from cbir_dist.pipeline import run_index_ray
+        from cbir_dist.index.cluster import run_index_ray
 
         s = run_index_ray(spec, cfg)
     else:
@@ -147,7 +149,7 @@ def backend_run(kind: str, spec, images_dir: Path, work: Path, args) -> dict:
 
 
 def vectors(db: str, collection: str, ids) -> np.ndarray:
-    from cbir_dist.store import VectorStore
+    from cbir_dist.store.milvus import VectorStore
 
     with VectorStore(db, collection) as store:
         got = store.fetch(ids)
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from cbir_dist.profiles import build_spec
+    from cbir_dist.features.profiles import build_spec
 
     spec = build_spec(backbone=args.backbone, weights=args.weights, descriptors=("correlogram", "gabor"),
                       mode="balanced")
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
                     results["local backend"].append(backend_run("local", spec, work / "images", work, args))
         finally:
             ray.shutdown()
-        from cbir_dist.imageio import content_id
+        from cbir_dist.io.files import content_id
 
         ids = sorted({content_id(p.read_bytes()) for p in (work / "images").rglob("*.*")})
         ref = vectors(str(work / "plain.db"), "plain", ids)

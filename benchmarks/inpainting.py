@@ -3,7 +3,7 @@
 For every held-out image (``cbir_dist/weights/two_stage_split.txt``, never seen in training) and
 every fringe frequency, the image is masked with ``fringe_mask(H, W, f, missing_fraction)``
 (vertical fringes, phase 0) and reconstructed by each inpainter; PSNR, SSIM and FSIM of the
-reconstruction against the original (whole image, ``cbir_dist.metrics``) are averaged, with the
+reconstruction against the original (whole image, ``cbir_dist.evaluation.metrics``) are averaged, with the
 mean seconds per image of each method measured in the same run. Prints (and with ``--out-md``
 writes) one markdown table.
 
@@ -31,7 +31,7 @@ log = logging.getLogger("benchmarks.inpainting")
 
 def select_images(split_file, data_root, max_images: int | None, seed: int = 0) -> list[Path]:
     """Held-out images, stratified: a seeded round-robin over classes until ``max_images``."""
-    from cbir_dist.train_inpainter import read_split_file
+    from cbir_dist.training.data import read_split_file
 
     rel = read_split_file(split_file)
     by_class: dict[str, list[str]] = {}
@@ -52,7 +52,7 @@ def fringe_reconstructions(image: np.ndarray, frequencies, inpainters: dict, mis
 
     Also usable by retrieval evaluations (query -> fringe mask -> inpaint -> descriptors).
     """
-    from cbir_dist.masks import fringe_mask
+    from cbir_dist.damage.masks import fringe_mask
 
     out = {}
     for f in frequencies:
@@ -64,11 +64,11 @@ def fringe_reconstructions(image: np.ndarray, frequencies, inpainters: dict, mis
 
 def run(images, frequencies, methods, *, weights=None, missing_fraction=0.25, short_side=None):
     """Evaluate; returns ``{(method, frequency): {metric: mean}}`` and ``{method: seconds per image}``."""
-    from cbir_dist import metrics
-    from cbir_dist.imageio import read_image
-    from cbir_dist.inpaint import get_inpainter
-    from cbir_dist.masks import fringe_mask
-    from cbir_dist.train_inpainter import resize_short_side
+    from cbir_dist.damage.inpaint import get_inpainter
+    from cbir_dist.damage.masks import fringe_mask
+    from cbir_dist.evaluation import metrics
+    from cbir_dist.io.images import read_image
+    from cbir_dist.training.data import resize_short_side
 
     inpainters = {
         m: get_inpainter(m, **({"weights": weights} if weights and m == "two-stage" else {})) for m in methods
@@ -98,8 +98,8 @@ def run(images, frequencies, methods, *, weights=None, missing_fraction=0.25, sh
 
 def time_methods(methods, *, size: int = 256, repeats: int = 5, weights=None, frequency: float = 1.0) -> dict:
     """Median milliseconds per ``size``×``size`` image of each method (one CPU thread), same image and mask."""
-    from cbir_dist.inpaint import get_inpainter
-    from cbir_dist.masks import fringe_mask
+    from cbir_dist.damage.inpaint import get_inpainter
+    from cbir_dist.damage.masks import fringe_mask
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size]

@@ -4,12 +4,12 @@
     python benchmarks/shape_mpeg7.py --data ../shared/data/mpeg7 --no-affine
 
 Protocol. Every one of the 1400 shapes queries the other 1399 (leave-one-out) by Euclidean distance on
-features standardised with a mean/std fitted on the whole set (``cbir_dist.knn.fit_standardizer``).
+features standardised with a mean/std fitted on the whole set (``cbir_dist.features.spec.fit_standardizer``).
 
 * P@1, P@5, P@10: the query itself is excluded from its ranked list.
 * Bull's-eye: the MPEG-7 protocol — the top 40 *including the query itself* (at distance 0), number
   of same-class shapes among them divided by the class size 20, averaged over all queries.
-* KNN accuracy (k = 1, 3, 5): majority vote of the k nearest other shapes (``cbir_dist.knn``).
+* KNN accuracy (k = 1, 3, 5): majority vote of the k nearest other shapes (``cbir_dist.query.knn``).
 * ``raw P@1`` / ``raw BE``: the same without standardisation, to show what it does.
 
 The set has three byte-identical pairs inside a class; they are left in (it is the standard set).
@@ -17,7 +17,7 @@ Contours are traced once per image (``shape_contour``) and each variant row reru
 ``contour_descriptor`` on them; ``fourier_shape_descriptor(image) == contour_descriptor(shape_contour(image))``
 is asserted on the first images.
 
-Affine repository (``cbir_dist.affine``): every shape plus 4 variants (rotation, translation, scaling,
+Affine repository (``cbir_dist.evaluation.affine``): every shape plus 4 variants (rotation, translation, scaling,
 rotation+scale+translation) written to a temporary folder. Reported:
 
 * variants -> originals: each of the 5600 variants queries the 1400 originals with its own source
@@ -41,10 +41,16 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from cbir_dist.descriptors.fourier_shape import contour_descriptor, fourier_shape_descriptor, shape_contour  # noqa: E402
-from cbir_dist.imageio import list_images, read_image  # noqa: E402
-from cbir_dist.knn import apply_standardizer, classification_report, fit_standardizer, knn_predict  # noqa: E402
-from cbir_dist.metrics import bullseye_score, precision_at_k  # noqa: E402
+from cbir_dist.evaluation.metrics import bullseye_score, precision_at_k  # noqa: E402
+from cbir_dist.features.descriptors.fourier_shape import (  # noqa: E402
+    contour_descriptor,
+    fourier_shape_descriptor,
+    shape_contour,
+)
+from cbir_dist.features.spec import apply_standardizer, fit_standardizer  # noqa: E402
+from cbir_dist.io.files import list_images  # noqa: E402
+from cbir_dist.io.images import read_image
+from cbir_dist.query.knn import classification_report, knn_predict
 
 PAPER = dict(n_coeffs=10, sigma=1.0, n_points=128, extreme_points=False)
 VARIANT_ROWS = [
@@ -147,7 +153,7 @@ def table_variants(contours, y) -> None:
 
 
 def affine_section(data: Path, contours, y, seed: int, workers: int) -> None:
-    from cbir_dist.affine import VARIANTS, write_affine_repository
+    from cbir_dist.evaluation.affine import VARIANTS, write_affine_repository
 
     with tempfile.TemporaryDirectory(prefix="mpeg7_affine_") as tmp:
         t0 = time.perf_counter()

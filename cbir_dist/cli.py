@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--weights-out (default OUT/two_stage.pt); shipped in cbir_dist/weights/ with their "
                                    "provenance JSON they become what --inpainter two-stage loads.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .train_inpainter import add_arguments as add_train_arguments
+    from .training.job import add_arguments as add_train_arguments
 
     add_train_arguments(p)
 
@@ -193,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spec_from_args(args):
-    from .profiles import DEFAULT_DESCRIPTORS, PROFILES, build_spec, profile_spec
+    from .features.profiles import (
+        DEFAULT_DESCRIPTORS,
+        PROFILES,
+        build_spec,
+        profile_spec,
+    )
 
     overrides = {
         "backbone": args.backbone, "weights": args.weights, "descriptors": args.descriptors, "mode": args.fusion,
@@ -213,7 +218,7 @@ def _spec_from_args(args):
 
 
 def cmd_index(args) -> int:
-    from .indexer import IndexConfig, run_index
+    from .index import IndexConfig, run_index
 
     spec = _spec_from_args(args)
     cfg = IndexConfig(
@@ -224,21 +229,19 @@ def cmd_index(args) -> int:
         torch_threads=args.torch_threads, deep_actors=args.deep_actors,
         deep_resources={k: float(v) for k, v in (r.split("=", 1) for r in args.deep_resource)},
     )
-    transform = None
-    if args.fringe is not None or args.masks is not None:  # index images with missing regions, reconstructed
-        from .imageio import list_images
-        from .search import QueryConfig, damage_transform
+    from .damage.hook import DamageConfig, damage_transform
 
-        damage = QueryConfig(fringe=args.fringe, masks_dir=args.masks, missing_fraction=args.missing_fraction,
-                             angle=args.angle, phase=args.phase, inpainter=args.inpainter)
-        transform = damage_transform(damage, list_images(args.images_dir), args.images_dir)
+    # with --fringe/--masks: index images with missing regions, reconstructed by --inpainter
+    transform = damage_transform(DamageConfig(fringe=args.fringe, masks_dir=args.masks,
+                                              missing_fraction=args.missing_fraction, angle=args.angle,
+                                              phase=args.phase, inpainter=args.inpainter, root=args.images_dir))
     summary = run_index(spec, cfg, transform=transform)
     print(summary.line())
     return 0
 
 
 def cmd_query(args) -> int:
-    from .search import QueryConfig, precision_table, run_query
+    from .query.search import QueryConfig, precision_table, run_query
 
     cfg = QueryConfig(
         db=args.db, collection=args.collection, token=args.token, k=args.k, fringe=args.fringe,
@@ -269,7 +272,7 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     queries = None if str(args.queries).lower() == "all" else int(args.queries)
     if args.profile in ("shape", "texture"):
-        from .shape_eval import ShapeEvalConfig, run_shape_evaluate
+        from .evaluation.shapes import ShapeEvalConfig, run_shape_evaluate
 
         res = run_shape_evaluate(ShapeEvalConfig(args.dataset, args.out, profile=args.profile, seed=args.seed,
                                                  protocol=args.protocol, knn_k=args.knn_k, affine=args.affine,
@@ -277,7 +280,7 @@ def cmd_evaluate(args) -> int:
                                                  extreme_points=args.extreme_points))
         print(res["summary"])
         return 0
-    from .evaluate import EvalConfig, run_evaluate
+    from .evaluation.damaged import EvalConfig, run_evaluate
 
     cfg = EvalConfig(
         args.dataset, args.out, frequencies=args.frequencies, backbones=args.backbones, inpainters=args.inpainters,
@@ -294,7 +297,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .classify import run_classify
+    from .query.classify import run_classify
 
     res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=args.token,
                        out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
@@ -312,7 +315,7 @@ def cmd_classify(args) -> int:
 def cmd_train_inpainter(args) -> int:
     import json
 
-    from .train_inpainter import run_from_args
+    from .training.job import run_from_args
 
     result = run_from_args(args, "cbir-dist train-inpainter " + " ".join(sys.argv[2:]))
     print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2, default=str))
@@ -324,6 +327,14 @@ COMMANDS = {"train-inpainter": cmd_train_inpainter, "index": cmd_index, "query":
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status.
+
+    0 on success; 2 for a usage or input error (a bad option, a missing folder, a query asking for
+    other features than the collection's: :class:`~cbir_dist.errors.UsageError`); 1 for a runtime
+    failure (the store, weights, a distributed stage, missing rows: any other
+    :class:`~cbir_dist.errors.CbirError`, or an unexpected exception); 130 when interrupted.
+    Errors print one line; ``-v`` adds the traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -333,16 +344,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cbir_dist").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from .errors import CbirError
+    from .errors import CbirError, UsageError
 
     try:
         return COMMANDS[args.command](args)
-    except (CbirError, FileNotFoundError, ValueError) as exc:
-        print(f"cbir-dist {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line (a traceback with -v), an exit status
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, CbirError):
+            print(f"cbir-dist {args.command}: error: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, UsageError) else 1
+        print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with -v for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

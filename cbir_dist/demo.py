@@ -108,10 +108,16 @@ def run_demo(out_dir: str | Path = "demo_out", *, backbone: str = "mobilenet_v2"
     """Generate, index, query; returns the table rows (also printed by the CLI)."""
     from dataclasses import replace
 
-    from .imageio import list_images
-    from .indexer import IndexConfig, run_index
-    from .profiles import build_spec
-    from .search import QueryConfig, Searcher, load_queries, precision_table, write_results
+    from .features.profiles import build_spec
+    from .index import IndexConfig, run_index
+    from .io.files import list_images
+    from .query.search import (
+        QueryConfig,
+        Searcher,
+        load_queries,
+        precision_table,
+        write_results,
+    )
 
     out = Path(out_dir)
     t0 = time.perf_counter()

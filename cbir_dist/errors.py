@@ -1,10 +1,33 @@
-"""Exceptions raised at the library's boundaries; every message says what to do next."""
+"""The one error family raised at the library's boundaries; every message says what to do next.
+
+The command line maps the family onto exit codes: :class:`UsageError` and its subclasses (a bad
+option, a missing input folder, a query asking for other features than the collection holds) exit
+with 2; every other :class:`CbirError` (the store is down, weights cannot be had, a distributed
+stage failed after its retries, rows are missing after a write) exits with 1. Per-file problems
+(a corrupt image, a missing mask) are not raised out of a job: they become rows of
+``errors.parquet`` with their reason.
+"""
 
 from __future__ import annotations
 
 
 class CbirError(Exception):
-    """Base class of every error cbir_dist raises on purpose."""
+    """Base class of every error cbir_dist raises on purpose (CLI exit status 1)."""
+
+
+class UsageError(CbirError, ValueError):
+    """The request itself is wrong: an invalid option or configuration value (CLI exit status 2).
+
+    Also a ``ValueError``, so callers that validate arguments the standard way keep working.
+    """
+
+
+class InputError(UsageError):
+    """The input the user pointed at is not usable: no such folder, no images in it (exit status 2)."""
+
+
+class SpecMismatchError(UsageError):
+    """A query's feature spec differs from the one the collection was built with (exit status 2)."""
 
 
 class ImageDecodeError(CbirError):
@@ -19,5 +42,9 @@ class StoreError(CbirError):
     """The vector store (Milvus) refused an operation or could not be reached."""
 
 
-class SpecMismatchError(CbirError):
-    """A query's feature spec differs from the one the collection was built with."""
+class PipelineError(CbirError):
+    """A job's distributed stages failed after their retries, or their output was incomplete."""
+
+
+class IncompleteRunError(CbirError):
+    """A job finished but the store does not hold every row it planned to write (see errors.parquet)."""

@@ -1,6 +1,6 @@
 """Train the two-stage inpainter: ``ray job submit -- python jobs/train_inpainter.py DATA_DIR... --out RUN``.
 
-A thin entry point over :func:`cbir_dist.train_inpainter.train_inpainter`. On a cluster,
+A thin entry point over :func:`cbir_dist.training.job.train_inpainter`. On a cluster,
 ``--num-workers N --use-gpu`` trains data-parallel over N GPU workers (Ray Train TorchTrainer);
 ``--no-ray`` runs the same loop in this process. Rerunning with the same ``--out`` (or
 ``--checkpoint-dir``) resumes from the last checkpoint.
@@ -21,7 +21,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cbir_dist.train_inpainter import add_arguments
+    from cbir_dist.training.job import add_arguments
 
     p = argparse.ArgumentParser(
         prog="python jobs/train_inpainter.py",
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cbir_dist.train_inpainter import run_from_args
+    from cbir_dist.training.job import run_from_args
 
     result = run_from_args(args, "python jobs/train_inpainter.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2))

@@ -1,7 +1,7 @@
 """Render the paper's eight fringe masks (0.5 to 6 fringes per image) into one PNG grid.
 
 Usage: python scripts/render_masks.py [--out docs/masks.png] [--size 256] [--missing 0.25]
-White = known pixel, black = missing (the convention `cbir_dist.masks.load_mask` reads back).
+White = known pixel, black = missing (the convention `cbir_dist.damage.masks.load_mask` reads back).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cbir_dist.masks import FRINGE_FREQUENCIES, fraction_missing, fringe_mask  # noqa: E402
+from cbir_dist.damage.masks import FRINGE_FREQUENCIES, fraction_missing, fringe_mask  # noqa: E402
 
 log = logging.getLogger("render_masks")
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_dist.affine import (
+from cbir_dist.errors import InputError
+from cbir_dist.evaluation.affine import (
     VARIANTS,
     AffineParams,
     affine_variants,
@@ -16,7 +17,7 @@ from cbir_dist.affine import (
     draw_affine_params,
     write_affine_repository,
 )
-from cbir_dist.descriptors.fourier_shape import fourier_shape_descriptor
+from cbir_dist.features.descriptors.fourier_shape import fourier_shape_descriptor
 
 
 def _shape(h=80, w=100, dark=False):
@@ -123,7 +124,7 @@ def test_write_repository(tmp_path):
     again = write_affine_repository(src, tmp_path / "dst2", seed=1)
     for p, q in zip(written, again):
         assert open(p, "rb").read() == open(q, "rb").read()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError):
         write_affine_repository(tmp_path / "empty_does_not_exist", tmp_path / "x")
 
 

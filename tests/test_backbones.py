@@ -13,11 +13,17 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-from cbir_dist import backbones as bb
-from cbir_dist.backbones import BACKBONES, feature_dim, load_backbone, preprocess
-from cbir_dist.errors import WeightsError
 from conftest import shared_path
+
+from cbir_dist.errors import WeightsError
+from cbir_dist.features import backbones as bb
+from cbir_dist.features import weights as weights_mod
+from cbir_dist.features.backbones import (
+    BACKBONES,
+    feature_dim,
+    load_backbone,
+    preprocess,
+)
 
 SIZE = 32  # the smallest input every backbone takes: keeps CPU tests fast
 HINTS = ("TORCH_HOME", "--weights PATH", "--backbone none")
@@ -57,7 +63,7 @@ def no_network(monkeypatch):
         calls.append((url, dest))
         raise urllib.error.URLError("network disabled in tests")
 
-    monkeypatch.setattr(bb, "_download", fail)
+    monkeypatch.setattr(weights_mod, "_download", fail)
     return calls
 
 
@@ -297,8 +303,8 @@ class _FakeResponse(io.BytesIO):
         self.close()
 
 
-# the autouse fixture replaces bb._download; keep a handle on the real one for its own test
-_real_download = bb._download
+# the autouse fixture replaces weights._download; keep a handle on the real one for its own test
+_real_download = weights_mod._download
 
 
 @pytest.mark.parametrize("good", [True, False])
@@ -326,7 +332,8 @@ def _expected_sha(rel: str) -> str:
 
 
 def _crops_and_others():
-    from cbir_dist.imageio import list_images, read_image
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.images import read_image
 
     files = list_images(shared_path("data", "wang1000"))
     first = {}

@@ -9,14 +9,31 @@ import sys
 
 import numpy as np
 import pytest
-
-from cbir_dist.descriptors import Descriptor, available_descriptors, compute, get_descriptor
-from cbir_dist.descriptors._validate import grey_uint8
-from cbir_dist.descriptors.correlogram import color_autocorrelogram, quantize_colors
-from cbir_dist.descriptors.gabor import _responses, gabor_bank, gabor_features, working_image
-from cbir_dist.descriptors.glcm import ANGLES, direction_offsets, glcm_idm, tile_edges
-
 from conftest import shared_path
+
+from cbir_dist.features.descriptors import (
+    Descriptor,
+    available_descriptors,
+    compute,
+    get_descriptor,
+)
+from cbir_dist.features.descriptors._validate import grey_uint8
+from cbir_dist.features.descriptors.correlogram import (
+    color_autocorrelogram,
+    quantize_colors,
+)
+from cbir_dist.features.descriptors.gabor import (
+    _responses,
+    gabor_bank,
+    gabor_features,
+    working_image,
+)
+from cbir_dist.features.descriptors.glcm import (
+    ANGLES,
+    direction_offsets,
+    glcm_idm,
+    tile_edges,
+)
 
 OURS = ("correlogram", "gabor", "glcm")
 
@@ -379,13 +396,13 @@ def test_registry_entries(rgb_image):
 
 
 def test_registry_fourier_shape_lazily():
-    pytest.importorskip("cbir_dist.descriptors.fourier_shape")
+    pytest.importorskip("cbir_dist.features.descriptors.fourier_shape")
     d = get_descriptor("fourier_shape")
     assert d.dim() == 10 and d.dim(n_coeffs=10, extreme_points=True) == 14
 
 
 def test_import_is_light():
-    code = "import sys, cbir_dist.descriptors; print([m for m in ('cv2', 'skimage', 'scipy') if m in sys.modules])"
+    code = "import sys, cbir_dist.features.descriptors; print([m for m in ('cv2', 'skimage', 'scipy') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -397,7 +414,8 @@ def test_import_is_light():
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ("gabor", "glcm"))
 def test_brodatz_textures_find_their_own_class(name):
-    from cbir_dist.imageio import list_images, read_image
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.images import read_image
 
     files = list_images(shared_path("data", "brodatz"))
     labels = np.array([f.label for f in files])

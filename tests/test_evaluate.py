@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from cbir_dist.demo import make_dataset
-from cbir_dist.evaluate import EvalConfig, mask_phase, run_evaluate, select_queries
-from cbir_dist.ingest import Record
+from cbir_dist.evaluation.damaged import (
+    EvalConfig,
+    mask_phase,
+    run_evaluate,
+    select_queries,
+)
+from cbir_dist.io.records import Record
 
 METRICS = ("p_at_1", "p_at_5", "p_at_10", "map")
 
@@ -105,27 +110,3 @@ def test_mask_phases_differ_per_repeat():
 def test_config_validation(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         EvalConfig("d", "o", **kwargs)
-
-
-def test_local_ray_start_is_retried_then_gives_up():
-    from cbir_dist.executor import _start_local_ray
-
-    class FakeRay:
-        def __init__(self, fail):
-            self.fail, self.calls, self.shutdowns = fail, 0, 0
-
-        def init(self, **kw):
-            self.calls += 1
-            if self.calls <= self.fail:
-                raise RuntimeError("head did not start")
-
-        def shutdown(self):
-            self.shutdowns += 1
-
-    ok = FakeRay(fail=1)
-    _start_local_ray(ok, attempts=2)
-    assert ok.calls == 2 and ok.shutdowns == 1
-    bad = FakeRay(fail=5)
-    with pytest.raises(RuntimeError, match="head did not start"):
-        _start_local_ray(bad, attempts=2)
-    assert bad.calls == 2

@@ -5,17 +5,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import shared_path
 
-from cbir_dist.descriptors import fourier_shape as fsd
-from cbir_dist.descriptors.fourier_shape import (
+from cbir_dist.features.descriptors import fourier_shape as fsd
+from cbir_dist.features.descriptors.fourier_shape import (
     contour_descriptor,
     dim,
     foreground_mask,
     fourier_shape_descriptor,
     shape_contour,
 )
-
-from conftest import shared_path
 
 # Tolerances, relative L2 error ||f(T x) - f(x)|| / ||f(x)|| with the default parameters, measured on
 # the four shapes below (worst cases seen: rotation 0.043 and 0.5x scaling 0.056, both on the star,
@@ -262,7 +261,7 @@ def test_module_import_is_light():
 
 @pytest.mark.integration
 def test_mpeg7_same_class_closer_than_other_class():
-    from cbir_dist.imageio import read_image
+    from cbir_dist.io.images import read_image
 
     root = shared_path("data", "mpeg7")
     a1, a2 = (fourier_shape_descriptor(read_image(root / "apple" / f"apple-{i}.gif")) for i in (1, 2))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cbir_dist.errors import SpecMismatchError
-from cbir_dist.fuse import Block, FeatureSpec
+from cbir_dist.features.spec import Block, FeatureSpec
 
 
 def _spec(mode="balanced", norm="l2", w=(1.0, 0.5)):

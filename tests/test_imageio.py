@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_dist.errors import ImageDecodeError
-from cbir_dist.imageio import content_id, decode_image, list_images, read_image
-from cbir_dist.ingest import DUPLICATE, OK, REJECTED, mark_duplicates, read_record
+from cbir_dist.errors import ImageDecodeError, InputError
+from cbir_dist.io.files import content_id, list_images
+from cbir_dist.io.images import decode_image, read_image
+from cbir_dist.io.records import DUPLICATE, OK, REJECTED, mark_duplicates, read_record
 
 
 def _encode(arr, fmt, mode=None, **kw):
@@ -85,5 +86,5 @@ def test_list_images_labels_by_parent_and_records(tmp_path, rgb_image):
 
 
 def test_list_images_missing_dir(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError):
         list_images(tmp_path / "nope")

@@ -16,10 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from cbir_dist.demo import make_dataset
-from cbir_dist.indexer import IndexConfig, IndexRun, ShardProcessor, run_index, run_shards_in_order
-from cbir_dist.ingest import DUPLICATE, OK, REJECTED
-from cbir_dist.profiles import build_spec
-from cbir_dist.store import VectorStore
+from cbir_dist.errors import PipelineError
+from cbir_dist.features.profiles import build_spec
+from cbir_dist.index import run_index
+from cbir_dist.index.local import ShardProcessor
+from cbir_dist.index.run import IndexConfig, IndexRun, run_shards_in_order
+from cbir_dist.io.records import DUPLICATE, OK, REJECTED
+from cbir_dist.store.milvus import VectorStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +184,7 @@ def test_shards_finish_in_order_whatever_order_results_arrive(tmp_path, folder):
 def test_stream_ending_early_is_a_job_error(tmp_path, folder):
     run = IndexRun(descriptor_spec(), _cfg(tmp_path, folder))
     try:
-        with pytest.raises(RuntimeError, match="ended before shard 0"):
+        with pytest.raises(PipelineError, match="ended before shard 0"):
             run_shards_in_order(run, iter(()))
     finally:
         run.abort()

@@ -8,9 +8,9 @@ import types
 import numpy as np
 import pytest
 
-import cbir_dist.inpaint as inpaint
-from cbir_dist.inpaint import Inpainter, available_inpainters, get_inpainter
-from cbir_dist.masks import fringe_mask, irregular_mask
+import cbir_dist.damage.inpaint as inpaint
+from cbir_dist.damage.inpaint import Inpainter, available_inpainters, get_inpainter
+from cbir_dist.damage.masks import fringe_mask, irregular_mask
 
 CLASSICAL = ["none", "telea", "ns", "biharmonic"]
 
@@ -118,7 +118,7 @@ def test_registry_names_and_errors():
 
 
 def test_two_stage_is_loaded_lazily(monkeypatch):
-    fake = types.ModuleType("cbir_dist.inpaint._fake_two_stage")
+    fake = types.ModuleType("cbir_dist.damage.inpaint._fake_two_stage")
     calls = []
     fake.load_two_stage = lambda **kw: calls.append(kw) or "model"
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
@@ -128,7 +128,7 @@ def test_two_stage_is_loaded_lazily(monkeypatch):
 
 
 def test_two_stage_missing_module_raises_clear_error(monkeypatch):
-    monkeypatch.setattr(inpaint, "TWO_STAGE_MODULE", "cbir_dist.inpaint._absent_module")
+    monkeypatch.setattr(inpaint, "TWO_STAGE_MODULE", "cbir_dist.damage.inpaint._absent_module")
     with pytest.raises(ImportError, match="two-stage.*classical"):
         get_inpainter("two-stage")
 

@@ -8,7 +8,6 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,11 +23,12 @@ def _check_mobilenet_cache(monkeypatch):
 
 
 def test_wang1000_leave_one_out_p_at_10(tmp_path, monkeypatch):
-    from cbir_dist.indexer import IndexConfig, run_index
-    from cbir_dist.metrics import precision_at_k
-    from cbir_dist.profiles import build_spec
-    from cbir_dist.search import search_vectors
-    from cbir_dist.store import VectorStore
+    from cbir_dist.evaluation.metrics import precision_at_k
+    from cbir_dist.features.profiles import build_spec
+    from cbir_dist.index import run_index
+    from cbir_dist.index.run import IndexConfig
+    from cbir_dist.query.search import search_vectors
+    from cbir_dist.store.milvus import VectorStore
 
     data = shared_path("data", "wang1000")
     _check_mobilenet_cache(monkeypatch)
@@ -46,7 +46,7 @@ def test_wang1000_leave_one_out_p_at_10(tmp_path, monkeypatch):
     assert np.array_equal(got["id"], ids)
     vectors = got["vector"]
     labels = np.asarray(manifest["label"], dtype=object)
-    _ids, _d, _p, nn_labels = search_vectors(store, vectors, ids.tolist(), 10, exclude_self=True)
+    _ids, _d, _p, nn_labels = search_vectors(store, vectors, ids.tolist(), 10, exclude=True)
     p10 = 100 * precision_at_k(np.asarray(nn_labels, dtype=object), labels, 10).mean()
     p1 = 100 * precision_at_k(np.asarray(nn_labels, dtype=object), labels, 1).mean()
     print(f"wang1000 leave-one-out: P@1 {p1:.1f}  P@10 {p10:.1f}")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_dist.errors import ImageDecodeError
-from cbir_dist.masks import (
+from cbir_dist.damage.masks import (
     FRINGE_FREQUENCIES,
     apply_mask,
     fraction_missing,
@@ -18,6 +17,7 @@ from cbir_dist.masks import (
     irregular_mask,
     load_mask,
 )
+from cbir_dist.errors import ImageDecodeError
 
 SIZES = [(64, 64), (64, 1024), (1024, 64), (100, 77), (255, 256), (480, 640), (1024, 1024)]
 

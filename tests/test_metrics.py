@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from cbir_dist.metrics import (
+from cbir_dist.evaluation.metrics import (
     average_precision,
     bullseye_score,
-    drop_self,
     fsim,
     mean_average_precision,
     precision_at_k,
@@ -18,6 +17,7 @@ from cbir_dist.metrics import (
     retrieval_confusion,
     ssim,
 )
+from cbir_dist.query.search import exclude_self as drop_self
 
 # Three queries, K = 5, a database of N = 20 items.
 #   q0 (class A, R = 4): A B A A C -> hits 1 0 1 1 0

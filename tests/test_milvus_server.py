@@ -72,7 +72,7 @@ def server() -> Iterator[tuple[str, str | None]]:
 @pytest.fixture
 def store(server):
     """A VectorStore on a fresh collection of the server; dropped afterwards."""
-    from cbir_dist.store import VectorStore
+    from cbir_dist.store.milvus import VectorStore
 
     uri, token = server
     vs = VectorStore(uri, f"t_{uuid.uuid4().hex[:12]}", token=token)
@@ -140,7 +140,7 @@ def test_upsert_is_idempotent_and_replaces_rows(store, rng):
 
 
 def test_spec_round_trip_and_mismatch(server, store):
-    from cbir_dist.store import VectorStore
+    from cbir_dist.store.milvus import VectorStore
 
     store.create(DIM, SPEC)
     assert store.spec_json() == SPEC
@@ -156,7 +156,7 @@ def test_spec_round_trip_and_mismatch(server, store):
 
 
 def test_hnsw_and_ivf_indexes_on_the_server(server, rng):
-    from cbir_dist.store import VectorStore
+    from cbir_dist.store.milvus import VectorStore
 
     uri, token = server
     ids, paths, labels, vectors = _rows(rng, 200)
@@ -185,7 +185,7 @@ def test_drop_removes_the_collection(store, rng):
 
 
 def test_wrong_token_is_a_store_error(server):
-    from cbir_dist.store import VectorStore
+    from cbir_dist.store.milvus import VectorStore
 
     uri, token = server
     if token is None:

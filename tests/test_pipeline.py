@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-ray = pytest.importorskip("ray")
-
-from cbir_dist.indexer import IndexConfig, run_index  # noqa: E402
-from cbir_dist.pipeline import plan_stages, run_index_ray  # noqa: E402
-from cbir_dist.profiles import build_spec  # noqa: E402
-from cbir_dist.store import VectorStore  # noqa: E402
+import ray
 from test_indexer import make_folder  # noqa: E402
 
+from cbir_dist.distributed.graph import GraphConfig, plan_stages
+from cbir_dist.errors import PipelineError
+from cbir_dist.features.profiles import build_spec  # noqa: E402
+from cbir_dist.index import run_index
+from cbir_dist.index.cluster import run_index_ray
+from cbir_dist.index.run import IndexConfig  # noqa: E402
+from cbir_dist.store.milvus import VectorStore  # noqa: E402
 
 
 def deep_spec():
@@ -125,7 +126,7 @@ def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
     ],
 )
 def test_plan_never_lets_actors_take_every_cpu(cluster, kw, expect):
-    plan = plan_stages(cluster, IndexConfig("x", **kw))
+    plan = plan_stages(cluster, GraphConfig(**kw))
     for key, value in expect.items():
         assert getattr(plan, key) == value, key
     if not plan.actor_gpus:
@@ -133,8 +134,8 @@ def test_plan_never_lets_actors_take_every_cpu(cluster, kw, expect):
 
 
 def test_plan_needs_cpus():
-    with pytest.raises(RuntimeError, match="no CPUs"):
-        plan_stages({"GPU": 1.0}, IndexConfig("x"))
+    with pytest.raises(PipelineError, match="no CPUs"):
+        plan_stages({"GPU": 1.0}, GraphConfig())
 
 
 def test_job_entry_point_defaults_to_the_ray_backend(tmp_path, folder, local_ray, capsys):

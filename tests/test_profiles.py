@@ -1,7 +1,7 @@
 import pytest
 
-from cbir_dist.fuse import DEEP
-from cbir_dist.profiles import PROFILES, build_spec, profile_spec
+from cbir_dist.features.profiles import PROFILES, build_spec, profile_spec
+from cbir_dist.features.spec import DEEP
 
 
 def test_default_spec_blocks_and_dims():

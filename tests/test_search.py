@@ -7,10 +7,16 @@ from PIL import Image
 
 from cbir_dist.demo import make_dataset
 from cbir_dist.errors import SpecMismatchError
-from cbir_dist.imageio import content_id
-from cbir_dist.indexer import IndexConfig, run_index
-from cbir_dist.profiles import build_spec
-from cbir_dist.search import RESULT_COLUMNS, QueryConfig, precision_table, run_query
+from cbir_dist.features.profiles import build_spec
+from cbir_dist.index import run_index
+from cbir_dist.index.run import IndexConfig
+from cbir_dist.io.files import content_id
+from cbir_dist.query.search import (
+    RESULT_COLUMNS,
+    QueryConfig,
+    precision_table,
+    run_query,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cbir_dist.shape_eval import ShapeEvalConfig, rank_numpy, run_shape_evaluate, score_ranking
+from cbir_dist.evaluation.scoring import rank_numpy, score_ranking
+from cbir_dist.evaluation.shapes import ShapeEvalConfig, run_shape_evaluate
 
 SHAPES = ("circle", "square", "star", "ell")
 
@@ -193,7 +194,7 @@ def test_config_rejects_bad_choices(tmp_path):
 
 
 def test_evaluate_cli_passes_the_shape_options(monkeypatch, tmp_path, capsys):
-    import cbir_dist.shape_eval as se
+    import cbir_dist.evaluation.shapes as se
     from cbir_dist.cli import main
 
     seen = {}

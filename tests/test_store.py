@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from cbir_dist.columns import ID, LABEL, PATH, VECTOR
 from cbir_dist.errors import StoreError
-from cbir_dist.store import SearchResult, VectorStore, auto_nlist
+from cbir_dist.io.records import ID, LABEL, PATH, VECTOR
+from cbir_dist.store.milvus import SearchResult, VectorStore, auto_nlist
 
 SPEC = json.dumps({"blocks": [{"name": "gabor", "dim": 64, "weight": 1.0}]})
 
@@ -159,7 +159,7 @@ def test_unreachable_server_fails_fast_with_store_error():
 
 def test_local_store_held_by_another_process_raises_store_error(db):
     holder = (
-        "import sys; from cbir_dist.store import VectorStore; "
+        "import sys; from cbir_dist.store.milvus import VectorStore; "
         f"s = VectorStore({db!r}, 'images'); print('ready', flush=True); sys.stdin.read(); s.close()"
     )
     proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -288,5 +288,5 @@ def test_auto_nlist_grows_like_sqrt_and_respects_training_size():
 
 
 def test_module_import_does_not_import_pymilvus():
-    code = "import sys, cbir_dist.store; assert 'pymilvus' not in sys.modules and 'milvus_lite' not in sys.modules"
+    code = "import sys, cbir_dist.store.milvus; assert 'pymilvus' not in sys.modules and 'milvus_lite' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

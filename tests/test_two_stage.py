@@ -10,15 +10,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch  # noqa: E402
 
-torch = pytest.importorskip("torch")
-
+from cbir_dist.damage.inpaint import two_stage  # noqa: E402
+from cbir_dist.damage.inpaint.two_stage import (  # noqa: E402
+    TwoStageInpainter,
+    build_two_stage,
+    load_two_stage,
+)
+from cbir_dist.damage.masks import fringe_mask  # noqa: E402
 from cbir_dist.errors import WeightsError  # noqa: E402
-from cbir_dist.inpaint import losses  # noqa: E402
-from cbir_dist.inpaint import two_stage  # noqa: E402
-from cbir_dist.inpaint.two_stage import TwoStageInpainter, build_two_stage, load_two_stage  # noqa: E402
-from cbir_dist.masks import fringe_mask  # noqa: E402
-from cbir_dist import train_inpainter as ti  # noqa: E402
+from cbir_dist.training import losses  # noqa: E402
+from cbir_dist.training.checkpoints import (
+    export_weights,  # noqa: E402
+    load_checkpoint,  # noqa: E402
+    save_checkpoint,  # noqa: E402
+)
+from cbir_dist.training.config import TrainConfig  # noqa: E402
+from cbir_dist.training.data import (
+    read_split_file,  # noqa: E402
+    sample_batch,  # noqa: E402
+    split_dataset,  # noqa: E402
+    to_tensors,  # noqa: E402
+    write_split_file,  # noqa: E402
+)
+from cbir_dist.training.history import PLOT_NAME  # noqa: E402
+from cbir_dist.training.job import train_inpainter  # noqa: E402
+from cbir_dist.training.loop import run_training_loop  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -64,11 +82,11 @@ def test_grey_images(tiny_net, rng, shape):
 
 
 def test_registry_builds_two_stage(tmp_path, image_set):
-    from cbir_dist.inpaint import get_inpainter
+    from cbir_dist.damage.inpaint import get_inpainter
 
     cfg = _cfg(image_set, tmp_path / "run", steps=1, checkpoint_every=1)
-    ti.run_training_loop(cfg)
-    ti.export_weights(cfg.checkpoint_path, tmp_path / "w.pt")
+    run_training_loop(cfg)
+    export_weights(cfg.checkpoint_path, tmp_path / "w.pt")
     inp = get_inpainter("two-stage", weights=tmp_path / "w.pt", device="cpu")
     assert inp.name == "two-stage"
     img = smooth_image(16, 24)
@@ -265,7 +283,7 @@ def test_few_steps_reduce_the_loss():
     net = build_two_stage(width=8)
     img = np.stack([smooth_image(32, 32, s) for s in range(4)])
     masks = np.stack([fringe_mask(32, 32, f) for f in (0.5, 1.0, 2.0, 3.0)])
-    x, m = ti.to_tensors(img, masks, "cpu")
+    x, m = to_tensors(img, masks, "cpu")
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     history = []
     for _ in range(25):
@@ -297,32 +315,32 @@ def _cfg(image_set, out, **kw):
                 cache_short_side=40, log_every=1, checkpoint_every=2, val_every=2, val_max_images=2,
                 style_weight=0.0, correlation_weight=0.0, warmup_steps=1, num_threads=1)
     base.update(kw)
-    return ti.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 def test_split_is_deterministic_disjoint_and_per_class(tmp_path):
     root = _write_images(tmp_path / "d" / "s1", classes=("x", "y"), per_class=20)
-    train, val = ti.split_dataset([root], 0.1, seed=0)
+    train, val = split_dataset([root], 0.1, seed=0)
     assert len(val) == 4 and len(train) == 36 and not set(train) & set(val)
     assert sum(p.startswith("s1/x/") for p in val) == 2
-    assert ti.split_dataset([root], 0.1, seed=0) == (train, val)
-    assert ti.split_dataset([root], 0.1, seed=1)[1] != val
+    assert split_dataset([root], 0.1, seed=0) == (train, val)
+    assert split_dataset([root], 0.1, seed=1)[1] != val
     split = tmp_path / "split.txt"
-    ti.write_split_file(split, val, images_dirs=[root], val_fraction=0.1, seed=0)
-    assert ti.read_split_file(split) == val
+    write_split_file(split, val, images_dirs=[root], val_fraction=0.1, seed=0)
+    assert read_split_file(split) == val
 
 
 def test_training_loop_writes_checkpoint_metrics_and_plot(image_set, tmp_path):
     cfg = _cfg(image_set, tmp_path / "run", val_split_file=str(tmp_path / "split.txt"))
-    res = ti.run_training_loop(cfg)
+    res = run_training_loop(cfg)
     assert res["step"] == 4
     assert cfg.checkpoint_path.is_file()
-    assert (tmp_path / "run" / ti.PLOT_NAME).stat().st_size > 1000
+    assert (tmp_path / "run" / PLOT_NAME).stat().st_size > 1000
     kinds = [r["kind"] for r in res["history"]]
     assert kinds.count("train") == 4 and kinds.count("val") == 2
-    held = ti.read_split_file(tmp_path / "split.txt")
+    held = read_split_file(tmp_path / "split.txt")
     assert len(held) == 2 and {p.split("/")[1] for p in held} == {"a", "b"}  # one per class of 5
-    meta = ti.export_weights(cfg.checkpoint_path, tmp_path / "w.pt", provenance={"note": "x"})
+    meta = export_weights(cfg.checkpoint_path, tmp_path / "w.pt", provenance={"note": "x"})
     assert meta["sha256"] == two_stage.sha256_file(tmp_path / "w.pt") and meta["steps"] == 4
     inp = load_two_stage(tmp_path / "w.pt", device="cpu")
     img = smooth_image(24, 40)
@@ -335,7 +353,7 @@ class _Kill(Exception):
 
 
 def test_resume_after_kill_is_identical_to_uninterrupted_run(image_set, tmp_path):
-    full = ti.run_training_loop(_cfg(image_set, tmp_path / "full"))
+    full = run_training_loop(_cfg(image_set, tmp_path / "full"))
 
     def kill_at_3(metrics, ckpt):
         if metrics["step"] == 3:
@@ -343,9 +361,9 @@ def test_resume_after_kill_is_identical_to_uninterrupted_run(image_set, tmp_path
 
     cfg = _cfg(image_set, tmp_path / "killed")
     with pytest.raises(_Kill):
-        ti.run_training_loop(cfg, report=kill_at_3)
+        run_training_loop(cfg, report=kill_at_3)
     assert torch.load(cfg.checkpoint_path, weights_only=True)["step"] == 2
-    resumed = ti.run_training_loop(cfg)
+    resumed = run_training_loop(cfg)
     assert resumed["step"] == 4
     a = torch.load(_cfg(image_set, tmp_path / "full").checkpoint_path, weights_only=True)
     b = torch.load(cfg.checkpoint_path, weights_only=True)
@@ -368,21 +386,21 @@ def test_checkpoint_roundtrip_restores_params_optimizer_and_rng(tmp_path, image_
     opt.step()
     rng = np.random.default_rng(5)
     rng.random(3)
-    ti.save_checkpoint(tmp_path / "c.pt", model=net, optimizer=opt, step=7, rng=rng, config=cfg)
+    save_checkpoint(tmp_path / "c.pt", model=net, optimizer=opt, step=7, rng=rng, config=cfg)
     cache = [smooth_image(40, 40, s) for s in range(3)]
-    expected = ti.sample_batch(cache, rng, 2, 32)
+    expected = sample_batch(cache, rng, 2, 32)
     expected_torch = torch.rand(3)
 
     net2 = build_two_stage(8)
     opt2 = torch.optim.Adam(net2.parameters(), lr=1e-3)
     rng2 = np.random.default_rng(99)
-    step = ti.load_checkpoint(tmp_path / "c.pt", model=net2, optimizer=opt2, rng=rng2)
+    step = load_checkpoint(tmp_path / "c.pt", model=net2, optimizer=opt2, rng=rng2)
     assert step == 7
     for p, q in zip(net.parameters(), net2.parameters()):
         assert torch.equal(p, q)
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
-    got = ti.sample_batch(cache, rng2, 2, 32)
+    got = sample_batch(cache, rng2, 2, 32)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert torch.equal(torch.rand(3), expected_torch)
@@ -391,7 +409,7 @@ def test_checkpoint_roundtrip_restores_params_optimizer_and_rng(tmp_path, image_
 
 def test_sample_batch_shapes_and_masks(rng):
     cache = [smooth_image(40, 56, s) for s in range(3)]
-    images, masks = ti.sample_batch(cache, rng, 6, 32)
+    images, masks = sample_batch(cache, rng, 6, 32)
     assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
     assert masks.shape == (6, 32, 32) and masks.dtype == bool
     frac = 1 - masks.mean(axis=(1, 2))
@@ -417,13 +435,13 @@ def test_job_help():
 
 @pytest.mark.slow
 def test_train_through_ray_torchtrainer(image_set, tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray
     os.environ["RAY_AUTH_MODE"] = "disabled"
     if importlib.util.find_spec("pydantic") is None:  # Ray Train v2 needs it; v1 does not
         os.environ["RAY_TRAIN_V2_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        res = ti.train_inpainter(image_set, tmp_path / "ray", steps=2, batch_size=2, crop=32, width=8,
+        res = train_inpainter(image_set, tmp_path / "ray", steps=2, batch_size=2, crop=32, width=8,
                                  cache_short_side=40, checkpoint_every=2, val_every=2, log_every=1,
                                  val_max_images=1, style_weight=0.0, correlation_weight=0.0,
                                  warmup_steps=1, use_ray=True, num_threads=1)

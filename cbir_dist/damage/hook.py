@@ -1,0 +1,121 @@
+"""The damage-and-reconstruct step, the one used by index, query and evaluate.
+
+An image is *damaged* by a known-pixel mask (its missing pixels zeroed: the paper's ``M ⊙ I``) and
+*reconstructed* by an inpainter. The mask is a fringe pattern (``--fringe HZ``) or a per-file mask
+from a folder (``--masks DIR``: the file of the same relative path, or the same name, as PNG).
+:class:`DamageTransform` is the picklable ``(image, path) -> image`` hook the index and query
+backends apply to every decoded image (inside Ray CPU tasks on the Ray backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class DamageConfig:
+    """How images are damaged and reconstructed; inactive (``active`` is False) when neither
+    ``fringe`` nor ``masks_dir`` is given.
+
+    ``root`` is the folder the images' paths are relative to, for finding their masks in
+    ``masks_dir`` by relative path.
+    """
+
+    fringe: float | None = None
+    masks_dir: str | None = None
+    missing_fraction: float = 0.25
+    angle: float = 0.0
+    phase: float = 0.0
+    inpainter: str = "none"
+    root: str | None = None
+
+    def __post_init__(self):
+        if self.fringe is not None and self.masks_dir is not None:
+            raise UsageError("give either --fringe HZ or --masks DIR, not both")
+        if self.fringe is not None and not self.fringe > 0:
+            raise UsageError(f"--fringe must be a positive frequency in Hz (fringes per image), got {self.fringe}")
+        if not 0.0 < self.missing_fraction < 1.0:
+            raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
+
+    @property
+    def active(self) -> bool:
+        return self.fringe is not None or self.masks_dir is not None
+
+
+def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.ndarray | None:
+    """The known-pixel mask of one image: a fringe pattern, a file from the masks folder, or None (intact).
+
+    Raises ``FileNotFoundError`` when ``--masks`` has no mask for ``path`` and ``ValueError`` (or
+    :class:`~cbir_dist.errors.ImageDecodeError`) when the mask file is unusable: per-file failures
+    that the jobs record as the file's error.
+    """
+    from .masks import fringe_mask, load_mask
+
+    h, w = shape[:2]
+    if config.fringe is not None:
+        return fringe_mask(h, w, config.fringe, config.missing_fraction, angle=config.angle, phase=config.phase)
+    if config.masks_dir is None:
+        return None
+    rel = _relative(path, config.root)
+    base = Path(config.masks_dir)
+    for candidate in (base / rel, base / rel.with_suffix(".png"), base / Path(rel.name).with_suffix(".png"),
+                      base / rel.name):
+        if candidate.is_file():
+            return load_mask(candidate, shape=(h, w))
+    raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
+
+
+def _relative(path: str, root: str | None) -> Path:
+    if root:
+        try:
+            return Path(path).relative_to(root)
+        except ValueError:
+            pass
+    return Path(Path(path).name)
+
+
+def damage_and_reconstruct(image: np.ndarray, known: np.ndarray | None, inpainter) -> tuple[np.ndarray, np.ndarray]:
+    """``(damaged, reconstructed)``: ``image`` with the missing pixels of ``known`` zeroed, then inpainted.
+
+    With ``known`` None the image is intact and both are ``image`` itself.
+    """
+    if known is None:
+        return image, image
+    from .masks import apply_mask
+
+    damaged = apply_mask(image, known)
+    return damaged, inpainter(damaged, known)
+
+
+class DamageTransform:
+    """The damage-and-reconstruct step as a picklable ``(image, path) -> image`` hook.
+
+    The inpainter is built on first use, in the process that runs the hook (a Ray worker loads a
+    network's weights once, not once per image).
+    """
+
+    def __init__(self, config: DamageConfig):
+        if not config.active:
+            raise UsageError("DamageTransform needs --fringe or --masks")
+        self.config = config
+        self._inpainter = None
+
+    def __getstate__(self):
+        return {"config": self.config, "_inpainter": None}
+
+    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
+        if self._inpainter is None:
+            from .inpaint import get_inpainter
+
+            self._inpainter = get_inpainter(self.config.inpainter)
+        return damage_and_reconstruct(image, known_mask(image.shape, path, self.config), self._inpainter)[1]
+
+
+def damage_transform(config: DamageConfig) -> DamageTransform | None:
+    """The hook for ``config``, or None when nothing is damaged."""
+    return DamageTransform(config) if config.active else None

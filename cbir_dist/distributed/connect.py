@@ -1,0 +1,106 @@
+"""The one Ray connection policy of the package (index and query graphs, evaluation tasks, training).
+
+Order: an existing connection in this process; ``$RAY_ADDRESS`` (a remote cluster, or the job's
+cluster under ``ray job submit``); the cluster that ``ray start`` last recorded on this machine;
+else a new local instance with this machine's CPUs. Deliberately not ``address="auto"``: that
+also joins any other Ray instance it finds running here (another program's, a test's). A failed
+start of a *local* instance is retried (seen on a loaded 2-core machine right after another
+instance shut down: the new head's processes did not come up in time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+LOCAL_START_ATTEMPTS = 3
+_INIT_KWARGS = {"include_dashboard": False, "log_to_driver": True}
+
+
+def _init(ray, *, attempts: int = LOCAL_START_ATTEMPTS, wait_s: float = 2.0, **kwargs) -> None:
+    """``ray.init``, retried when a local start fails (RuntimeError), never when a cluster is unreachable."""
+    from tenacity import (
+        before_sleep_log,
+        retry,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential,
+    )
+
+    @retry(retry=retry_if_exception_type(RuntimeError), stop=stop_after_attempt(attempts),
+           wait=wait_exponential(multiplier=wait_s, max=4 * wait_s), reraise=True,
+           before_sleep=before_sleep_log(log, logging.WARNING))
+    def init():
+        try:
+            ray.init(**_INIT_KWARGS, **kwargs)
+        except RuntimeError:
+            ray.shutdown()
+            raise
+
+    init()
+
+
+def connect(*, num_cpus: int | None = None) -> bool:
+    """Make sure this process is connected to Ray; True when this call connected (and should disconnect).
+
+    ``num_cpus`` applies only when a new local instance is started.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, **_INIT_KWARGS)
+        else:
+            local = {} if num_cpus is None else {"num_cpus": num_cpus}
+            try:  # the cluster `ray start` recorded here, else a new local instance
+                _init(ray, **local)
+            except ConnectionError as exc:
+                log.warning("the Ray cluster recorded on this machine is unreachable (%s); starting a local one", exc)
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own instance, on this machine only
+                _init(ray, address="local", **local)
+    except (ConnectionError, RuntimeError) as exc:
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray instance"
+        raise PipelineError(f"could not connect to {where}: {exc}. Check that the cluster is up (`ray status`), "
+                            "or unset RAY_ADDRESS to run on a local instance") from exc
+    log.info("Ray: %s", resources())
+    return True
+
+
+def resources() -> dict[str, float]:
+    """The cluster's total resources (CPU, GPU, memory, custom), without the per-node entries."""
+    import ray
+
+    return {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+
+
+def disconnect() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(*, num_cpus: int | None = None) -> Iterator[None]:
+    """Connected to Ray inside the block; disconnects at the end when it connected."""
+    started = connect(num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            disconnect()
+
+
+def node_id() -> str:
+    """The id of the Ray node running the caller (a task or actor)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

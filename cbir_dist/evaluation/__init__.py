@@ -1,0 +1,1 @@
+"""Evaluation: metrics, KNN, the affine repository, the papers' protocols (damaged retrieval, shapes), reports."""

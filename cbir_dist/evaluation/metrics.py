@@ -1,0 +1,305 @@
+"""Retrieval metrics (P@k, AP/mAP, confusion-based rates, bull's-eye) and image quality (PSNR, SSIM, FSIM).
+
+Retrieval functions take the labels of the ranked neighbours, ``retrieved_labels`` of shape
+``(Q, K)`` (row ``q`` = the labels of query ``q``'s results, best first), and the queries' own
+labels ``query_labels`` of shape ``(Q,)``; a result is relevant when its label equals the query's.
+Under the exclude-self protocol, remove each query's own database entry first with
+:func:`cbir_dist.query.search.exclude_self` and count ``n_relevant`` (and ``n_database``) without it.
+
+Image-quality functions compare a reference ``uint8`` image with a test one of the same shape,
+``(H, W)`` grey or ``(H, W, 3)`` RGB, on the 0–255 scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "RetrievalConfusion",
+    "average_precision",
+    "bullseye_score",
+    "fsim",
+    "mean_average_precision",
+    "precision_at_k",
+    "psnr",
+    "relevance",
+    "retrieval_confusion",
+    "ssim",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Retrieval
+# ----------------------------------------------------------------------------------------------
+
+
+def relevance(retrieved_labels, query_labels) -> np.ndarray:
+    """Boolean ``(Q, K)`` matrix: result ``j`` of query ``q`` has the query's label."""
+    retrieved = np.asarray(retrieved_labels)
+    queries = np.asarray(query_labels)
+    if retrieved.ndim != 2:
+        raise ValueError(f"retrieved_labels must be (Q, K), got shape {retrieved.shape}.")
+    if queries.shape != retrieved.shape[:1]:
+        raise ValueError(
+            f"query_labels must be (Q,) with Q = {retrieved.shape[0]} (rows of retrieved_labels), "
+            f"got shape {queries.shape}."
+        )
+    return retrieved == queries[:, None]
+
+
+def _check_k(k: int, available: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}.")
+    if k > available:
+        raise ValueError(f"{name}={k} but only {available} results were retrieved per query; retrieve more.")
+    return int(k)
+
+
+def _per_query(values, q: int, name: str) -> np.ndarray:
+    arr = np.broadcast_to(np.asarray(values), (q,)) if np.ndim(values) == 0 else np.asarray(values)
+    if arr.shape != (q,):
+        raise ValueError(f"{name} must be a scalar or have shape ({q},), got {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.number) or (arr < 0).any():
+        raise ValueError(f"{name} must hold non-negative counts.")
+    return arr.astype(np.float64)
+
+
+def precision_at_k(retrieved_labels, query_labels, k: int) -> np.ndarray:
+    """Per-query precision of the top ``k`` results: ``P@k = (1/k) Σ_{i≤k} rel_i``.
+
+    Returns
+    -------
+    ndarray of float64, shape (Q,)
+    """
+    hits = relevance(retrieved_labels, query_labels)
+    k = _check_k(k, hits.shape[1])
+    return hits[:, :k].mean(axis=1)
+
+
+def average_precision(retrieved_labels, query_labels, n_relevant) -> np.ndarray:
+    """Per-query average precision over the retrieved list (AP@K).
+
+    ``AP = (1 / min(R, K)) · Σ_{i=1..K} rel_i · P@i`` with ``R = n_relevant`` the number of
+    database items relevant to the query and ``K`` the list length. Normalising by ``min(R, K)``
+    (not by ``R``) makes a list whose ``K`` results are all relevant score 1 even when
+    ``R > K``, and equals the usual AP when the whole ranking is retrieved (``K ≥ R``). Queries
+    with ``R = 0`` have no defined AP and get NaN.
+
+    Parameters
+    ----------
+    retrieved_labels : array_like, shape (Q, K)
+    query_labels : array_like, shape (Q,)
+    n_relevant : int or array_like, shape (Q,)
+        Relevant items in the database per query (the class size, minus one under exclude-self).
+
+    Returns
+    -------
+    ndarray of float64, shape (Q,), values in [0, 1] (NaN where ``n_relevant`` is 0)
+    """
+    hits = relevance(retrieved_labels, query_labels)
+    q, k = hits.shape
+    if k == 0:
+        raise ValueError("retrieved_labels has no columns; retrieve at least one result per query.")
+    n_rel = _per_query(n_relevant, q, "n_relevant")
+    found = hits.sum(axis=1)
+    if (found > n_rel).any():
+        bad = int(np.argmax(found > n_rel))
+        raise ValueError(
+            f"Query {bad} retrieved {found[bad]} relevant items but n_relevant is {n_rel[bad]:g}; "
+            "n_relevant must count every relevant database item (did you forget drop_self?)."
+        )
+    precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    numerator = (precision_at_i * hits).sum(axis=1)
+    denominator = np.minimum(n_rel, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def mean_average_precision(retrieved_labels, query_labels, n_relevant) -> float:
+    """Mean of :func:`average_precision` over the queries with at least one relevant item.
+
+    Returns NaN when no query has a relevant item.
+    """
+    ap = average_precision(retrieved_labels, query_labels, n_relevant)
+    valid = ~np.isnan(ap)
+    return float(ap[valid].mean()) if valid.any() else float("nan")
+
+
+@dataclass(frozen=True)
+class RetrievalConfusion:
+    """Per-query confusion counts and rates of a top-k retrieval, each an array of shape (Q,)."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+    recall: np.ndarray
+    specificity: np.ndarray
+    accuracy: np.ndarray
+    precision: np.ndarray
+
+    def mean(self) -> dict[str, float]:
+        """Each rate averaged over the queries (NaN entries ignored)."""
+        out = {}
+        for name in ("recall", "specificity", "accuracy", "precision"):
+            values = getattr(self, name)
+            valid = ~np.isnan(values)
+            out[name] = float(values[valid].mean()) if valid.any() else float("nan")
+        return out
+
+
+def retrieval_confusion(retrieved_labels, query_labels, n_relevant, n_database, k: int) -> RetrievalConfusion:
+    """Confusion counts of a top-``k`` retrieval, the top ``k`` taken as the predicted-relevant set.
+
+    With ``R`` relevant items among ``N`` database items and ``TP`` relevant results in the top
+    ``k``: ``FP = k − TP``, ``FN = R − TP``, ``TN = (N − R) − FP``, and (Pande et al.)
+
+    - recall (sensitivity) ``= TP / (TP + FN)``
+    - specificity ``= TN / (TN + FP)``
+    - accuracy ``= (TP + TN) / (TP + TN + FP + FN)`` ``= (TP + TN) / N``
+    - precision ``= TP / (TP + FP)`` ``= P@k``
+
+    A rate whose denominator is 0 (no relevant or no irrelevant item) is NaN.
+
+    Parameters
+    ----------
+    retrieved_labels : array_like, shape (Q, K)
+    query_labels : array_like, shape (Q,)
+    n_relevant : int or array_like, shape (Q,)
+        ``R`` per query (the class size, minus one under exclude-self).
+    n_database : int or array_like, shape (Q,)
+        ``N``, the number of candidates a query is ranked against (minus one under exclude-self).
+    k : int
+        Size of the predicted-relevant set, ``1 ≤ k ≤ K``.
+    """
+    hits = relevance(retrieved_labels, query_labels)
+    q = hits.shape[0]
+    k = _check_k(k, hits.shape[1])
+    n_rel = _per_query(n_relevant, q, "n_relevant")
+    n_db = _per_query(n_database, q, "n_database")
+    if (n_db < k).any() or (n_rel > n_db).any():
+        raise ValueError("n_database must be at least k and at least n_relevant for every query.")
+    tp = hits[:, :k].sum(axis=1).astype(np.float64)
+    if (tp > n_rel).any():
+        raise ValueError(
+            "A query retrieved more relevant items than n_relevant; check n_relevant and drop_self."
+        )
+    fp = k - tp
+    fn = n_rel - tp
+    tn = (n_db - n_rel) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return RetrievalConfusion(
+            tp=tp, fp=fp, fn=fn, tn=tn,
+            recall=np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+            specificity=np.where(tn + fp > 0, tn / (tn + fp), np.nan),
+            accuracy=(tp + tn) / n_db,
+            precision=tp / k,
+        )
+
+
+def bullseye_score(retrieved_labels, query_labels, class_size, window: int = 40) -> np.ndarray:
+    """Per-query bull's-eye score: relevant results in the top ``window`` over the class size.
+
+    The MPEG-7 CE-Shape-1 protocol (Latecki, Lakämper and Eckhardt, "Shape Descriptors for
+    Non-rigid Shapes with a Single Closed Contour", CVPR 2000) counts, for each query, the shapes
+    of its class among its ``2 × class_size`` nearest neighbours (40 for 20-shape classes) and
+    divides by the class size; the query itself is in the database and counts as its own hit, so
+    do **not** apply :func:`drop_self` here. The data set's score is the mean over queries.
+
+    Parameters
+    ----------
+    retrieved_labels : array_like, shape (Q, K), K ≥ window
+    query_labels : array_like, shape (Q,)
+    class_size : int or array_like, shape (Q,)
+        Items of the query's class in the database, the query included.
+    window : int, optional
+        Number of top results inspected (default 40 = 2 × 20).
+
+    Returns
+    -------
+    ndarray of float64, shape (Q,), values in [0, 1]
+    """
+    hits = relevance(retrieved_labels, query_labels)
+    window = _check_k(window, hits.shape[1], "window")
+    size = _per_query(class_size, hits.shape[0], "class_size")
+    if (size == 0).any():
+        raise ValueError("class_size must be at least 1 (the query's class includes the query).")
+    return hits[:, :window].sum(axis=1) / size
+
+
+# ----------------------------------------------------------------------------------------------
+# Image quality
+# ----------------------------------------------------------------------------------------------
+
+MIN_QUALITY_SIDE = 7  # SSIM's 7 x 7 window
+
+
+def _check_pair(ref, test) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.asarray(ref)
+    test = np.asarray(test)
+    for name, arr in (("ref", ref), ("test", test)):
+        if arr.dtype != np.uint8:
+            raise TypeError(
+                f"{name} must be a uint8 image (0-255), got dtype {arr.dtype}; convert with "
+                "`skimage.util.img_as_ubyte(image)`."
+            )
+    if ref.shape != test.shape:
+        raise ValueError(f"ref and test must have the same shape, got {ref.shape} and {test.shape}.")
+    if ref.ndim not in (2, 3) or (ref.ndim == 3 and ref.shape[2] not in (1, 3)):
+        raise ValueError(f"Images must be (H, W), (H, W, 1) or (H, W, 3), got {ref.shape}.")
+    if min(ref.shape[:2]) < MIN_QUALITY_SIDE:
+        raise ValueError(
+            f"Images must be at least {MIN_QUALITY_SIDE} x {MIN_QUALITY_SIDE} pixels, got {ref.shape[:2]}."
+        )
+    if ref.ndim == 3 and ref.shape[2] == 1:
+        ref, test = ref[..., 0], test[..., 0]
+    return ref, test
+
+
+def psnr(ref, test) -> float:
+    """Peak signal-to-noise ratio in dB: ``10 · log10(255² / MSE)``, MSE over all pixels and channels.
+
+    Equals ``skimage.metrics.peak_signal_noise_ratio(ref, test, data_range=255)``; identical
+    images give ``inf``.
+    """
+    ref, test = _check_pair(ref, test)
+    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def ssim(ref, test) -> float:
+    """Mean structural similarity (Wang et al., IEEE TIP 13(4), 2004), 7 × 7 uniform window.
+
+    ``skimage.metrics.structural_similarity`` with ``data_range=255``; RGB images are compared
+    per channel (``channel_axis=-1``) and averaged. 1 for identical images.
+    """
+    from skimage.metrics import structural_similarity
+
+    ref, test = _check_pair(ref, test)
+    channel_axis = -1 if ref.ndim == 3 else None
+    return float(structural_similarity(ref, test, data_range=255, channel_axis=channel_axis))
+
+
+def fsim(ref, test) -> float:
+    """Feature similarity index FSIM (Zhang, Zhang, Mou and Zhang, IEEE TIP 20(8), 2011).
+
+    ``piq.fsim(..., chromatic=False)`` on float tensors in ``[0, 1]``: the luminance-only FSIM
+    the paper reports (RGB images are reduced to the Y channel of YIQ), not the colour FSIMc. 1
+    for identical images. piq first average-pools by ``round(min(H, W) / 256)``, then uses
+    log-Gabor filters of wavelengths 6, 12, 24 and 48 px: it runs on any image of at least 2 × 2
+    (1 × 1 gives NaN, and this function refuses sides under 7), but below about 48 px the coarse
+    scales are wider than the image and the score is less meaningful.
+    """
+    import piq
+    import torch
+
+    ref, test = _check_pair(ref, test)
+
+    def tensor(a: np.ndarray):
+        t = torch.from_numpy(np.array(a, dtype=np.float32)) / 255.0
+        return t[None, None] if a.ndim == 2 else t.permute(2, 0, 1)[None]
+
+    with torch.inference_mode():
+        score = piq.fsim(tensor(ref), tensor(test), data_range=1.0, chromatic=False, reduction="none")
+    return float(score[0])

@@ -1,0 +1,217 @@
+"""The damaged-query evaluation's outputs: results.json, table1.md / table2.md, PNG plots, a Fig. 6 grid, report.html."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ...io.tables import write_json, write_text
+from .figures import draw_hits_row
+from .figures import plt as _plt
+from .html import json_default as _json_default
+from .html import write_html
+
+
+def _pm(rec: dict, key: str, digits: int = 1) -> str:
+    v = rec.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = rec.get(f"{key}_std", 0.0) or 0.0
+    return f"{v:.{digits}f} ± {s:.{digits}f}" if rec.get("repeats", 1) > 1 else f"{v:.{digits}f}"
+
+
+def _find(records, **kw):
+    for r in records:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def _uniq(values):
+    return list(dict.fromkeys(values))
+
+
+def table1(results: dict) -> str:
+    """The paper's Table 1: reconstruction quality (SSIM, FSIM, PSNR) per frequency, one column group per inpainter."""
+    recs = results["records"]
+    freqs = _uniq(r["frequency"] for r in recs)
+    inps = _uniq(r["inpainter"] for r in recs)
+    bb = recs[0]["backbone"]  # quality does not depend on the backbone
+    cfg = results.get("config", {})
+    lines = [
+        "# Table 1 — reconstruction quality per fringe frequency",
+        "",
+        f"Data set `{cfg.get('dataset', '?')}`, {cfg.get('n_queries', '?')} queries, missing fraction "
+        f"{cfg.get('missing_fraction', '?')}, {cfg.get('repeats', 1)} repeat(s) with different mask phases "
+        "(± = std over repeats). SSIM and FSIM (luminance FSIM, as the paper) in [0, 1], PSNR in dB. "
+        "`none` is the destroyed (zero-filled) image.",
+        "",
+        "| frequency (Hz) | " + " | ".join(f"{i} SSIM | {i} FSIM | {i} PSNR" for i in inps) + " |",
+        "|---:|" + "---:|" * (3 * len(inps)),
+    ]
+    for f in freqs:
+        cells = []
+        for i in inps:
+            r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}
+            cells += [_pm(r, "ssim", 3), _pm(r, "fsim", 3), _pm(r, "psnr", 2)]
+        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table2(results: dict) -> str:
+    """The paper's Table 2: P@1/5/10 per backbone and frequency, damaged and after each reconstruction."""
+    recs = results["records"]
+    freqs = _uniq(r["frequency"] for r in recs)
+    inps = [i for i in _uniq(r["inpainter"] for r in recs) if i != "none"]
+    cfg = results.get("config", {})
+    protocol = recs[0].get("protocol", "exclude-self")
+    lines = [
+        "# Table 2 — precision@1/5/10 (%) per backbone and fringe frequency",
+        "",
+        f"Data set `{cfg.get('dataset', '?')}`, {cfg.get('n_queries', '?')} queries against "
+        f"{cfg.get('n_database', '?')} images. Protocol: **{protocol}** "
+        + ("(the query's own original is removed from its neighbours)." if protocol == "exclude-self"
+           else "(the query's own original stays in the database and may be retrieved).")
+        + f" Fusion: {cfg.get('profile') or cfg.get('fusion', '?')}; ± = std over {cfg.get('repeats', 1)} repeat(s).",
+    ]
+    for bb in _uniq(r["backbone"] for r in recs):
+        o = _find(recs, backbone=bb, state="original") or {}
+        lines += ["", f"## {bb}", "",
+                  f"Intact queries: P@1 {_pm(o, 'p_at_1')}, P@5 {_pm(o, 'p_at_5')}, P@10 {_pm(o, 'p_at_10')}, "
+                  f"mAP {_pm(o, 'map')}.", ""]
+        head = ["frequency (Hz)", "damaged P@1", "P@5", "P@10"]
+        for i in inps:
+            head += [f"{i} P@1", "P@5", "P@10"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---:|" * len(head))
+        for f in freqs:
+            d = _find(recs, backbone=bb, frequency=f, state="damaged") or {}
+            row = [f"{f:g}", _pm(d, "p_at_1"), _pm(d, "p_at_5"), _pm(d, "p_at_10")]
+            for i in inps:
+                r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}
+                row += [_pm(r, "p_at_1"), _pm(r, "p_at_5"), _pm(r, "p_at_10")]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_precision(results: dict, path: Path) -> None:
+    plt = _plt()
+    recs = results["records"]
+    bbs = _uniq(r["backbone"] for r in recs)
+    freqs = _uniq(r["frequency"] for r in recs)
+    inps = _uniq(r["inpainter"] for r in recs)
+    fig, axes = plt.subplots(len(bbs), 3, figsize=(13, 3.4 * len(bbs)), squeeze=False)
+    for row, bb in enumerate(bbs):
+        for col, key in enumerate(("p_at_1", "p_at_5", "p_at_10")):
+            ax = axes[row, col]
+            o = _find(recs, backbone=bb, state="original")
+            if o:
+                ax.axhline(o[key], color="k", ls="--", lw=1, label="intact")
+            d = [(_find(recs, backbone=bb, frequency=f, state="damaged") or {}).get(key, np.nan) for f in freqs]
+            ax.plot(freqs, d, "o-", color="0.5", label="damaged")
+            for i in inps:
+                if i == "none":
+                    continue
+                y = [(_find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}).get(key, np.nan)
+                     for f in freqs]
+                ax.plot(freqs, y, "o-", label=f"reconstructed ({i})")
+            ax.set_title(f"{bb}: {key.replace('p_at_', 'P@')}")
+            ax.set_xlabel("fringe frequency (Hz)")
+            ax.set_ylabel("%")
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_quality(results: dict, path: Path) -> None:
+    plt = _plt()
+    recs = results["records"]
+    bb = recs[0]["backbone"]
+    freqs = _uniq(r["frequency"] for r in recs)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key in zip(axes, ("ssim", "fsim", "psnr")):
+        for i in _uniq(r["inpainter"] for r in recs):
+            rs = [_find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {} for f in freqs]
+            y = np.array([r.get(key, np.nan) for r in rs])
+            e = np.array([r.get(f"{key}_std", 0.0) for r in rs])
+            ax.errorbar(freqs, y, yerr=e, marker="o", capsize=3, label=i)
+        ax.set_title(key.upper() + (" (dB)" if key == "psnr" else ""))
+        ax.set_xlabel("fringe frequency (Hz)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_timeline(results: dict, path: Path) -> None:
+    """Gantt chart of the Ray tasks: overlapping bars show cells running concurrently."""
+    plt = _plt()
+    tl = sorted(results.get("timeline", []), key=lambda t: t["start"])
+    if not tl:
+        return
+    t0 = tl[0]["start"]
+    pids = _uniq(t["pid"] for t in tl)
+    fig, ax = plt.subplots(figsize=(12, 0.18 * len(tl) + 1.5))
+    for y, t in enumerate(tl):
+        color = "tab:blue" if t["task"].startswith("features") else "tab:orange"
+        ax.barh(y, t["end"] - t["start"], left=t["start"] - t0, color=color, height=0.8)
+    ax.set_yticks(range(len(tl)))
+    ax.set_yticklabels([f"{t['task']} (worker {pids.index(t['pid'])})" for t in tl], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first task started (orange: reconstruction, blue: features)")
+    fig.tight_layout()
+    fig.subplots_adjust(left=0.3)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_fig6(entry: dict, title: str, path: Path) -> None:
+    """Fig. 6: original / damaged / reconstructed query rows, each followed by its top-10 (green = correct)."""
+    from ...io.images import read_image
+
+    plt = _plt()
+    original = read_image(entry["query"])
+    rows = [("original", original), ("damaged", entry["images"]["damaged"]),
+            ("reconstructed", entry["images"]["reconstructed"])]
+    k = max(len(entry["hits"][s]["paths"]) for s, _ in rows)
+    fig, axes = plt.subplots(3, k + 1, figsize=(1.3 * (k + 1), 4.4), squeeze=False)
+    for r, (state, qimg) in enumerate(rows):
+        hits = entry["hits"][state]
+        draw_hits_row(axes[r], qimg, state, hits["paths"], hits["labels"], entry["label"], k=k)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path, *, dataset: str = "") -> None:
+    """Everything for an evaluation run in ``out``; removes the in-memory-only ``_fig6`` entry from ``results``."""
+    out = Path(out)
+    fig6 = results.pop("_fig6", {})
+    write_json(out / "results.json", results, default=_json_default, indent=1, sort_keys=False)
+    t1, t2 = table1(results), table2(results)
+    write_text(out / "table1.md", t1)
+    write_text(out / "table2.md", t2)
+    plot_precision(results, out / "precision_vs_frequency.png")
+    plot_quality(results, out / "quality_vs_frequency.png")
+    plot_timeline(results, out / "timeline.png")
+    images = [("Precision vs frequency", out / "precision_vs_frequency.png"),
+              ("Reconstruction quality vs frequency", out / "quality_vs_frequency.png")]
+    if fig6:
+        # the hardest frequency, the last inpainter listed (usually the strongest), the first backbone
+        key = max(fig6, key=lambda k: (k[1], -list(fig6).index(k)))
+        inps = _uniq(k[2] for k in fig6)
+        key = next((k for k in fig6 if k[1] == key[1] and k[0] == key[0] and k[2] == inps[-1]), key)
+        plot_fig6(fig6[key], f"Fig. 6 — {key[0]}, {key[1]:g} Hz, {key[2]}: query {Path(fig6[key]['query']).name} "
+                  f"({fig6[key]['label']}) and its top-{len(fig6[key]['hits']['original']['paths'])}",
+                  out / "fig6.png")
+        images.append(("Fig. 6 — a query and its neighbours", out / "fig6.png"))
+    images.append(("Task timeline (concurrency of the cells)", out / "timeline.png"))
+    write_html(out, [("table1", t1), ("table2", t2)], images, f"cbir_dist evaluation — {dataset}")
+
+

@@ -1,0 +1,92 @@
+"""Atomic, durable tables: Parquet, JSON and text files that a reader sees whole or not at all.
+
+Every writer here writes a temporary file beside the target, fsyncs it, renames it into place and
+fsyncs the folder, so a job killed (or a machine losing power) mid-write leaves either the old file
+or the new one, never half of one, and a published marker is on disk before the next step runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success, fsync it and rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_parquet(path: str | os.PathLike, columns: Mapping[str, list], types: Mapping[str, Any] | None = None) -> None:
+    """Write ``columns`` (name → list) as a Parquet file atomically.
+
+    ``types`` gives pyarrow types for some columns (the rest are inferred).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = types or {}
+    table = pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> dict[str, list]:
+    """A Parquet file as ``{column: list}`` (only ``columns`` when given)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns).to_pydict()
+
+
+def rows(columns: Mapping[str, list]) -> list[dict]:
+    """``{column: list}`` → a list of row dicts."""
+    keys = list(columns)
+    return [dict(zip(keys, vals)) for vals in zip(*(columns[k] for k in keys))]
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, default=None, indent: int = 2, sort_keys: bool = True) -> None:
+    """Write ``obj`` as JSON atomically (``default`` converts what ``json`` cannot)."""
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value stored in ``path``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,740 @@
+"""The vector store: every Milvus call behind one small class (with :mod:`.lite`, the only modules that import pymilvus).
+
+One collection holds one row per image: ``id`` (INT64 primary key, the content hash, so writes are
+idempotent upserts), ``path``, ``label`` and ``vector`` (FLOAT_VECTOR, metric L2). The FeatureSpec
+JSON that produced the vectors travels with the collection (as collection properties), so a query
+can check it uses the same features.
+
+The same class talks to milvus-lite (a local ``*.db`` folder, embedded in this process) or to a
+Milvus server (``http(s)://host:port``). Facts about milvus-lite 3.2.2 that shape the code:
+
+- a ``.db`` folder is locked by one process, so every write in a job goes through one writer;
+- rows not yet indexed (and every row under its ``FLAT``/``BRUTE_FORCE`` index) are searched by a
+  NumPy brute force that materialises ``queries x rows x dim`` float32 differences at once; this
+  module therefore (a) maps ``FLAT`` to an exact FAISS scan (``IVF_FLAT`` with one list, probed
+  fully) on milvus-lite, (b) waits in :meth:`VectorStore.flush_and_index` until every row is
+  indexed, and (c) bounds each search request by ``memory_budget_bytes`` while rows may be
+  unindexed;
+- it reads index build parameters only from a JSON ``params`` key, which pymilvus 3 no longer
+  sends, so both forms are sent;
+- metric ``L2`` distances come back squared: :meth:`VectorStore.search` returns true Euclidean
+  distances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, UsageError
+from ..io.records import ID, LABEL, PATH, VECTOR
+from . import lite
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")
+METRIC = "L2"
+MAX_DIM = 32768  # Milvus' limit for FLOAT_VECTOR
+MAX_TOP_K = 16384  # Milvus' limit for a search's limit
+MAX_PATH_BYTES = 4096
+MAX_LABEL_BYTES = 512
+MAX_REQUEST_BYTES = 64 << 20  # Milvus' default gRPC request cap
+REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: well under the cap
+MAX_QUERIES_PER_REQUEST = 512
+SCAN_PER_REQUEST = 1 << 35  # query x row x dim products per exact-search request (~10-30 s on one core)
+ID_CHUNK = 1000  # ids per `id in [...]` expression
+CONNECT_TIMEOUT_S = 5.0
+INDEX_WAIT_TIMEOUT_S = 3600.0
+HNSW_BUILD_DEFAULTS = {"M": 16, "efConstruction": 200}
+# Default ef = max(HNSW_MIN_EF, 2k). benchmarks/query.py, 100k x 2304-d clustered rows, recall@10:
+# ef 64 -> 0.954, 128 -> 0.988, 256 -> 0.996 (10k rows: 0.9987 for any ef >= 64).
+HNSW_MIN_EF = 256
+IVF_MIN_NPROBE = 16
+# The brute force holds the (chunk, rows, dim) difference array and its square at once.
+BRUTE_FORCE_TEMPORARIES = 2
+
+_SPEC_KEY = "cbir_spec"  # property keys: cbir_spec_parts = N, cbir_spec_0 ... cbir_spec_{N-1}
+_SPEC_PART_CHARS = 16384  # <= 64 kB of UTF-8 per property value
+_INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
+_FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k neighbours of ``Q`` queries, nearest first.
+
+    Attributes
+    ----------
+    ids : ndarray of int64, shape (Q, k)
+        Content ids of the neighbours; ``-1`` pads rows when the collection holds fewer than k rows.
+    distances : ndarray of float32, shape (Q, k)
+        Euclidean distances ``||q - x||_2``, ascending along each row; ``inf`` where padded.
+    paths, labels : ndarray of object (str), shape (Q, k)
+        The neighbours' stored path and label; ``""`` where padded.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+    paths: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Info:
+    """What the store needs to know about an existing collection."""
+
+    dim: int
+    spec_json: str
+    index_type: str  # the logical type the caller asked for: FLAT, HNSW or IVF_FLAT
+    index_params: dict  # the build parameters the caller gave (defaults not filled in)
+    nlist: int  # the physical IVF list count (0 for HNSW, 1 for FLAT on milvus-lite)
+
+
+class VectorStore:
+    """One Milvus collection of image vectors: create, upsert, index, search.
+
+    Parameters
+    ----------
+    uri : str
+        A local path ending in ``.db`` (a milvus-lite folder; parent folders are created) or a
+        Milvus server ``http(s)://host:port`` / ``tcp://host:port``.
+    collection : str
+        Collection name: letters, digits and underscores, not starting with a digit.
+    token : str, optional
+        Server credentials (``"user:password"`` or an API key); unused for local stores.
+    memory_budget_bytes : int
+        Upper bound on the transient memory of one search request while rows may be searched by
+        brute force (before :meth:`flush_and_index`, or right after writes): each request carries at
+        most ``max(1, budget // (2 * rows * dim * 4))`` queries.
+
+    Raises
+    ------
+    StoreError
+        The URI is malformed, the server cannot be reached within a few seconds, or the local
+        folder is in use by another process.
+    """
+
+    def __init__(
+        self,
+        uri: str = "cbir.db",
+        collection: str = "images",
+        *,
+        token: str | None = None,
+        memory_budget_bytes: int = 1 << 30,
+    ) -> None:
+        if not isinstance(uri, str | os.PathLike) or not str(uri).strip():
+            raise StoreError(f"store URI must be a non-empty string, got {uri!r}; pass e.g. ./cbir.db")
+        if not isinstance(collection, str) or not _NAME_RE.match(collection):
+            raise UsageError(
+                f"collection name {collection!r} is not valid: use letters, digits and underscores, "
+                "starting with a letter or underscore (at most 255 characters)"
+            )
+        if isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int | np.integer):
+            raise TypeError(f"memory_budget_bytes must be an int, got {type(memory_budget_bytes).__name__}")
+        if memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
+        self.uri = str(uri).strip()
+        self.collection = collection
+        self.memory_budget_bytes = int(memory_budget_bytes)
+        self._token = token or ""
+        self._lite_path = lite.lite_path(self.uri)  # None for a server
+        self._info: _Info | None = None
+        self._loaded = False
+        self._clean = False  # True once flush_and_index made every row searchable by its index
+        self._client = self._connect()
+
+    # ---------------------------------------------------------------- connection
+
+    @property
+    def is_local(self) -> bool:
+        """True for an embedded milvus-lite store (a local ``.db`` folder)."""
+        return self._lite_path is not None
+
+    def _connect(self):
+        lite.quiet_grpc()
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        if self._lite_path is not None:
+            try:
+                Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for the local store {self.uri}: {exc}") from exc
+            if os.path.isfile(self._lite_path):
+                raise StoreError(
+                    f"{self.uri} is a file, but milvus-lite 3 keeps a store in a folder of that name "
+                    "(an older milvus-lite file?): move it away or pass another path like ./cbir.db"
+                )
+        try:
+            with lite.StartErrors() as lite_errors:
+                client = MilvusClient(
+                    uri=self._lite_path or self.uri, token=self._token, timeout=CONNECT_TIMEOUT_S,
+                    **({"grpc_options": lite.GRPC_OPTIONS} if self._lite_path else {}),
+                )
+        except MilvusException as exc:
+            if self._lite_path is not None:
+                cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
+                raise StoreError(
+                    f"cannot open the local store {self.uri} ({cause}): a local store can be open in "
+                    "one process at a time; stop the other process using it, pass another path, or "
+                    "run a Milvus server and pass its http://host:19530 URI"
+                ) from exc
+            raise StoreError(
+                f"cannot reach Milvus at {self.uri}: is the server running? ({exc.message}) "
+                "For a local embedded store pass a file path like ./cbir.db"
+            ) from exc
+        if self._lite_path is not None:
+            lite.acquire(self._lite_path)
+        return client
+
+    def close(self) -> None:
+        """Close the connection; the last store closed on a local folder releases its lock."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.close()
+        if self._lite_path is not None:
+            lite.release(self._lite_path)
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VectorStore(uri={self.uri!r}, collection={self.collection!r})"
+
+    @property
+    def client(self):
+        if self._client is None:
+            raise StoreError(f"{self!r} is closed; open a new VectorStore")
+        return self._client
+
+    @contextlib.contextmanager
+    def _rpc(self, what: str) -> Iterator[None]:
+        """Turn pymilvus failures into StoreError naming the operation and the store."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            yield
+        except MilvusException as exc:
+            raise StoreError(f"{what} on collection {self.collection!r} in {self.uri} failed: {exc.message}") from exc
+
+    # ---------------------------------------------------------------- collection
+
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+        with self._rpc("has_collection"):
+            return bool(self.client.has_collection(self.collection))
+
+    def create(
+        self,
+        dim: int,
+        spec_json: str,
+        *,
+        index_type: str = "FLAT",
+        index_params: dict | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Create the collection for ``dim``-d vectors built with the FeatureSpec ``spec_json``.
+
+        ``index_type`` is ``FLAT`` (exact, the default), ``HNSW`` (``M=16, efConstruction=200``
+        unless given) or ``IVF_FLAT`` (``nlist`` about ``4 sqrt(n)`` for ``n`` rows unless given,
+        re-fitted by :meth:`flush_and_index`); the metric is L2. If the collection exists with the
+        same dim and spec this is a no-op; with a different one it raises :class:`StoreError`
+        unless ``overwrite`` drops it first.
+        """
+        dim = _check_dim(dim)
+        if not isinstance(spec_json, str):
+            raise TypeError(f"spec_json must be a str (the FeatureSpec's JSON), got {type(spec_json).__name__}")
+        index_type, index_params = _check_index(index_type, index_params)
+        if self.exists():
+            if overwrite:
+                self.drop()
+            else:
+                info = self._describe()
+                if info.dim == dim and _same_spec(info.spec_json, spec_json):
+                    logger.debug("collection %s already exists with the same dim and spec", self.collection)
+                    return
+                what = f"dim {info.dim}" if info.dim != dim else "a different feature spec"
+                raise StoreError(
+                    f"collection {self.collection!r} in {self.uri} already exists with {what} "
+                    f"(requested dim {dim}); pass overwrite=True (`--overwrite`) to rebuild it, "
+                    "or use another collection name"
+                )
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(_FIELD_ID, DataType.INT64, is_primary=True)
+        schema.add_field(_FIELD_PATH, DataType.VARCHAR, max_length=MAX_PATH_BYTES)
+        schema.add_field(_FIELD_LABEL, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
+        schema.add_field(_FIELD_VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+        properties = _spec_properties(spec_json)
+        properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
+        physical = self._index_params(index_type, index_params, n_rows=0)
+        with self._rpc("create_collection"):
+            self.client.create_collection(
+                self.collection, schema=schema, index_params=physical, properties=properties,
+                consistency_level="Strong",
+            )
+        self._info = None
+        self._loaded = False
+        self._clean = False
+        logger.info("created collection %s (%d-d, %s) in %s", self.collection, dim, index_type, self.uri)
+
+    def drop(self) -> None:
+        """Drop the collection and its rows (no-op when absent)."""
+        if self.exists():
+            with self._rpc("drop_collection"):
+                self.client.drop_collection(self.collection)
+        self._info = None
+        self._loaded = False
+        self._clean = False
+
+    def spec_json(self) -> str:
+        """The FeatureSpec JSON the collection was created with, exactly as given."""
+        return self._describe().spec_json
+
+    def dim(self) -> int:
+        """Dimension of the stored vectors."""
+        return self._describe().dim
+
+    def index_type(self) -> str:
+        """The index type the collection was created with: FLAT, HNSW or IVF_FLAT."""
+        return self._describe().index_type
+
+    def count(self) -> int:
+        """Exact number of rows (each id counted once)."""
+        self._require_loaded()
+        with self._rpc("count"):
+            res = self.client.query(
+                self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            )
+        return int(res[0]["count(*)"])
+
+    def _require(self) -> None:
+        if not self.exists():
+            raise StoreError(
+                f"collection {self.collection!r} not found in {self.uri}; "
+                "run `cbir-dist index ...` first (or pass the --db/--collection it was built with)"
+            )
+
+    def _describe(self) -> _Info:
+        if self._info is None:
+            self._require()
+            with self._rpc("describe_collection"):
+                desc = self.client.describe_collection(self.collection)
+                index = self.client.describe_index(self.collection, _FIELD_VECTOR) or {}
+            vec = [f for f in desc["fields"] if f["name"] == _FIELD_VECTOR]
+            if not vec:
+                raise StoreError(
+                    f"collection {self.collection!r} in {self.uri} has no {_FIELD_VECTOR!r} field: it was "
+                    "not made by cbir-dist; use another collection name or drop it"
+                )
+            props = desc.get("properties") or {}
+            logical = json.loads(props.get(_INDEX_KEY) or "{}")
+            nlist = index.get("nlist") or (index.get("params") or {}).get("nlist") or 0
+            self._info = _Info(
+                dim=int(vec[0]["params"]["dim"]),
+                spec_json=_spec_from_properties(props),
+                index_type=logical.get("index_type") or str(index.get("index_type", "FLAT")).upper(),
+                index_params=dict(logical.get("params") or {}),
+                nlist=int(nlist),
+            )
+        return self._info
+
+    def _require_loaded(self) -> None:
+        self._describe()
+        if not self._loaded:
+            with self._rpc("load_collection"):
+                self.client.load_collection(self.collection)
+            self._loaded = True
+
+    # ---------------------------------------------------------------- index
+
+    def _index_params(self, index_type: str, params: dict, n_rows: int):
+        """The pymilvus IndexParams realising a logical index type on this backend."""
+        if index_type == "FLAT":
+            kind, build = ("IVF_FLAT", {"nlist": 1}) if self.is_local else ("FLAT", {})
+        elif index_type == "HNSW":
+            kind, build = "HNSW", {**HNSW_BUILD_DEFAULTS, **params}
+        else:
+            kind, build = "IVF_FLAT", {**params, "nlist": int(params.get("nlist") or auto_nlist(n_rows))}
+        from pymilvus import MilvusClient
+
+        index_params = MilvusClient.prepare_index_params()
+        # pymilvus 3 sends build params as flat keys; milvus-lite 3.2.2 reads only a JSON "params" key.
+        extra = {**build, "params": dict(build)} if self.is_local else build
+        index_params.add_index(
+            field_name=_FIELD_VECTOR, index_type=kind, index_name=_FIELD_VECTOR, metric_type=METRIC, params=extra
+        )
+        return index_params
+
+    def set_index(self, index_type: str, index_params: dict | None = None) -> None:
+        """Replace the collection's vector index (e.g. FLAT -> HNSW) and build it for every row."""
+        index_type, index_params = _check_index(index_type, index_params)
+        self._describe()
+        with self._rpc("alter_collection_properties"):
+            self.client.alter_collection_properties(
+                self.collection,
+                properties={_INDEX_KEY: json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)},
+            )
+        with self._rpc("flush"):
+            self.client.flush(self.collection)
+        self._rebuild_index(index_type, index_params)
+        self.flush_and_index()
+
+    def _rebuild_index(self, index_type: str, index_params: dict) -> None:
+        n_rows = self.count()
+        physical = self._index_params(index_type, index_params, n_rows)
+        with self._rpc("rebuild index"):
+            self.client.release_collection(self.collection)
+            self.client.drop_index(self.collection, _FIELD_VECTOR)
+            self.client.create_index(self.collection, physical)
+            self.client.load_collection(self.collection)
+        self._info = None
+        self._loaded = True
+        self._clean = False
+
+    def flush(self) -> None:
+        """Persist pending writes (durable across a kill of this process) without waiting for the index.
+
+        The index job calls it once per shard, before writing the shard's completion marker.
+        """
+        self._require()
+        with self._rpc("flush"):
+            self.client.flush(self.collection)
+        self._clean = False
+
+    def flush_and_index(self) -> None:
+        """Persist pending writes and wait until every row is searchable through the index.
+
+        Call it after writing and before searching: until then milvus-lite searches unindexed
+        rows by brute force and :meth:`search` sends small requests to bound that memory.
+        """
+        info = self._describe()
+        with self._rpc("flush"):
+            self.client.flush(self.collection)
+        if info.index_type == "IVF_FLAT" and "nlist" not in info.index_params:
+            target = auto_nlist(self.count())
+            if info.nlist <= 0 or not (0.5 < target / info.nlist < 2):
+                logger.info("re-fitting IVF_FLAT nlist %d -> %d", info.nlist, target)
+                self._rebuild_index(info.index_type, info.index_params)
+        self._require_loaded()
+        clean = self._wait_lite_indexed() if self.is_local else self._wait_server_indexed()
+        self._clean = clean
+
+    def _wait_lite_indexed(self) -> bool:
+        """Wait for milvus-lite's background compaction and index builds; True when all rows are indexed."""
+        if lite.wait_indexed(self._lite_path, self.collection, _FIELD_VECTOR):
+            return True
+        # Unknown internals, or segments left unindexed: a load builds every segment's index inline.
+        with self._rpc("reload"):
+            self.client.release_collection(self.collection)
+            self.client.load_collection(self.collection)
+        return lite.internals_available(self._lite_path, self.collection)
+
+    def _wait_server_indexed(self) -> bool:
+        deadline = time.monotonic() + INDEX_WAIT_TIMEOUT_S
+        while True:
+            with self._rpc("describe_index"):
+                desc = self.client.describe_index(self.collection, _FIELD_VECTOR) or {}
+            pending = int(desc.get("pending_index_rows", 0) or 0)
+            if pending == 0 and int(desc.get("indexed_rows", 0)) >= int(desc.get("total_rows", 0)):
+                return True
+            if time.monotonic() > deadline:
+                logger.warning("index of %s still has %d pending rows; searching anyway", self.collection, pending)
+                return False
+            time.sleep(1.0)
+
+    # ---------------------------------------------------------------- writes
+
+    def upsert(self, ids, paths, labels, vectors) -> int:
+        """Insert or replace rows by id; returns the number of distinct ids written.
+
+        Parameters
+        ----------
+        ids : array-like of int, shape (N,)
+            Non-negative content ids (``-1`` is the search padding); a repeated id keeps its last row.
+        paths, labels : sequence of str, length N
+            At most 4096 and 512 bytes of UTF-8.
+        vectors : array-like of float, shape (N, dim)
+            Finite values; ``dim`` must be the collection's.
+        """
+        info = self._describe()
+        ids = _check_ids(ids)
+        n = ids.shape[0]
+        paths = _check_strings(paths, n, "paths", MAX_PATH_BYTES)
+        labels = _check_strings(labels, n, "labels", MAX_LABEL_BYTES)
+        vectors = self._check_vectors(vectors, info, "vectors", n_rows=n)
+        if n == 0:
+            return 0
+        # Keep the last occurrence of each id, in first-seen order of the survivors.
+        _, last_rev = np.unique(ids[::-1], return_index=True)
+        keep = np.sort(n - 1 - last_rev)
+        if keep.size != n:
+            logger.debug("upsert: %d repeated ids in the batch, keeping the last of each", n - keep.size)
+        row_bytes = info.dim * 4 + 64 + max(len(p) for p in paths) + max(len(s) for s in labels)
+        batch = max(1, REQUEST_TARGET_BYTES // row_bytes)
+        for start in range(0, keep.size, batch):
+            rows = [
+                {_FIELD_ID: int(ids[i]), _FIELD_PATH: paths[i], _FIELD_LABEL: labels[i], _FIELD_VECTOR: vectors[i]}
+                for i in keep[start : start + batch]
+            ]
+            with self._rpc("upsert"):
+                self.client.upsert(self.collection, rows)
+            self._clean = False
+        return int(keep.size)
+
+    # ---------------------------------------------------------------- reads
+
+    def existing_ids(self, ids) -> set[int]:
+        """The subset of ``ids`` already stored."""
+        ids = np.unique(_check_ids(ids))
+        self._require_loaded()
+        found: set[int] = set()
+        for start in range(0, ids.size, ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK].tolist()
+            with self._rpc("query"):
+                rows = self.client.query(
+                    self.collection, filter=f"{_FIELD_ID} in {chunk}", output_fields=[_FIELD_ID],
+                    consistency_level="Strong",
+                )
+            found.update(int(r[_FIELD_ID]) for r in rows)
+        return found
+
+    def fetch(self, ids) -> dict[str, np.ndarray]:
+        """Stored rows for ``ids``, in the order asked, skipping absent ids.
+
+        Returns a batch ``{ID: int64 (M,), PATH: object (M,), LABEL: object (M,), VECTOR: float32 (M, dim)}``.
+        """
+        info = self._describe()
+        ids = _check_ids(ids)
+        self._require_loaded()
+        by_id: dict[int, dict] = {}
+        batch = max(1, min(ID_CHUNK, REQUEST_TARGET_BYTES // (info.dim * 4 + MAX_PATH_BYTES + MAX_LABEL_BYTES)))
+        wanted = np.unique(ids)
+        for start in range(0, wanted.size, batch):
+            with self._rpc("get"):
+                rows = self.client.get(
+                    self.collection, ids=wanted[start : start + batch].tolist(),
+                    output_fields=[_FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR],
+                )
+            by_id.update((int(r[_FIELD_ID]), r) for r in rows)
+        order = [int(i) for i in ids if int(i) in by_id]
+        vectors = np.empty((len(order), info.dim), np.float32)
+        for j, i in enumerate(order):
+            vectors[j] = np.asarray(by_id[i][_FIELD_VECTOR], np.float32)
+        return {
+            ID: np.asarray(order, np.int64),
+            PATH: _object_array([by_id[i][_FIELD_PATH] for i in order]),
+            LABEL: _object_array([by_id[i][_FIELD_LABEL] for i in order]),
+            VECTOR: vectors,
+        }
+
+    def search(self, vectors, k: int, *, search_params: dict | None = None) -> SearchResult:
+        """The ``k`` nearest stored rows (Euclidean) of each query vector.
+
+        Parameters
+        ----------
+        vectors : array-like of float, shape (Q, dim) or (dim,)
+            Query vectors, finite, of the collection's dimension.
+        k : int
+            Neighbours per query, 1 to 16384.
+        search_params : dict, optional
+            Engine parameters overriding the defaults: ``{"ef": max(256, 2k)}`` for HNSW,
+            ``{"nprobe": max(16, nlist / 8)}`` for IVF_FLAT; FLAT is exact and takes none.
+
+        Returns
+        -------
+        SearchResult
+            Arrays of shape (Q, k); distances ascending, padded with ``-1``/``inf``/``""`` when
+            the collection holds fewer than ``k`` rows.
+        """
+        info = self._describe()
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_TOP_K:
+            raise ValueError(f"k must be an int in [1, {MAX_TOP_K}], got {k!r}")
+        k = int(k)
+        queries = np.asarray(vectors)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        queries = self._check_vectors(queries, info, "query vectors")
+        if search_params is not None and not isinstance(search_params, dict):
+            raise TypeError(f"search_params must be a dict, got {type(search_params).__name__}")
+        params = {**self._default_search_params(info, k), **(search_params or {})}
+        nq = queries.shape[0]
+        ids = np.full((nq, k), -1, np.int64)
+        dists = np.full((nq, k), np.inf, np.float32)
+        paths = _object_array([""] * (nq * k)).reshape(nq, k)
+        labels = _object_array([""] * (nq * k)).reshape(nq, k)
+        if nq == 0:
+            return SearchResult(ids, dists, paths, labels)
+        self._require_loaded()
+        n_rows = self.count()
+        if n_rows == 0:
+            return SearchResult(ids, dists, paths, labels)
+        scan_rows = n_rows if info.index_type == "FLAT" else 0
+        chunk = self._query_chunk(0 if self._clean else n_rows, info.dim, k, scan_rows=scan_rows)
+        logger.debug("search: %d queries over %d rows in requests of %d", nq, n_rows, chunk)
+        for start in range(0, nq, chunk):
+            with self._rpc("search"):
+                hits = self.client.search(
+                    self.collection, data=list(queries[start : start + chunk]), limit=k,
+                    anns_field=_FIELD_VECTOR, output_fields=[_FIELD_PATH, _FIELD_LABEL],
+                    search_params={"metric_type": METRIC, "params": params}, consistency_level="Strong",
+                )
+            for qi, row in enumerate(hits, start=start):
+                for j, hit in enumerate(row[:k]):
+                    entity = hit.get("entity") or {}
+                    ids[qi, j] = int(hit["id"])
+                    dists[qi, j] = math.sqrt(max(float(hit["distance"]), 0.0))
+                    paths[qi, j] = entity.get(_FIELD_PATH, "")
+                    labels[qi, j] = entity.get(_FIELD_LABEL, "")
+        return SearchResult(ids, dists, paths, labels)
+
+    def _default_search_params(self, info: _Info, k: int) -> dict:
+        if info.index_type == "HNSW":
+            return {"ef": max(HNSW_MIN_EF, 2 * k)}
+        if info.index_type == "IVF_FLAT":
+            nlist = max(info.nlist, 1)
+            return {"nprobe": min(nlist, max(IVF_MIN_NPROBE, -(-nlist // 8)))}
+        return {"nprobe": 1} if self.is_local else {}  # FLAT: one IVF list on milvus-lite, scanned whole
+
+    def _query_chunk(self, brute_rows: int, dim: int, k: int, *, scan_rows: int = 0) -> int:
+        """Queries per search request: bounded by the request size, the reply size, the work of an
+        exact scan over ``scan_rows`` rows (so one request takes seconds, not minutes) and, while
+        ``brute_rows`` rows may be brute-forced, by ``chunk * rows * dim * 4 * 2 <= memory_budget_bytes``."""
+        chunk = min(MAX_QUERIES_PER_REQUEST, REQUEST_TARGET_BYTES // (dim * 4), REQUEST_TARGET_BYTES // (k * 400))
+        if scan_rows > 0:
+            chunk = min(chunk, SCAN_PER_REQUEST // (scan_rows * dim))
+        if brute_rows > 0:
+            chunk = min(chunk, self.memory_budget_bytes // (BRUTE_FORCE_TEMPORARIES * brute_rows * dim * 4))
+        return max(1, int(chunk))
+
+    def _check_vectors(self, vectors, info: _Info, what: str, n_rows: int | None = None) -> np.ndarray:
+        arr = np.asarray(vectors)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+        if arr.ndim != 2:
+            raise ValueError(f"{what} must have shape (N, dim), got shape {arr.shape}")
+        if n_rows is not None and arr.shape[0] != n_rows:
+            raise ValueError(f"{what} has {arr.shape[0]} rows but {n_rows} ids were given")
+        if arr.shape[1] != info.dim:
+            raise StoreError(
+                f"{what} are {arr.shape[1]}-d but collection {self.collection!r} in {self.uri} holds "
+                f"{info.dim}-d vectors built with feature spec {_short(info.spec_json)}; use the same "
+                "feature spec as the index (or rebuild it with --overwrite)"
+            )
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.size and not np.isfinite(arr).all():
+            bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+            raise ValueError(f"{what} must be finite; row {bad} holds NaN or inf (or overflows float32)")
+        return arr
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def auto_nlist(n_rows: int) -> int:
+    """Default IVF list count for ``n_rows`` rows: the power of two nearest ``4 sqrt(n)``, at most
+    ``n / 39`` (FAISS wants 39 training points per list) and in [1, 16384]."""
+    target = 4.0 * math.sqrt(max(n_rows, 1))
+    nlist = 2 ** round(math.log2(target))
+    return int(max(1, min(nlist, 16384, 2 ** int(math.log2(max(n_rows // 39, 1))))))
+
+
+def _check_dim(dim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not 1 <= int(dim) <= MAX_DIM:
+        raise ValueError(f"dim must be in [1, {MAX_DIM}] (Milvus' limit), got {dim}")
+    return int(dim)
+
+
+def _check_index(index_type: str, index_params: dict | None) -> tuple[str, dict]:
+    if not isinstance(index_type, str) or index_type.upper() not in INDEX_TYPES:
+        raise UsageError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if index_params is not None and not isinstance(index_params, dict):
+        raise TypeError(f"index_params must be a dict, got {type(index_params).__name__}")
+    return index_type.upper(), dict(index_params or {})
+
+
+def _check_ids(ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"ids must be integers (content ids), got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():
+        raise ValueError("ids must fit in int64 (content ids are 63-bit)")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise ValueError(f"ids must be non-negative (-1 pads search results), got {int(arr.min())}")
+    return arr
+
+
+def _check_strings(values, n: int, what: str, max_bytes: int) -> list[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a sequence of str, got a single str")
+    values = list(values) if not isinstance(values, Sequence) else values
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries but {n} ids were given")
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str | np.str_):
+            raise TypeError(f"{what}[{i}] must be a str, got {type(v).__name__}")
+        if len(v.encode("utf-8")) > max_bytes:
+            raise ValueError(f"{what}[{i}] is longer than {max_bytes} bytes of UTF-8")
+        out.append(str(v))
+    return out
+
+
+def _spec_properties(spec_json: str) -> dict[str, str]:
+    parts = [spec_json[i : i + _SPEC_PART_CHARS] for i in range(0, len(spec_json), _SPEC_PART_CHARS)] or [""]
+    props = {f"{_SPEC_KEY}_parts": str(len(parts))}
+    props.update({f"{_SPEC_KEY}_{i}": p for i, p in enumerate(parts)})
+    return props
+
+
+def _spec_from_properties(props: dict) -> str:
+    n = int(props.get(f"{_SPEC_KEY}_parts", 0) or 0)
+    try:
+        return "".join(props[f"{_SPEC_KEY}_{i}"] for i in range(n))
+    except KeyError as exc:
+        raise StoreError(f"the stored feature spec is incomplete (missing property {exc}); rebuild with --overwrite") from exc
+
+
+def _same_spec(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
+def _short(spec_json: str, limit: int = 160) -> str:
+    return spec_json if len(spec_json) <= limit else spec_json[:limit] + "..."
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out

@@ -1,0 +1,1 @@
+"""Training the two-stage inpainter: configuration, data, the loop, checkpoints, history, the job."""

@@ -1,0 +1,43 @@
+"""The one Ray connection policy: a failed local start is retried a bounded number of times."""
+
+from __future__ import annotations
+
+import pytest
+
+from cbir_dist.distributed.connect import _init
+
+
+class FakeRay:
+    def __init__(self, fail):
+        self.fail, self.calls, self.shutdowns, self.kwargs = fail, 0, 0, []
+
+    def init(self, **kw):
+        self.calls += 1
+        self.kwargs.append(kw)
+        if self.calls <= self.fail:
+            raise RuntimeError("head did not start")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_local_ray_start_is_retried_then_gives_up():
+    ok = FakeRay(fail=1)
+    _init(ok, attempts=2, wait_s=0.0, address="local")
+    assert ok.calls == 2 and ok.shutdowns == 1 and ok.kwargs[-1]["address"] == "local"
+    bad = FakeRay(fail=5)
+    with pytest.raises(RuntimeError, match="head did not start"):
+        _init(bad, attempts=2, wait_s=0.0)
+    assert bad.calls == 2
+
+
+def test_an_unreachable_cluster_is_not_retried():
+    class Unreachable(FakeRay):
+        def init(self, **kw):
+            self.calls += 1
+            raise ConnectionError("no cluster at 10.0.0.1:6379")
+
+    ray = Unreachable(fail=0)
+    with pytest.raises(ConnectionError):
+        _init(ray, attempts=3, wait_s=0.0)
+    assert ray.calls == 1
