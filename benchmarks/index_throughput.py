@@ -79,7 +79,7 @@ def plain_loop(spec, images_dir: Path, db: str, batch_size: int, shard_size: int
     from cbir_dist.features.spec import DEEP
     from cbir_dist.io.files import list_images
     from cbir_dist.io.records import OK, read_record
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     t0 = time.perf_counter()
     sec = dict.fromkeys(STAGES, 0.0)
@@ -149,7 +149,7 @@ def backend_run(kind: str, spec, images_dir: Path, work: Path, args) -> dict:
 
 
 def vectors(db: str, collection: str, ids) -> np.ndarray:
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     with VectorStore(db, collection) as store:
         got = store.fetch(ids)

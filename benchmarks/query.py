@@ -96,7 +96,7 @@ def step_truth(work: Path, k: int) -> dict:
 
 
 def step_insert(work: Path, db: str, batch: int) -> dict:
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     base = np.load(work / "base.npy", mmap_mode="r")
     with VectorStore(db, "bench") as store:
@@ -114,7 +114,7 @@ def step_insert(work: Path, db: str, batch: int) -> dict:
 
 
 def step_config(work: Path, db: str, config: str, k: int, efs: list[int]) -> dict:
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     queries = np.load(work / "queries.npy")
     truth_ids = np.load(work / "truth_ids.npy")

@@ -6,4 +6,6 @@ source scripts/env.sh
 bash scripts/setup.sh dev
 # a real Milvus standalone server (PyPI `milvus`, in its own .milvus-venv) for the server-URI tests
 bash scripts/milvus_server.sh install
+# the import rules of docs/architecture.md (import-linter contracts in pyproject.toml)
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q "$@"

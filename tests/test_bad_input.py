@@ -13,7 +13,7 @@ from PIL import Image
 from cbir_dist.features.profiles import build_spec
 from cbir_dist.index import run_index
 from cbir_dist.index.run import IndexConfig
-from cbir_dist.store.milvus import VectorStore
+from cbir_dist.store import VectorStore
 
 
 def _png(arr, fmt="PNG", mode=None):

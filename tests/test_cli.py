@@ -78,7 +78,7 @@ def test_index_with_damage_stores_reconstructed_vectors(tmp_path):
     from cbir_dist.features.spec import FeatureSpec
     from cbir_dist.io.files import content_id
     from cbir_dist.io.images import read_image
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     data = make_dataset(tmp_path / "d", per_class=1, size=64)
     common = ["--backbone", "none", "--descriptors", "glcm,correlogram"]

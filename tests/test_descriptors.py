@@ -396,7 +396,6 @@ def test_registry_entries(rgb_image):
 
 
 def test_registry_fourier_shape_lazily():
-    pytest.importorskip("cbir_dist.features.descriptors.fourier_shape")
     d = get_descriptor("fourier_shape")
     assert d.dim() == 10 and d.dim(n_coeffs=10, extreme_points=True) == 14
 

@@ -40,10 +40,12 @@ def test_zscore_needs_fit_then_standardises():
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-4)
 
 
-def test_constant_feature_gets_std_floor_not_nan():
+def test_constant_feature_gets_std_1_not_nan():
     spec = FeatureSpec((Block("glcm", 2, 1.0, "zscore"),), mode="standardized")
     x = np.stack([np.ones(10), np.arange(10)], axis=1)
-    z = spec.fit({"glcm": x}).fuse({"glcm": x})
+    fitted = spec.fit({"glcm": x})
+    z = fitted.fuse({"glcm": x})
+    assert fitted.block("glcm").std[0] == 1.0
     assert np.isfinite(z).all() and np.all(z[:, 0] == 0)
 
 
@@ -67,7 +69,46 @@ def test_mismatch_names_the_difference():
 
 def test_fitted_stats_do_not_count_as_mismatch():
     spec = FeatureSpec((Block("glcm", 2, 1.0, "zscore"),), mode="standardized")
-    spec.fit({"glcm": np.random.default_rng(3).normal(size=(4, 2))}).check_compatible(spec)
+    fitted = spec.fit({"glcm": np.random.default_rng(3).normal(size=(4, 2))})
+    assert fitted != spec and fitted.block("glcm").mean is not None
+    assert fitted.check_compatible(spec) is None  # same recipe, other statistics: compatible
+    reweighted = FeatureSpec((Block("glcm", 2, 0.5, "zscore"),), mode="standardized")
+    with pytest.raises(SpecMismatchError, match="weight"):
+        fitted.check_compatible(reweighted)
+
+
+def test_standardizer_in_chunks_equals_one_pass_and_constant_features_get_std_1():
+    from cbir_dist.features.spec import (
+        Standardizer,
+        apply_standardizer,
+        fit_standardizer,
+    )
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(3, 2, size=(1000, 3)), np.full((1000, 1), 7.0)], axis=1)
+    st = Standardizer()
+    for start in range(0, 1000, 97):  # uneven chunks
+        st.update(x[start : start + 97])
+    mean, std = st.result()
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std[:3], x[:, :3].std(axis=0), rtol=1e-10)
+    assert std[3] == 1.0  # constant: standardises to 0 instead of blowing up
+    m1, s1 = fit_standardizer(x)
+    np.testing.assert_allclose(m1, mean) and np.testing.assert_allclose(s1, std)
+    assert np.all(apply_standardizer(x, mean, std)[:, 3] == 0)
+
+
+def test_version_1_specs_are_still_read_and_unknown_versions_refused():
+    spec = FeatureSpec((Block("glcm", 2, 1.0, "zscore"),), mode="standardized").fit(
+        {"glcm": np.random.default_rng(5).normal(size=(6, 2))})
+    d = json.loads(spec.to_json())
+    assert d["version"] == 2
+    d["version"] = 1
+    old = FeatureSpec.from_json(json.dumps(d))
+    assert old.block("glcm").std == spec.block("glcm").std  # the stored statistics are used as they are
+    d["version"] = 99
+    with pytest.raises(SpecMismatchError, match="version 99"):
+        FeatureSpec.from_json(json.dumps(d))
 
 
 def test_wrong_feature_width_fails_loudly():

@@ -22,7 +22,7 @@ from cbir_dist.index import run_index
 from cbir_dist.index.local import ShardProcessor
 from cbir_dist.index.run import IndexConfig, IndexRun, run_shards_in_order
 from cbir_dist.io.records import DUPLICATE, OK, REJECTED
-from cbir_dist.store.milvus import VectorStore
+from cbir_dist.store import VectorStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ def test_wang1000_leave_one_out_p_at_10(tmp_path, monkeypatch):
     from cbir_dist.index import run_index
     from cbir_dist.index.run import IndexConfig
     from cbir_dist.query.search import search_vectors
-    from cbir_dist.store.milvus import VectorStore
+    from cbir_dist.store import VectorStore
 
     data = shared_path("data", "wang1000")
     _check_mobilenet_cache(monkeypatch)

@@ -19,7 +19,7 @@ from cbir_dist.features.profiles import build_spec  # noqa: E402
 from cbir_dist.index import run_index
 from cbir_dist.index.cluster import run_index_ray
 from cbir_dist.index.run import IndexConfig  # noqa: E402
-from cbir_dist.store.milvus import VectorStore  # noqa: E402
+from cbir_dist.store import VectorStore  # noqa: E402
 
 
 def deep_spec():

@@ -57,8 +57,14 @@ def test_exclude_self_never_returns_the_query(indexed):
     cols = run_query(str(data), _cfg(db, k=5, exclude_self=True, fringe=6.0, inpainter="telea"), progress=False)
     assert not any(q == i for q, i in zip(cols["query_id"], cols["id"]))
     assert len(cols["id"]) == 24 * 5
+    ranks = np.asarray(cols["rank"]).reshape(24, 5)
+    assert (ranks == np.arange(1, 6)).all()
+    ids = np.asarray(cols["id"]).reshape(24, 5)
+    assert all(len(set(row)) == 5 for row in ids)  # five distinct neighbours each
+    # precision_table agrees with a recount from the rows
+    same = (np.asarray(cols["label"], dtype=object) == np.asarray(cols["query_label"], dtype=object)).reshape(24, 5)
     p = precision_table(cols)
-    assert 0 <= p[1] <= 100 and p[5] <= 100
+    assert p[1] == pytest.approx(100 * same[:, 0].mean()) and p[5] == pytest.approx(100 * same.mean())
 
 
 def test_bad_query_file_gives_error_row(indexed, tmp_path):

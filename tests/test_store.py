@@ -13,7 +13,7 @@ import pytest
 
 from cbir_dist.errors import StoreError
 from cbir_dist.io.records import ID, LABEL, PATH, VECTOR
-from cbir_dist.store.milvus import SearchResult, VectorStore, auto_nlist
+from cbir_dist.store import SearchResult, VectorStore, auto_nlist
 
 SPEC = json.dumps({"blocks": [{"name": "gabor", "dim": 64, "weight": 1.0}]})
 
@@ -159,7 +159,7 @@ def test_unreachable_server_fails_fast_with_store_error():
 
 def test_local_store_held_by_another_process_raises_store_error(db):
     holder = (
-        "import sys; from cbir_dist.store.milvus import VectorStore; "
+        "import sys; from cbir_dist.store import VectorStore; "
         f"s = VectorStore({db!r}, 'images'); print('ready', flush=True); sys.stdin.read(); s.close()"
     )
     proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

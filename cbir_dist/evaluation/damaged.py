@@ -276,6 +276,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     finally:
         ex.shutdown()
     results["config"] = {**asdict(cfg), "n_queries": len(queries), "n_database": len(valid),
+                         "query_ids": [r.id for r in queries],
                          "classes": class_sizes, "index_seconds": index_seconds}
     results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t_start, 2)

@@ -30,25 +30,21 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError, UsageError
 from ..io.records import ID, LABEL, PATH, VECTOR
-from . import lite
+from . import lite, schema
+from .schema import MAX_LABEL_BYTES, MAX_PATH_BYTES, auto_nlist
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")
 METRIC = "L2"
-MAX_DIM = 32768  # Milvus' limit for FLOAT_VECTOR
 MAX_TOP_K = 16384  # Milvus' limit for a search's limit
-MAX_PATH_BYTES = 4096
-MAX_LABEL_BYTES = 512
 MAX_REQUEST_BYTES = 64 << 20  # Milvus' default gRPC request cap
 REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: well under the cap
 MAX_QUERIES_PER_REQUEST = 512
@@ -64,8 +60,6 @@ IVF_MIN_NPROBE = 16
 # The brute force holds the (chunk, rows, dim) difference array and its square at once.
 BRUTE_FORCE_TEMPORARIES = 2
 
-_SPEC_KEY = "cbir_spec"  # property keys: cbir_spec_parts = N, cbir_spec_0 ... cbir_spec_{N-1}
-_SPEC_PART_CHARS = 16384  # <= 64 kB of UTF-8 per property value
 _INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
 _FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -190,6 +184,11 @@ class VectorStore:
                     "one process at a time; stop the other process using it, pass another path, or "
                     "run a Milvus server and pass its http://host:19530 URI"
                 ) from exc
+            if schema.grpc_status(exc) == "UNAUTHENTICATED":
+                raise StoreError(
+                    f"Milvus at {self.uri} rejected the credentials: authentication failed (wrong user or "
+                    "password in the token). Pass the right one with MILVUS_TOKEN or --token-file"
+                ) from exc
             raise StoreError(
                 f"cannot reach Milvus at {self.uri}: is the server running? ({exc.message}) "
                 "For a local embedded store pass a file path like ./cbir.db"
@@ -257,16 +256,16 @@ class VectorStore:
         same dim and spec this is a no-op; with a different one it raises :class:`StoreError`
         unless ``overwrite`` drops it first.
         """
-        dim = _check_dim(dim)
+        dim = schema.check_dim(dim)
         if not isinstance(spec_json, str):
             raise TypeError(f"spec_json must be a str (the FeatureSpec's JSON), got {type(spec_json).__name__}")
-        index_type, index_params = _check_index(index_type, index_params)
+        index_type, index_params = schema.check_index(index_type, index_params)
         if self.exists():
             if overwrite:
                 self.drop()
             else:
                 info = self._describe()
-                if info.dim == dim and _same_spec(info.spec_json, spec_json):
+                if info.dim == dim and schema.same_spec(info.spec_json, spec_json):
                     logger.debug("collection %s already exists with the same dim and spec", self.collection)
                     return
                 what = f"dim {info.dim}" if info.dim != dim else "a different feature spec"
@@ -277,17 +276,17 @@ class VectorStore:
                 )
         from pymilvus import DataType, MilvusClient
 
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(_FIELD_ID, DataType.INT64, is_primary=True)
-        schema.add_field(_FIELD_PATH, DataType.VARCHAR, max_length=MAX_PATH_BYTES)
-        schema.add_field(_FIELD_LABEL, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
-        schema.add_field(_FIELD_VECTOR, DataType.FLOAT_VECTOR, dim=dim)
-        properties = _spec_properties(spec_json)
+        fields = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        fields.add_field(_FIELD_ID, DataType.INT64, is_primary=True)
+        fields.add_field(_FIELD_PATH, DataType.VARCHAR, max_length=MAX_PATH_BYTES)
+        fields.add_field(_FIELD_LABEL, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
+        fields.add_field(_FIELD_VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+        properties = schema.spec_properties(spec_json)
         properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
         physical = self._index_params(index_type, index_params, n_rows=0)
         with self._rpc("create_collection"):
             self.client.create_collection(
-                self.collection, schema=schema, index_params=physical, properties=properties,
+                self.collection, schema=fields, index_params=physical, properties=properties,
                 consistency_level="Strong",
             )
         self._info = None
@@ -349,7 +348,7 @@ class VectorStore:
             nlist = index.get("nlist") or (index.get("params") or {}).get("nlist") or 0
             self._info = _Info(
                 dim=int(vec[0]["params"]["dim"]),
-                spec_json=_spec_from_properties(props),
+                spec_json=schema.spec_from_properties(props),
                 index_type=logical.get("index_type") or str(index.get("index_type", "FLAT")).upper(),
                 index_params=dict(logical.get("params") or {}),
                 nlist=int(nlist),
@@ -385,7 +384,7 @@ class VectorStore:
 
     def set_index(self, index_type: str, index_params: dict | None = None) -> None:
         """Replace the collection's vector index (e.g. FLAT -> HNSW) and build it for every row."""
-        index_type, index_params = _check_index(index_type, index_params)
+        index_type, index_params = schema.check_index(index_type, index_params)
         self._describe()
         with self._rpc("alter_collection_properties"):
             self.client.alter_collection_properties(
@@ -475,10 +474,10 @@ class VectorStore:
             Finite values; ``dim`` must be the collection's.
         """
         info = self._describe()
-        ids = _check_ids(ids)
+        ids = schema.check_ids(ids)
         n = ids.shape[0]
-        paths = _check_strings(paths, n, "paths", MAX_PATH_BYTES)
-        labels = _check_strings(labels, n, "labels", MAX_LABEL_BYTES)
+        paths = schema.check_strings(paths, n, "paths", MAX_PATH_BYTES)
+        labels = schema.check_strings(labels, n, "labels", MAX_LABEL_BYTES)
         vectors = self._check_vectors(vectors, info, "vectors", n_rows=n)
         if n == 0:
             return 0
@@ -503,7 +502,7 @@ class VectorStore:
 
     def existing_ids(self, ids) -> set[int]:
         """The subset of ``ids`` already stored."""
-        ids = np.unique(_check_ids(ids))
+        ids = np.unique(schema.check_ids(ids))
         self._require_loaded()
         found: set[int] = set()
         for start in range(0, ids.size, ID_CHUNK):
@@ -522,7 +521,7 @@ class VectorStore:
         Returns a batch ``{ID: int64 (M,), PATH: object (M,), LABEL: object (M,), VECTOR: float32 (M, dim)}``.
         """
         info = self._describe()
-        ids = _check_ids(ids)
+        ids = schema.check_ids(ids)
         self._require_loaded()
         by_id: dict[int, dict] = {}
         batch = max(1, min(ID_CHUNK, REQUEST_TARGET_BYTES // (info.dim * 4 + MAX_PATH_BYTES + MAX_LABEL_BYTES)))
@@ -540,8 +539,8 @@ class VectorStore:
             vectors[j] = np.asarray(by_id[i][_FIELD_VECTOR], np.float32)
         return {
             ID: np.asarray(order, np.int64),
-            PATH: _object_array([by_id[i][_FIELD_PATH] for i in order]),
-            LABEL: _object_array([by_id[i][_FIELD_LABEL] for i in order]),
+            PATH: schema.object_array([by_id[i][_FIELD_PATH] for i in order]),
+            LABEL: schema.object_array([by_id[i][_FIELD_LABEL] for i in order]),
             VECTOR: vectors,
         }
 
@@ -578,8 +577,8 @@ class VectorStore:
         nq = queries.shape[0]
         ids = np.full((nq, k), -1, np.int64)
         dists = np.full((nq, k), np.inf, np.float32)
-        paths = _object_array([""] * (nq * k)).reshape(nq, k)
-        labels = _object_array([""] * (nq * k)).reshape(nq, k)
+        paths = schema.object_array([""] * (nq * k)).reshape(nq, k)
+        labels = schema.object_array([""] * (nq * k)).reshape(nq, k)
         if nq == 0:
             return SearchResult(ids, dists, paths, labels)
         self._require_loaded()
@@ -635,7 +634,7 @@ class VectorStore:
         if arr.shape[1] != info.dim:
             raise StoreError(
                 f"{what} are {arr.shape[1]}-d but collection {self.collection!r} in {self.uri} holds "
-                f"{info.dim}-d vectors built with feature spec {_short(info.spec_json)}; use the same "
+                f"{info.dim}-d vectors built with feature spec {schema.short(info.spec_json)}; use the same "
                 "feature spec as the index (or rebuild it with --overwrite)"
             )
         arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -646,95 +645,3 @@ class VectorStore:
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def auto_nlist(n_rows: int) -> int:
-    """Default IVF list count for ``n_rows`` rows: the power of two nearest ``4 sqrt(n)``, at most
-    ``n / 39`` (FAISS wants 39 training points per list) and in [1, 16384]."""
-    target = 4.0 * math.sqrt(max(n_rows, 1))
-    nlist = 2 ** round(math.log2(target))
-    return int(max(1, min(nlist, 16384, 2 ** int(math.log2(max(n_rows // 39, 1))))))
-
-
-def _check_dim(dim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if not 1 <= int(dim) <= MAX_DIM:
-        raise ValueError(f"dim must be in [1, {MAX_DIM}] (Milvus' limit), got {dim}")
-    return int(dim)
-
-
-def _check_index(index_type: str, index_params: dict | None) -> tuple[str, dict]:
-    if not isinstance(index_type, str) or index_type.upper() not in INDEX_TYPES:
-        raise UsageError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
-    if index_params is not None and not isinstance(index_params, dict):
-        raise TypeError(f"index_params must be a dict, got {type(index_params).__name__}")
-    return index_type.upper(), dict(index_params or {})
-
-
-def _check_ids(ids) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim == 0:
-        arr = arr[None]
-    if arr.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
-    if arr.size == 0:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"ids must be integers (content ids), got dtype {arr.dtype}")
-    if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():
-        raise ValueError("ids must fit in int64 (content ids are 63-bit)")
-    arr = arr.astype(np.int64)
-    if (arr < 0).any():
-        raise ValueError(f"ids must be non-negative (-1 pads search results), got {int(arr.min())}")
-    return arr
-
-
-def _check_strings(values, n: int, what: str, max_bytes: int) -> list[str]:
-    if isinstance(values, str):
-        raise TypeError(f"{what} must be a sequence of str, got a single str")
-    values = list(values) if not isinstance(values, Sequence) else values
-    if len(values) != n:
-        raise ValueError(f"{what} has {len(values)} entries but {n} ids were given")
-    out = []
-    for i, v in enumerate(values):
-        if not isinstance(v, str | np.str_):
-            raise TypeError(f"{what}[{i}] must be a str, got {type(v).__name__}")
-        if len(v.encode("utf-8")) > max_bytes:
-            raise ValueError(f"{what}[{i}] is longer than {max_bytes} bytes of UTF-8")
-        out.append(str(v))
-    return out
-
-
-def _spec_properties(spec_json: str) -> dict[str, str]:
-    parts = [spec_json[i : i + _SPEC_PART_CHARS] for i in range(0, len(spec_json), _SPEC_PART_CHARS)] or [""]
-    props = {f"{_SPEC_KEY}_parts": str(len(parts))}
-    props.update({f"{_SPEC_KEY}_{i}": p for i, p in enumerate(parts)})
-    return props
-
-
-def _spec_from_properties(props: dict) -> str:
-    n = int(props.get(f"{_SPEC_KEY}_parts", 0) or 0)
-    try:
-        return "".join(props[f"{_SPEC_KEY}_{i}"] for i in range(n))
-    except KeyError as exc:
-        raise StoreError(f"the stored feature spec is incomplete (missing property {exc}); rebuild with --overwrite") from exc
-
-
-def _same_spec(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    try:
-        return json.loads(a) == json.loads(b)
-    except ValueError:
-        return False
-
-
-def _short(spec_json: str, limit: int = 160) -> str:
-    return spec_json if len(spec_json) <= limit else spec_json[:limit] + "..."
-
-
-def _object_array(values: list[Any]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
