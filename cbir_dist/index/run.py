@@ -329,12 +329,13 @@ class IndexRun:
             t = time.perf_counter()
             self.store.flush_and_index()
             self.clock.add("write", time.perf_counter() - t, 0)
+            s = self.summary
+            s.indexed = sum(r.status == OK for r in self.records)
+            s.duplicates = sum(r.status == DUPLICATE for r in self.records)
+            s.rejected = sum(r.status == REJECTED for r in self.records)
+            self.store.record_run(_run_record(self))
         finally:
             self.abort()
-        s = self.summary
-        s.indexed = sum(r.status == OK for r in self.records)
-        s.duplicates = sum(r.status == DUPLICATE for r in self.records)
-        s.rejected = sum(r.status == REJECTED for r in self.records)
         s.stage_seconds = {k: round(v, 3) for k, v in self.clock.seconds.items()}
         _finish_run(self, time.perf_counter() - self.t_start)
         return s
@@ -396,6 +397,17 @@ def _fit_and_write(spec: FeatureSpec, config: IndexConfig, store, parts: Sequenc
     n = store.upsert([t[C.ID][j] for t, j in order], [t[C.PATH][j] for t, j in order],
                      [t[C.LABEL][j] for t, j in order], vectors)
     return fitted, n
+
+
+def _run_record(run: IndexRun) -> dict:
+    """What the collection remembers of this run (``cbir-dist info`` lists them)."""
+    import platform
+
+    s = run.summary
+    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run.run_dir).resolve()),
+            "images_dir": str(Path(run.config.images_dir).resolve()), "host": platform.node(),
+            "backend": run.config.backend, "files": s.files, "indexed": s.indexed, "duplicates": s.duplicates,
+            "rejected": s.rejected, "rows_written": s.rows_written}
 
 
 def _finish_run(run: IndexRun, seconds: float) -> None:

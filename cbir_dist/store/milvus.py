@@ -61,6 +61,8 @@ IVF_MIN_NPROBE = 16
 BRUTE_FORCE_TEMPORARIES = 2
 
 _INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
+_RUNS_KEY = "cbir_runs"  # property: JSON list of the runs that wrote the collection, newest last
+MAX_RUNS_KEPT = 40  # a property value holds at most 64 kB
 _FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -302,6 +304,38 @@ class VectorStore:
         self._info = None
         self._loaded = False
         self._clean = False
+
+    def list_collections(self) -> list[str]:
+        """Names of every collection in this store (sorted)."""
+        with self._rpc("list_collections"):
+            return sorted(self.client.list_collections())
+
+    def index_params(self) -> dict:
+        """The collection's index: ``{"index_type": ..., "params": {...}}`` as given at creation (or by set_index)."""
+        info = self._describe()
+        return {"index_type": info.index_type, "params": dict(info.index_params)}
+
+    def runs(self) -> list[dict]:
+        """The runs recorded against the collection (:meth:`record_run`), oldest first."""
+        self._require()
+        with self._rpc("describe_collection"):
+            props = self.client.describe_collection(self.collection).get("properties") or {}
+        try:
+            runs = json.loads(props.get(_RUNS_KEY) or "[]")
+        except ValueError:
+            return []
+        return runs if isinstance(runs, list) else []
+
+    def record_run(self, run: dict) -> None:
+        """Append one run's summary (small JSON-able dict) to the collection's run history (the newest
+        :data:`MAX_RUNS_KEPT` are kept)."""
+        runs = (self.runs() + [run])[-MAX_RUNS_KEPT:]
+        text = json.dumps(runs, sort_keys=True, default=str)
+        while len(text.encode("utf-8")) > 60_000 and len(runs) > 1:
+            runs = runs[1:]
+            text = json.dumps(runs, sort_keys=True, default=str)
+        with self._rpc("alter_collection_properties"):
+            self.client.alter_collection_properties(self.collection, properties={_RUNS_KEY: text})
 
     def spec_json(self) -> str:
         """The FeatureSpec JSON the collection was created with, exactly as given."""
