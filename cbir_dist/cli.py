@@ -13,14 +13,17 @@ EPILOG = """examples:
 
 Weights: --weights imagenet uses torchvision's weights API (downloaded once into $TORCH_HOME);
 --weights PATH loads a local state dict; --backbone none uses the handcrafted descriptors only.
-A Milvus server is addressed by URI: --db http://host:19530 [--token user:pass]."""
+A Milvus server is addressed by URI: --db http://host:19530, its credentials taken from
+$MILVUS_TOKEN (user:password or an API key) or --token-file FILE (kept out of `ps` and job logs)."""
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default="cbir.db",
                    help="milvus-lite path (a local directory, default ./cbir.db) or a Milvus server URI http://host:19530")
     p.add_argument("--collection", default="images", help="collection name (default: images)")
-    p.add_argument("--token", default=None, help="Milvus server token, e.g. user:password (server URIs only)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="file holding the Milvus server token (user:password or an API key); default: $MILVUS_TOKEN")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # visible in `ps`: prefer the two above
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -44,6 +47,26 @@ def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--angle", type=float, default=0.0, help="fringe: orientation in degrees (default 0)")
     p.add_argument("--inpainter", default="none",
                    help=f"reconstruct damaged {what}s with: none (zero fill), telea, ns, biharmonic, two-stage")
+
+
+def _token(args) -> str | None:
+    """The Milvus token: ``--token`` (discouraged), else the first line of ``--token-file``, else ``$MILVUS_TOKEN``."""
+    import os
+
+    from .errors import UsageError
+
+    if getattr(args, "token", None):
+        return args.token
+    if getattr(args, "token_file", None):
+        try:
+            lines = open(args.token_file, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc.strerror or exc})") from exc
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise UsageError(f"--token-file {args.token_file} is empty")
+        return token
+    return os.environ.get("MILVUS_TOKEN") or None
 
 
 def _csv(text: str) -> list[str]:
@@ -222,7 +245,7 @@ def cmd_index(args) -> int:
 
     spec = _spec_from_args(args)
     cfg = IndexConfig(
-        args.images_dir, db=args.db, collection=args.collection, token=args.token, run_dir=args.run_dir,
+        args.images_dir, db=args.db, collection=args.collection, token=_token(args), run_dir=args.run_dir,
         shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels,
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
@@ -244,7 +267,7 @@ def cmd_query(args) -> int:
     from .query.search import QueryConfig, precision_table, run_query
 
     cfg = QueryConfig(
-        db=args.db, collection=args.collection, token=args.token, k=args.k, fringe=args.fringe,
+        db=args.db, collection=args.collection, token=_token(args), k=args.k, fringe=args.fringe,
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
         inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
@@ -299,7 +322,7 @@ def cmd_evaluate(args) -> int:
 def cmd_classify(args) -> int:
     from .query.classify import run_classify
 
-    res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=args.token,
+    res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=_token(args),
                        out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
                        device=args.device, max_pixels=args.max_pixels)
     line = f"{res['n']} images, {res['failed']} failed"

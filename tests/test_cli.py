@@ -97,3 +97,22 @@ def test_index_with_damage_stores_reconstructed_vectors(tmp_path):
     assert not np.allclose(got_damaged, got_clean, atol=1e-3)
     clean.close()
     damaged.close()
+
+
+def test_token_comes_from_the_environment_or_a_file_not_the_command_line(tmp_path, monkeypatch):
+    from cbir_dist.cli import _token
+    from cbir_dist.errors import UsageError
+
+    args = build_parser().parse_args(["query", "q", "--db", "http://h:19530"])
+    monkeypatch.delenv("MILVUS_TOKEN", raising=False)
+    assert _token(args) is None
+    monkeypatch.setenv("MILVUS_TOKEN", "env-user:env-pass")
+    assert _token(args) == "env-user:env-pass"
+    f = tmp_path / "token"
+    f.write_text("file-user:file-pass\n")
+    args = build_parser().parse_args(["query", "q", "--db", "http://h:19530", "--token-file", str(f)])
+    assert _token(args) == "file-user:file-pass"  # the file wins over the environment
+    f.write_text("\n")
+    with pytest.raises(UsageError, match="empty"):
+        _token(args)
+    assert "--token " not in build_parser().format_help()
