@@ -103,16 +103,20 @@ def test_token_comes_from_the_environment_or_a_file_not_the_command_line(tmp_pat
     from cbir_dist.cli import _token
     from cbir_dist.errors import UsageError
 
-    args = build_parser().parse_args(["query", "q", "--db", "http://h:19530"])
+    args = build_parser().parse_args(["classify", "q", "--db", "http://h:19530"])
     monkeypatch.delenv("MILVUS_TOKEN", raising=False)
     assert _token(args) is None
     monkeypatch.setenv("MILVUS_TOKEN", "env-user:env-pass")
     assert _token(args) == "env-user:env-pass"
     f = tmp_path / "token"
     f.write_text("file-user:file-pass\n")
-    args = build_parser().parse_args(["query", "q", "--db", "http://h:19530", "--token-file", str(f)])
+    args = build_parser().parse_args(["classify", "q", "--db", "http://h:19530", "--token-file", str(f)])
     assert _token(args) == "file-user:file-pass"  # the file wins over the environment
     f.write_text("\n")
     with pytest.raises(UsageError, match="empty"):
         _token(args)
-    assert "--token " not in build_parser().format_help()
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--token-file" in sub.choices["index"].format_help()
+    assert "--token " not in sub.choices["index"].format_help()
