@@ -33,7 +33,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device for the backbone (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="images per backbone batch (default: 32)")
     p.add_argument("--max-pixels", type=int, default=100_000_000,
-                   help="reject images with more pixels than this (decompression bombs; default 1e8)")
+                   help="reject images with more pixels than this (decompression bombs; default 1e8); "
+                        "the one pixel limit: no other check rejects an image this allows")
+    p.add_argument("--max-bytes", type=int, default=1 << 30,
+                   help="reject files larger than this before reading them (default 1 GiB)")
 
 
 def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -104,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="backbone input size (default 224)")
     p.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW", "IVF_FLAT"],
                    help="FLAT = exact search (default); HNSW / IVF_FLAT = approximate, faster on large collections")
-    p.add_argument("--run-dir", default=None, help="where the manifest, errors and stats go (default runs/index-COLLECTION)")
+    p.add_argument("--run-dir", default=None,
+                   help="where the shard markers, manifest, errors and stats go (default runs/index-COLLECTION-HASH, "
+                        "one per store URI and collection; markers record the target they vouch for either way)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="also index files and folders that symlinks inside IMAGES_DIR point to outside it")
     p.add_argument("--shard-size", type=int, default=256, help="files per resumable shard (default 256)")
     p.add_argument("--save-features", action="store_true",
                    help="also keep per-block features as Parquet shards in the run dir (re-weight without recomputing)")
@@ -246,7 +253,8 @@ def cmd_index(args) -> int:
     spec = _spec_from_args(args)
     cfg = IndexConfig(
         args.images_dir, db=args.db, collection=args.collection, token=_token(args), run_dir=args.run_dir,
-        shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels,
+        shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
+        follow_symlinks=args.follow_symlinks,
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
         torch_threads=args.torch_threads, deep_actors=args.deep_actors,
@@ -271,7 +279,7 @@ def cmd_query(args) -> int:
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
         inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
-        backend=args.backend,
+        max_bytes=args.max_bytes, backend=args.backend,
     )
     cols = run_query(args.queries_dir, cfg, out=args.out)
     n_err = sum(1 for e in cols["error"] if e)

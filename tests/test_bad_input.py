@@ -1,9 +1,17 @@
-"""Bad input never stops the index job and is never silent: exact counts and a reason per rejected file."""
+"""Bad input never stops a job and is never silent: one per-file error rule, on both backends.
+
+Every kind of bad file and bad mask below is a row of ``errors.parquet`` with its expected reason;
+nothing blocks (a FIFO named ``x.jpg`` is never opened), the counts add up to the files found, and
+the summary line is what the store holds.
+"""
+
+from __future__ import annotations
 
 import io
 import os
 import re
 import socket
+import threading
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +21,10 @@ from PIL import Image
 from cbir_dist.features.profiles import build_spec
 from cbir_dist.index import run_index
 from cbir_dist.index.run import IndexConfig
+from cbir_dist.io.images import decode_image
 from cbir_dist.store import VectorStore
+
+MAX_BYTES = 50_000
 
 
 def _png(arr, fmt="PNG", mode=None):
@@ -25,11 +36,22 @@ def _png(arr, fmt="PNG", mode=None):
     return buf.getvalue()
 
 
+def _dds_with_unknown_pixel_format() -> bytes:
+    """A DDS whose pixel-format flags make Pillow raise NotImplementedError (an 'unexpected' decoder error)."""
+    data = bytearray(_png(np.zeros((40, 40, 3), np.uint8), "DDS"))
+    data[80] = 157
+    return bytes(data)
+
+
 def make_bad_folder(root, rng):
-    """Valid images of many kinds plus one file of each bad kind; returns (expected counts, reasons by name)."""
-    good, bad = root / "good", root / "bad"
+    """Valid images of many kinds plus one entry of each bad kind.
+
+    Returns (expected counts, {file name: expected reason pattern}).
+    """
+    good, bad, outside = root / "data" / "good", root / "data" / "bad", root / "outside"
     good.mkdir(parents=True)
     bad.mkdir()
+    outside.mkdir()
     imgs = [rng.integers(0, 255, (40 + i, 48, 3), dtype=np.uint8) for i in range(8)]
     valid = {
         "rgb.png": _png(imgs[0]), "photo.jpg": _png(imgs[1], "JPEG"), "cmyk.jpg": _png(imgs[2], "JPEG", "CMYK"),
@@ -40,56 +62,116 @@ def make_bad_folder(root, rng):
     for name, data in valid.items():
         (good / name).write_bytes(data)
     (good / "copy_of_rgb.png").write_bytes(valid["rgb.png"])  # duplicate: same content, another path
+    (good / "inside_link.png").symlink_to(good / "photo.jpg")  # a symlink inside the root: a duplicate too
     jpg = _png(imgs[7], "JPEG")
-    bad_files = {
-        "zero.png": b"",
-        "random.jpg": bytes(rng.integers(0, 255, 3000, dtype=np.uint8)),
-        "truncated.png": valid["rgb.png"][: len(valid["rgb.png"]) // 2],
-        "truncated.jpg": jpg[: len(jpg) // 3],
-        "notes.png": b"this is a text file with an image extension\n" * 20,
-        "page.gif": b"<html><body>not a gif</body></html>",
-        "tiny.png": _png(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)),
-        "bomb.png": _png(np.zeros((600, 600, 3), np.uint8)),  # over the max_pixels set below
-        "corrupt.tiff": b"II*\x00" + bytes(200),
+    reasons = {
+        "zero.png": (b"", "empty file"),
+        "random.jpg": (bytes(rng.integers(0, 255, 3000, dtype=np.uint8)), "not a readable image"),
+        "truncated.png": (valid["rgb.png"][: len(valid["rgb.png"]) // 2], "corrupt or truncated"),
+        "truncated.jpg": (jpg[: len(jpg) // 3], "corrupt or truncated"),
+        "notes.png": (b"this is a text file with an image extension\n" * 20, "not a readable image"),
+        "page.gif": (b"<html><body>not a gif</body></html>", "not a readable image"),
+        "tiny.png": (_png(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)), "smaller than the minimum side"),
+        "bomb.png": (_png(np.zeros((600, 600, 3), np.uint8)), "exceeds the limit of 200000"),  # over --max-pixels
+        "corrupt.tiff": (b"II*\x00" + bytes(200), "not a readable image"),
+        "huge.png": (_png(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)), "over the limit of 50000"),
+        "odd.png": (_dds_with_unknown_pixel_format(), "unexpected decoder error \\(NotImplementedError"),
     }
-    for name, data in bad_files.items():
+    for name, (data, _pattern) in reasons.items():
         (bad / name).write_bytes(data)
+    reasons = {name: pattern for name, (_data, pattern) in reasons.items()}
+    (outside / "secret.png").write_bytes(_png(imgs[0][::-1].copy()))
     os.symlink(root / "nowhere.png", bad / "broken_link.png")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a file that exists but cannot be read
+    reasons["broken_link.png"] = "broken symlink"
+    os.symlink(outside / "secret.png", bad / "escape.png")
+    reasons["escape.png"] = "symlink leaves the input root.*--follow-symlinks"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(bad / "socket.jpg"))
     sock.close()
-    rejected = set(bad_files) | {"broken_link.png", "socket.jpg"}
-    return {"indexed": len(valid), "duplicates": 1, "rejected": len(rejected)}, rejected
+    reasons["socket.jpg"] = r"not a regular file \(a socket\)"
+    os.mkfifo(bad / "pipe.jpg")  # opening it for reading would block until a writer comes
+    reasons["pipe.jpg"] = r"not a regular file \(a FIFO\)"
+    os.symlink(outside, bad / "linked_outside")  # a symlinked folder leaving the root
+    reasons["linked_outside"] = "symlinked folder leaves the input root"
+    os.symlink(root / "data", bad / "loop")  # a cycle back to the root
+    reasons["loop"] = "symlinked folder already listed"
+    return {"indexed": len(valid), "duplicates": 2, "rejected": len(reasons)}, reasons
+
+
+def _errors(run_dir):
+    t = pq.read_table(run_dir / "errors.parquet").to_pydict()
+    return {os.path.basename(p): (s, r) for p, s, r in zip(t["path"], t["status"], t["reason"])}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_bad_files_each_have_their_reason_and_nothing_blocks(tmp_path, rng, backend):
+    expected, reasons = make_bad_folder(tmp_path, rng)
+    spec = build_spec(backbone="none", descriptors=("glcm", "correlogram"))
+    cfg = IndexConfig(str(tmp_path / "data"), db=str(tmp_path / "b.db"), collection="bad",
+                      run_dir=str(tmp_path / "run"), max_pixels=200_000, max_bytes=MAX_BYTES, shard_size=5,
+                      progress=False, backend=backend)
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("summary", run_index(spec, cfg)), daemon=True)
+    t.start()
+    t.join(200)
+    assert not t.is_alive(), "the index job blocked (a FIFO opened for reading?)"
+    summary = done["summary"]
+    got = {"indexed": summary.indexed, "duplicates": summary.duplicates, "rejected": summary.rejected}
+    assert got == expected
+    assert summary.indexed + summary.duplicates + summary.rejected == summary.files == 10 + len(reasons)
+    assert summary.line().startswith(f"indexed 8, duplicates 2, rejected {len(reasons)} (see ")
+    errors = _errors(tmp_path / "run")
+    assert {n for n, (s, _) in errors.items() if s == "rejected"} == set(reasons)
+    for name, pattern in reasons.items():
+        assert re.search(pattern, errors[name][1]), (name, errors[name][1])
+    dups = {n: r for n, (s, r) in errors.items() if s == "duplicate"}
+    assert set(dups) == {"rgb.png", "photo.jpg"}  # sorted order: copy_of_rgb.png and inside_link.png came first
+    assert not re.search(r"0x[0-9a-f]{6,}", " ".join(r for _, r in errors.values())), "no memory addresses"
+    store = VectorStore(str(tmp_path / "b.db"), "bad")
+    try:
+        assert store.count() == 8
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
-def test_bad_input_exact_counts_and_reasons(tmp_path, rng, backend):
-    expected, rejected_names = make_bad_folder(tmp_path / "data", rng)
-    spec = build_spec(backbone="none", descriptors=("glcm", "correlogram"))
-    cfg = IndexConfig(str(tmp_path / "data"), db=str(tmp_path / "b.db"), collection="bad",
-                      run_dir=str(tmp_path / "run"), max_pixels=200_000, shard_size=5, progress=False,
-                      backend=backend)
-    summary = run_index(spec, cfg)
-    got = {"indexed": summary.indexed, "duplicates": summary.duplicates, "rejected": summary.rejected}
-    assert got == expected
-    n_files = sum(len(fs) for _, _, fs in os.walk(tmp_path / "data"))
-    assert summary.indexed + summary.duplicates + summary.rejected == summary.files == n_files == 20
-    assert summary.line().startswith(f"indexed 8, duplicates 1, rejected {expected['rejected']} (see ")
-    errors = pq.read_table(tmp_path / "run" / "errors.parquet").to_pydict()
-    reasons = {os.path.basename(p): (s, r) for p, s, r in zip(errors["path"], errors["status"], errors["reason"])}
-    assert {n for n, (s, _) in reasons.items() if s == "rejected"} == rejected_names
-    dups = {n: r for n, (s, r) in reasons.items() if s == "duplicate"}
-    assert set(dups) == {"rgb.png"}  # paths are taken in sorted order: copy_of_rgb.png came first
-    assert "copy_of_rgb.png" in dups["rgb.png"]
-    assert all(r for _, r in reasons.values()), "every rejected file needs a reason"
-    assert "empty" in reasons["zero.png"][1]
-    assert "symlink" in reasons["broken_link.png"][1]
-    assert "smaller than" in reasons["tiny.png"][1]
-    assert "exceeds the limit" in reasons["bomb.png"][1]
-    assert "unreadable" in reasons["socket.jpg"][1]
-    assert not re.search(r"0x[0-9a-f]{6,}", " ".join(errors["reason"])), "reasons must not hold memory addresses"
-    store = VectorStore(str(tmp_path / "b.db"), "bad")
-    assert store.count() == 8
-    manifest = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pydict()
-    assert len(manifest["path"]) == n_files and set(manifest) >= {"path", "size", "mtime", "id", "status"}
-    store.close()
+def test_bad_masks_are_per_file_errors_too(tmp_path, rng, backend):
+    """--masks: a missing mask, a corrupt one and a FIFO mask each reject their image; the rest index."""
+    data, masks = tmp_path / "data" / "c", tmp_path / "masks" / "c"
+    data.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i in range(5):
+        (data / f"img{i}.png").write_bytes(_png(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)))
+    half = np.full((48, 48), 255, np.uint8)
+    half[:, :16] = 0
+    for i in (0, 1):
+        Image.fromarray(half).save(masks / f"img{i}.png")
+    (masks / "img2.png").write_bytes(b"not a png at all")
+    os.mkfifo(masks / "img3.png")
+    # img4 has no mask
+    from cbir_dist.damage.hook import DamageConfig, damage_transform
+
+    transform = damage_transform(DamageConfig(masks_dir=str(tmp_path / "masks"), inpainter="telea",
+                                              root=str(tmp_path / "data")))
+    cfg = IndexConfig(str(tmp_path / "data"), db=str(tmp_path / "m.db"), collection="m",
+                      run_dir=str(tmp_path / "run"), progress=False, backend=backend)
+    summary = run_index(build_spec(backbone="none", descriptors=("glcm",)), cfg, transform=transform)
+    assert (summary.indexed, summary.rejected) == (2, 3)
+    errors = _errors(tmp_path / "run")
+    assert re.search("mask/inpaint failed: .*cannot read the mask image", errors["img2.png"][1])
+    assert re.search(r"mask/inpaint failed: .*not a regular file \(a FIFO\)", errors["img3.png"][1])
+    assert re.search("mask/inpaint failed: no mask for", errors["img4.png"][1])
+
+
+def test_max_pixels_is_the_one_limit(rng):
+    """An image over Pillow's own bomb threshold (89.5 M pixels) decodes when --max-pixels allows it."""
+    side = 9500  # 90.25 M pixels
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 7).save(buf, format="PNG")
+    img = decode_image(buf.getvalue(), max_pixels=100_000_000)
+    assert img.shape == (side, side, 3) and int(img[0, 0, 0]) == 7
+    from cbir_dist.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 90000000"):
+        decode_image(buf.getvalue(), max_pixels=90_000_000)

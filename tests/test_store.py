@@ -147,14 +147,21 @@ def test_missing_collection_raises_store_error(store):
             call()
 
 
-def test_unreachable_server_fails_fast_with_store_error():
+def test_unreachable_server_is_retried_within_its_budget_then_named(monkeypatch, caplog):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    monkeypatch.setenv("CBIR_MILVUS_RETRY_S", "3")
+    monkeypatch.setenv("CBIR_MILVUS_TIMEOUT_S", "1")
     t0 = time.monotonic()
-    with pytest.raises(StoreError, match=rf"cannot reach Milvus at http://127.0.0.1:{port}.*\./cbir\.db"):
-        VectorStore(f"http://127.0.0.1:{port}", "images")
-    assert time.monotonic() - t0 < 10
+    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+        with pytest.raises(StoreError, match=rf"cannot reach Milvus at http://127.0.0.1:{port} \(connect, tried"):
+            VectorStore(f"http://user:secret@127.0.0.1:{port}", "images", token="user:secret")
+    took = time.monotonic() - t0
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries, "connection refused must be retried"
+    assert 2.5 < took < 20, took  # bounded by the budget (+ one attempt), not instant, not minutes
+    assert not any("secret" in r.getMessage() for r in caplog.records)
 
 
 def test_local_store_held_by_another_process_raises_store_error(db):

@@ -65,7 +65,7 @@ def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.nd
     base = Path(config.masks_dir)
     for candidate in (base / rel, base / rel.with_suffix(".png"), base / Path(rel.name).with_suffix(".png"),
                       base / rel.name):
-        if candidate.is_file():
+        if candidate.exists() and not candidate.is_dir():  # a FIFO is found, then refused by load_mask
             return load_mask(candidate, shape=(h, w))
     raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
 
@@ -114,6 +114,24 @@ class DamageTransform:
 
             self._inpainter = get_inpainter(self.config.inpainter)
         return damage_and_reconstruct(image, known_mask(image.shape, path, self.config), self._inpainter)[1]
+
+
+def apply_transform(record, transform) -> None:
+    """Apply the hook to one ok record in place; a failure on this file rejects it with the reason.
+
+    The one per-file rule of every job: a missing or corrupt mask, or an inpainter failing on one
+    image, is that file's ``errors.parquet`` row, never a failed job.
+    """
+    try:
+        record.image = transform(record.image, record.path)
+    except Exception as exc:  # noqa: BLE001 - a per-file failure is a value, not a failed job
+        record.reject(f"mask/inpaint failed: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    known = (OSError, ValueError, TypeError)
+    return text if isinstance(exc, known) or type(exc).__module__.startswith("cbir_dist") else f"{type(exc).__name__}: {text}"
 
 
 def damage_transform(config: DamageConfig) -> DamageTransform | None:

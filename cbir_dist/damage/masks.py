@@ -6,6 +6,7 @@ Every mask is a ``bool`` array of shape ``(H, W)`` with **True = known pixel**: 
 
 from __future__ import annotations
 
+import io
 import math
 from os import PathLike
 
@@ -26,6 +27,7 @@ __all__ = [
 
 #: The fringe frequencies (fringes per image) the paper's figures and tables use.
 FRINGE_FREQUENCIES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
+MAX_MASK_BYTES = 256 << 20
 #: Smallest side, in pixels, a generated mask may have.
 MIN_SIDE = 8
 
@@ -311,8 +313,14 @@ def load_mask(path: str | PathLike[str], shape: tuple[int, int] | None = None) -
     if shape is not None:
         if len(shape) != 2 or any(int(v) < 1 for v in shape):
             raise ValueError(f"shape must be (height, width) with positive sides, got {shape}.")
+    from ..io.files import read_file
+
     try:
-        with Image.open(path) as im:
+        data, _ = read_file(path, max_bytes=MAX_MASK_BYTES)  # a regular file only: a FIFO never blocks
+    except ValueError as exc:
+        raise ImageDecodeError(f"{path}: cannot read the mask ({exc})") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             grey = im.convert("L")
             if shape is not None and grey.size != (int(shape[1]), int(shape[0])):
                 grey = grey.resize((int(shape[1]), int(shape[0])), Image.Resampling.NEAREST)

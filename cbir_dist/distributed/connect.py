@@ -23,8 +23,14 @@ LOCAL_START_ATTEMPTS = 3
 _INIT_KWARGS = {"include_dashboard": False, "log_to_driver": True}
 
 
+def _start_failed(exc: BaseException) -> bool:
+    """A local instance that did not come up (Ray raises RuntimeError, or a bare Exception "timed out
+    during startup" on a loaded machine); an unreachable cluster or a bad argument is not retried."""
+    return not isinstance(exc, (ConnectionError, ValueError, TypeError))
+
+
 def _init(ray, *, attempts: int = LOCAL_START_ATTEMPTS, wait_s: float = 2.0, **kwargs) -> None:
-    """``ray.init``, retried when a local start fails (RuntimeError), never when a cluster is unreachable."""
+    """``ray.init``, retried when a local start fails, never when a cluster is unreachable."""
     from tenacity import (
         before_sleep_log,
         retry,
@@ -39,7 +45,7 @@ def _init(ray, *, attempts: int = LOCAL_START_ATTEMPTS, wait_s: float = 2.0, **k
     def init():
         try:
             ray.init(**_INIT_KWARGS, **kwargs)
-        except RuntimeError:
+        except Exception:
             ray.shutdown()
             raise
 
@@ -67,7 +73,7 @@ def connect(*, num_cpus: int | None = None) -> bool:
                 log.warning("the Ray cluster recorded on this machine is unreachable (%s); starting a local one", exc)
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own instance, on this machine only
                 _init(ray, address="local", **local)
-    except (ConnectionError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions for a head that did not start
         where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray instance"
         raise PipelineError(f"could not connect to {where}: {exc}. Check that the cluster is up (`ray status`), "
                             "or unset RAY_ADDRESS to run on a local instance") from exc

@@ -34,10 +34,11 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..errors import CbirError, PipelineError
+from ..errors import PipelineError
 from ..features.spec import DEEP, Block, FeatureSpec
 from ..io import records as C
-from ..io.files import ImageFile
+from ..damage.hook import apply_transform
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, REJECTED, Record, read_record
 from .connect import node_id, resources, session
@@ -68,6 +69,7 @@ class GraphConfig:
 
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     weights_override: str | None = None
     device: str | None = None
     torch_threads: int | None = None
@@ -143,11 +145,11 @@ def _object_array(items: Sequence) -> np.ndarray:
 # --- the stages (plain functions on dict[str, np.ndarray] batches) ---------------------------------
 
 
-def decode_batch(batch: dict, *, max_pixels: int) -> dict:
+def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Read, hash and decode the batch's files; rejected files keep a status and reason, never raise."""
     t = time.perf_counter()
-    recs = [read_record(ImageFile(str(p), str(lab)), max_pixels=max_pixels)
-            for p, lab in zip(batch[C.PATH], batch[C.LABEL])]
+    recs = [read_record(ImageFile(str(p), str(lab), str(why)), max_pixels=max_pixels, max_bytes=max_bytes)
+            for p, lab, why in zip(batch[C.PATH], batch[C.LABEL], batch[C.REASON])]
     out = {
         C.PATH: _object_array([r.path for r in recs]),
         C.LABEL: _object_array([r.label for r in recs]),
@@ -180,10 +182,12 @@ def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
     paths = batch[C.PATH]
     status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
     for i in rows:
-        try:
-            images[i] = transform(np.asarray(images[i]), str(paths[i]))
-        except (OSError, ValueError, CbirError) as exc:  # a per-file failure is a value, not a failed task
-            status[i], error[i], images[i] = REJECTED, f"mask/inpaint failed: {exc}", _EMPTY_IMAGE
+        rec = Record(str(paths[i]), "", image=np.asarray(images[i]))
+        apply_transform(rec, transform)  # a per-file failure is a value, not a failed task
+        if rec.status == REJECTED:
+            status[i], error[i], images[i] = REJECTED, rec.error, _EMPTY_IMAGE
+        else:
+            images[i] = rec.image
     out = dict(batch)
     out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
     return _stamp(out, "inpaint", time.perf_counter() - t, len(paths))
@@ -284,7 +288,7 @@ def build_dataset(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFi
     """The lazy Ray Dataset computing every block of ``spec`` for the files of ``parts``."""
     import ray
 
-    items = [{C.PATH: f.path, C.LABEL: f.label, PART: index, POS: j}
+    items = [{C.PATH: f.path, C.LABEL: f.label, C.REASON: f.reason, PART: index, POS: j}
              for index, files in parts for j, f in enumerate(files)]
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing max_retries/max_restarts/max_task_retries through map_batches'
@@ -298,7 +302,8 @@ def _build(ray, items, spec, config, plan, transform):
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
     task_args = dict(batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
                      num_cpus=plan.task_cpus, max_retries=TASK_RETRIES)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": config.max_pixels}, **task_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
+                        **task_args)
     if transform is not None:
         ds = ds.map_batches(transform_batch, fn_kwargs={"transform": transform}, **task_args)
     deep = spec.deep

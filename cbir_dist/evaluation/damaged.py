@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from ..damage.masks import FRINGE_FREQUENCIES as FREQUENCIES
-from ..errors import InputError, UsageError
+from ..errors import IncompleteRunError, InputError, UsageError
 from ..features.spec import FeatureSpec
 from .common import PROTOCOLS, versions
 
@@ -111,16 +111,21 @@ def reconstruct_task(images: Sequence[np.ndarray], frequency: float, inpainter: 
     t0 = time.time()
     inp = get_inpainter(inpainter)
     damaged, restored, q = [], [], {"ssim": [], "fsim": [], "psnr": []}
-    for img in images:
+    errors = {}  # query index -> why its reconstruction failed (it is then scored as the damaged image)
+    for j, img in enumerate(images):
         known = fringe_mask(img.shape[0], img.shape[1], frequency, missing_fraction, phase=phase)
-        d, r = damage_and_reconstruct(img, known, inp)
+        try:
+            d, r = damage_and_reconstruct(img, known, inp)
+        except Exception as exc:  # noqa: BLE001 - one image's failure is a recorded value, not a failed cell
+            d = r = damage_and_reconstruct(img, known, get_inpainter("none"))[0]
+            errors[j] = f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
         damaged.append(d)
         restored.append(r)
         q["ssim"].append(ssim(img, r))
         q["fsim"].append(fsim(img, r))
         q["psnr"].append(min(psnr(img, r), 100.0))
     return {"damaged": damaged, "reconstructed": restored, "quality": {k: np.asarray(v) for k, v in q.items()},
-            "start": t0, "end": time.time(), "pid": os.getpid()}
+            "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid()}
 
 
 def features_task(spec_json: str, weights: str | None, states: dict[str, list]) -> dict:
@@ -187,6 +192,10 @@ def _retrieval_metrics(store, vectors: np.ndarray, queries, cfg: EvalConfig, cla
 
     k = min(cfg.map_k, store.count() - (1 if cfg.exclude_self else 0))
     ids, _dist, _paths, labels = search_vectors(store, vectors, [r.id for r in queries], k, cfg.exclude_self)
+    short = int(np.sum((ids < 0).any(axis=1))) if ids.size else 0
+    if ids.shape[1] < k or short:  # read back: every query has its k neighbours, or the cell is not scored
+        raise IncompleteRunError(f"the store returned fewer than {k} neighbours for {short or len(queries)} of "
+                                 f"{len(queries)} queries in collection {store.collection!r}; rerun the evaluation")
     qlabels = np.asarray([r.label for r in queries], dtype=object)
     n_rel = np.asarray([class_sizes[r.label] - (1 if cfg.exclude_self else 0) for r in queries])
     labels = np.asarray(labels, dtype=object)
@@ -278,6 +287,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     results["config"] = {**asdict(cfg), "n_queries": len(queries), "n_database": len(valid),
                          "query_ids": [r.id for r in queries],
                          "classes": class_sizes, "index_seconds": index_seconds}
+    _write_errors(out / "errors.parquet", records, results.pop("_inpaint_errors", []))
     results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t_start, 2)
     for s in stores.values():
@@ -294,6 +304,8 @@ def _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, recon_
         v = ex.get(ref)["vectors"]["original"][0]
         orig[bb] = _retrieval_metrics(stores[bb], v, queries, cfg, class_sizes)
     recon = {key: ex.get(ref) for key, ref in recon_refs.items()}
+    inpaint_errors = [(queries[j].path, f"inpaint failed at {f:g} Hz, {inp}, repeat {rep}: {why}")
+                      for (f, inp, rep), r in recon.items() for j, why in sorted(r.get("errors", {}).items())]
     timeline = [{"task": f"reconstruct f={f} {inp} r={rep}", "start": r["start"], "end": r["end"], "pid": r["pid"]}
                 for (f, inp, rep), r in recon.items()]
     pending = list(cell_refs.values())
@@ -343,7 +355,17 @@ def _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, recon_
                 "hits": {s: {"paths": list(per_state[s][0]["_top_paths"][q]),
                              "labels": list(per_state[s][0]["_top_labels"][q])} for s in STATES},
             }
-    return {"records": records, "timeline": timeline, "_fig6": fig6}
+    return {"records": records, "timeline": timeline, "_fig6": fig6, "_inpaint_errors": inpaint_errors}
+
+
+def _write_errors(path: Path, records, inpaint_errors) -> None:
+    """errors.parquet of the evaluation: files not used (rejected, duplicate) and per-query inpaint failures."""
+    from ..io.records import OK
+    from ..io.tables import write_parquet
+
+    rows = [(r.path, r.status, r.error) for r in records if r.status != OK]
+    rows += [(p, "inpaint_failed", why) for p, why in inpaint_errors]
+    write_parquet(path, {"path": [r[0] for r in rows], "status": [r[1] for r in rows], "reason": [r[2] for r in rows]})
 
 
 def load_results(out_dir: str | Path) -> dict:

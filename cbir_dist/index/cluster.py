@@ -30,7 +30,7 @@ from .run import (
 
 def graph_config(config: IndexConfig) -> GraphConfig:
     """The graph's settings from an index run's."""
-    return GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels,
+    return GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
                        weights_override=config.weights_override, device=config.device,
                        torch_threads=config.torch_threads, deep_actors=config.deep_actors,
                        deep_resources=config.deep_resources, progress=config.progress)

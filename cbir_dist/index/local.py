@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..damage.hook import apply_transform
 from ..features.extract import Extractor
 from ..features.spec import FeatureSpec
 from ..io.files import ImageFile
@@ -35,13 +36,13 @@ class ShardProcessor:
 
     def read(self, files: Sequence[ImageFile]) -> list[Record]:
         t = time.perf_counter()
-        recs = [read_record(f, max_pixels=self.config.max_pixels) for f in files]
+        recs = [read_record(f, max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes) for f in files]
         self.clock.add("decode", time.perf_counter() - t, len(recs))
         if self.transform is not None:
             t = time.perf_counter()
             ok = [r for r in recs if r.status == OK]
             for r in ok:
-                r.image = self.transform(r.image, r.path)
+                apply_transform(r, self.transform)
             self.clock.add("inpaint", time.perf_counter() - t, len(ok))
         return recs
 

@@ -1,58 +1,62 @@
-"""The run contract of the index job, below both backends: config, shards, the driver side, stats.
+"""The run contract of the index job, below both backends: config, the target, shards and their markers.
 
 Both backends share the driver side, :class:`IndexRun`: it lists the files, cuts them into shards,
-and finishes the shards in order (mark duplicates, skip ids already stored, fuse, upsert, write the
-shard's manifest and marker). They differ only in who computes the features: the local backend
-(:mod:`.local`) in this process, the Ray backend (:mod:`.cluster`) from the Ray Data graph. Both
-feed :func:`run_shards_in_order`.
+and finishes the shards in order (mark duplicates, skip ids already stored, fuse, write, flush,
+write the shard's manifest and marker). They differ only in who computes the features: the local
+backend (:mod:`.local`) in this process, the Ray backend (:mod:`.cluster`) from the Ray Data graph.
+Both feed :func:`run_shards_in_order`, the one shard loop.
 
-The run directory holds what makes a rerun safe and a failure visible:
+Run state is bound to its target. Every marker records the store URI (normalised, without
+credentials), the collection and the digest of the feature spec's recipe; a marker written for
+another target is ignored (one log line says how many), so a rerun against another ``--db`` redoes
+its shards instead of trusting them. The default run directory depends on the target too
+(``runs/index-<collection>-<8 hex of the URI>``). The run directory holds:
 
 ``shards/NNNNN.parquet`` then ``shards/NNNNN.done``
-    the manifest rows of one shard (path, label, size, mtime, id, status, error), and its completion
-    marker, written only after the shard's vectors were upserted and flushed. A rerun skips shards
-    whose marker matches the same files (same paths, sizes, mtimes).
+    the manifest rows of one shard (path, label, size, mtime, id, status, error), and its marker,
+    written (fsynced, then renamed into place) only after the shard's rows were written and flushed
+    (phase ``written``) — or, for specs fitted on the whole collection, after its features were
+    saved (phase ``features``; the rows follow in :mod:`.fitted`'s commit). A rerun skips shards
+    whose marker matches the same files (paths, sizes, mtimes) and the same target.
 ``shards/NNNNN.features.parquet``
-    per-block features of a shard (with ``--save-features``, and always for specs that must be
-    fitted on the whole collection before fusing, e.g. the standardised shape/texture profiles).
+    per-block features of a shard (``--save-features``, and always for fitted specs).
+``fit.json``, ``commit.json``
+    fitted specs only: the fitted statistics, then the commit marker (see :mod:`.fitted`).
 ``manifest.parquet``, ``errors.parquet``, ``stats.json``
-    written at the end: every file, every rejected file with its reason, timings per stage.
+    written at the end (:mod:`.summary`): every file, every file not indexed with its reason, timings.
 
-Ids are content hashes and writes are upserts, so a shard redone after a kill never duplicates rows.
+Ids are content hashes: a shard redone after a kill never duplicates rows (ids already stored are
+skipped; writes of ids not yet stored use ``insert``, every other write ``upsert``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-import resource
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import PipelineError, UsageError
+from ..errors import IncompleteRunError, InputError, PipelineError, UsageError
 from ..features.spec import FeatureSpec
 from ..io import records as C
-from ..io.files import ImageFile, list_images
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile, list_images
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.records import (
-    DUPLICATE,
-    OK,
-    REJECTED,
-    Record,
-    manifest_columns,
-    mark_duplicates,
-)
+from ..io.records import OK, Record, manifest_columns, mark_duplicates
 from ..io.tables import read_json, read_parquet, rows, write_json, write_parquet
+from . import summary as S
+from .faults import fault
+from .summary import STAGES, IndexSummary, StageClock  # noqa: F401 - re-exported: the run's public types
+from .target import Target, spec_digest
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "inpaint", "deep", "descriptors", "write")
 BACKENDS = ("local", "ray")
+WRITTEN, FEATURES = "written", "features"  # marker phases
 
 #: ``transform(image, path) -> image``: the optional damage-and-reconstruct hook applied to every
 #: decoded image before its features are computed (both backends; must be picklable for Ray).
@@ -68,7 +72,8 @@ class IndexConfig:
     thread counts make the two backends' vectors bit-identical on one machine.
     ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else 2/3 of the CPUs),
     ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g. ``{"gpu_node": 1}``
-    to pin them on tagged nodes).
+    to pin them on tagged nodes). ``max_bytes`` rejects larger files before they are read;
+    ``follow_symlinks`` lets symlinks that leave the input folder in.
     """
 
     images_dir: str
@@ -79,6 +84,8 @@ class IndexConfig:
     shard_size: int = 256
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    follow_symlinks: bool = False
     index_type: str = "FLAT"
     weights_override: str | None = None
     device: str | None = None
@@ -95,6 +102,8 @@ class IndexConfig:
             raise UsageError("shard_size and batch_size must be >= 1")
         if self.max_pixels < 1:
             raise UsageError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_bytes < 1:
+            raise UsageError(f"max_bytes must be >= 1, got {self.max_bytes}")
         if self.backend not in BACKENDS:
             raise UsageError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
@@ -102,50 +111,16 @@ class IndexConfig:
         if self.deep_actors is not None and self.deep_actors < 1:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
 
-    def resolved_run_dir(self) -> Path:
+    def resolved_run_dir(self, target_uri: str) -> Path:
+        """``run_dir``, or ``runs/index-<collection>-<8 hex of the store URI>`` (one per target)."""
         if self.run_dir:
             return Path(self.run_dir)
-        return Path("runs") / f"index-{self.collection}"
-
-
-@dataclass
-class IndexSummary:
-    files: int = 0
-    indexed: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    already_present: int = 0
-    rows_written: int = 0
-    run_dir: str = ""
-    stage_seconds: dict = field(default_factory=dict)
-
-    def line(self) -> str:
-        return (
-            f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected} "
-            f"(see {Path(self.run_dir) / 'errors.parquet'})"
-        )
-
-
-@dataclass
-class StageClock:
-    """Seconds and item counts per stage (``STAGES``), summed over batches and workers."""
-
-    seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    counts: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
-
-    def add(self, stage: str, seconds: float, count: int) -> None:
-        self.seconds[stage] += float(seconds)
-        self.counts[stage] += int(count)
-
-    def per_second(self) -> dict:
-        return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None)
-                for k, s in self.seconds.items()}
-
-
-# --- shards -----------------------------------------------------------------------------------------
+        return Path("runs") / f"index-{self.collection}-{hashlib.sha256(target_uri.encode()).hexdigest()[:8]}"
 
 
 def _shard_key(files: Sequence[ImageFile]) -> list:
+    import os
+
     key = []
     for f in files:
         try:
@@ -193,156 +168,196 @@ ComputeFeatures = Callable[[Sequence[Record]], dict[str, np.ndarray]]
 ShardResult = tuple[int, list[Record], ComputeFeatures]
 
 
-# --- the driver side, shared by both backends -------------------------------------------------------
-
-
 class IndexRun:
     """One index run seen from the driver (the only process that talks to the store).
 
     Lists the files and plans the shards (``shards``; ``done`` ones are skipped), then takes the
-    shards **in order** through :meth:`load_done` or :meth:`finish`, and :meth:`close` writes the
-    collection's index and the run directory's tables. Finishing in file order makes the choice of
-    which path of a duplicated file is the original independent of the backend.
+    shards **in order** through :meth:`load_done` or :meth:`finish`, and :meth:`close` commits
+    (fitted specs), builds the index, reads the rows back and writes the run's tables. Finishing in
+    file order makes the choice of which path of a duplicated file is the original independent of
+    the backend. Memory holds the listing, one id per planned image and the shards in flight, never
+    every record.
 
     Raises :class:`~cbir_dist.errors.InputError` when there is nothing to index, and
     :class:`~cbir_dist.errors.SpecMismatchError` when the collection was built with another spec.
     """
 
     def __init__(self, spec: FeatureSpec, config: IndexConfig, *, store=None, progress: bool | None = None):
-        from ..errors import InputError
-
         self.t_start = time.perf_counter()
         self.config = config
-        self.files = list_images(config.images_dir)
+        self.files = list_images(config.images_dir, follow_symlinks=config.follow_symlinks)
         if not self.files:
             raise InputError(f"no image files found under {config.images_dir}")
-        self.run_dir = config.resolved_run_dir()
-        shard_dir = self.run_dir / "shards"
-        if config.overwrite and shard_dir.exists():
-            shutil.rmtree(shard_dir)
-        shard_dir.mkdir(parents=True, exist_ok=True)
         self._owns_store = store is None
         if store is None:
             from ..store import VectorStore
 
             store = VectorStore(config.db, config.collection, token=config.token)
         self.store = store
-
         try:
-            self.spec = self._resolve_spec(spec)
+            self._plan(spec, progress)
         except BaseException:
-            if self._owns_store:
-                store.close()
+            self.abort()
             raise
-        self.fit_first = self.spec.needs_fit
 
+    def _plan(self, spec: FeatureSpec, progress: bool | None) -> None:
+        config, store = self.config, self.store
+        self.run_dir = config.resolved_run_dir(store.target_uri)
+        shard_dir = self.run_dir / "shards"
+        if config.overwrite:  # drop and rebuild, whatever the spec
+            store.drop()
+            if shard_dir.exists():
+                shutil.rmtree(shard_dir)
+            for name in ("fit.json", "commit.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        existed = store.exists()
+        if existed:
+            stored = FeatureSpec.from_json(store.spec_json())
+            stored.check_compatible(spec)
+            self.spec = stored  # the stored spec wins: it may hold fitted statistics
+        else:
+            self.spec = spec
+            if not spec.needs_fit:
+                store.create(spec.dim, spec.to_json(), index_type=config.index_type)
+        #: specs standardised on the whole collection commit in phases (see .fitted)
+        self.fitted = any(b.norm.startswith("zscore") for b in self.spec.blocks)
+        self.target = Target(store.target_uri, config.collection, spec_digest(self.spec))
+        phase = FEATURES if self.fitted else WRITTEN
         size = config.shard_size
         self.shards: list[Shard] = []
+        foreign = 0
         for i in range(0, len(self.files), size):
             files = self.files[i : i + size]
-            key = _shard_key(files)
-            s = Shard(i // size, files, key, shard_dir / f"{i // size:05d}", False)
-            markers_valid = self._markers_valid or (self.fit_first and not config.overwrite)
-            if markers_valid and s.marker.exists() and s.manifest.exists():
+            s = Shard(i // size, files, _shard_key(files), shard_dir / f"{i // size:05d}", False)
+            if s.marker.exists():
                 try:
-                    s.done = read_json(s.marker).get("key") == key
+                    marker = read_json(s.marker)
                 except (OSError, ValueError):
-                    s.done = False
+                    marker = {}
+                if marker.get("target") != self.target.as_dict():
+                    foreign += 1
+                else:
+                    s.done = (marker.get("key") == s.key and marker.get("phase") == phase and s.manifest.exists()
+                              and (existed or self.fitted))
             self.shards.append(s)
+        if foreign:
+            log.warning("ignoring %d shard marker(s) in %s: they vouch for another target (store, collection or "
+                        "features) than %s", foreign, shard_dir, self.target)
         self.summary = IndexSummary(files=len(self.files), run_dir=str(self.run_dir))
         self.clock = StageClock()
-        self.records: list[Record] = []
         self.seen: dict[int, str] = {}
+        self.planned: dict[int, np.ndarray] = {}  # shard index -> ids planned as ok (one row each)
         self.worker_peak_rss_mb = 0.0
         self.nodes: dict[str, set] = {}  # stage -> Ray node ids that ran it (ray backend)
         show = config.progress if progress is None else progress
-        self.bar = _progress(len(self.files), show, "index")
+        self.bar = S.progress(len(self.files), show, "index")
         n_done = sum(s.done for s in self.shards)
         if n_done:
             log.info("resuming: %d of %d shards already done in %s", n_done, len(self.shards), shard_dir)
-
-    def _resolve_spec(self, spec: FeatureSpec) -> FeatureSpec:
-        """The collection's stored spec wins (it may hold fitted statistics); a different request is an error."""
-        store, config = self.store, self.config
-        existed = store.exists()
-        # Shard markers vouch for rows in the collection: a new (or rebuilt) collection voids them.
-        self._markers_valid = existed and not config.overwrite
-        if existed and not config.overwrite:
-            stored = FeatureSpec.from_json(store.spec_json())
-            stored.check_compatible(spec)
-            return stored
-        if not spec.needs_fit:
-            store.create(spec.dim, spec.to_json(), index_type=config.index_type, overwrite=config.overwrite)
-        return spec
 
     @property
     def pending(self) -> list[Shard]:
         return [s for s in self.shards if not s.done]
 
+    def _tally(self, shard: Shard, records: Sequence[Record]) -> None:
+        ok, dup, rej = S.count_statuses(records)
+        self.summary.duplicates += dup
+        self.summary.rejected += rej
+        self.summary.planned += ok
+        self.planned[shard.index] = np.asarray([r.id for r in records if r.status == OK], np.int64)
+        self.bar.update(len(shard.files))
+
     def load_done(self, shard: Shard) -> None:
-        """Take a finished shard's manifest as it is (its rows are in the collection already)."""
+        """Take a finished shard's manifest as it is (its rows, or features, are saved already)."""
         recs = [Record.from_row(row) for row in rows(read_parquet(shard.manifest))]
         for r in recs:
             if r.status == OK:
                 self.seen.setdefault(r.id, r.path)
-        self.records.extend(recs)
-        self.bar.update(len(shard.files))
+        self._tally(shard, recs)
 
     def finish(self, shard: Shard, records: list[Record], compute: ComputeFeatures) -> None:
-        """Write one shard: mark duplicates, skip stored ids, compute and fuse features, upsert, flush, mark done.
+        """Write one shard: mark duplicates, skip stored ids, compute and fuse features, write, flush, mark done.
 
         ``records`` are the shard's files in order, read (status ``ok`` or ``rejected``).
         """
         mark_duplicates(records, self.seen)
         ok = [r for r in records if r.status == OK]
-        todo = ok
-        if ok and not self.fit_first and not self.config.save_features:
+        todo, checked = ok, False
+        if ok and not self.fitted and not self.config.save_features:
             present = self.store.existing_ids([r.id for r in ok])
-            todo = [r for r in ok if r.id not in present]
+            todo, checked = [r for r in ok if r.id not in present], True
             self.summary.already_present += len(ok) - len(todo)
         if todo:
             feats = compute(todo)
-            if self.config.save_features or self.fit_first:
+            if self.config.save_features or self.fitted:
                 write_parquet(shard.features, _features_columns(todo, feats))
-            if not self.fit_first:
+            if not self.fitted:
                 t = time.perf_counter()
-                self.summary.rows_written += self.store.upsert(
-                    [r.id for r in todo], [r.path for r in todo], [r.label for r in todo], self.spec.fuse(feats)
-                )
+                write = self.store.insert if checked else self.store.upsert  # ids checked absent: insert
+                self.summary.rows_written += write(
+                    [r.id for r in todo], [r.path for r in todo], [r.label for r in todo], self.spec.fuse(feats))
                 self.store.flush()
                 self.clock.add("write", time.perf_counter() - t, len(todo))
         for r in records:
             r.image = None
-        write_parquet(shard.manifest, manifest_columns(records))
-        write_json(shard.marker, {"key": shard.key, "rows": len(todo), "time": time.time()})
-        self.records.extend(records)
-        self.bar.update(len(shard.files))
+        fault("shard-written")
+        write_parquet(shard.manifest, manifest_columns(records), C.MANIFEST_SCHEMA)
+        write_json(shard.marker, {"key": shard.key, "target": self.target.as_dict(),
+                                  "phase": FEATURES if self.fitted else WRITTEN, "rows": len(todo),
+                                  "time": time.time()})
+        self._tally(shard, records)
 
     def close(self) -> IndexSummary:
-        """Fit pass (fitted specs), build the index, write manifest/errors/stats; returns the summary."""
+        """Commit (fitted specs), build the index, read every planned row back, write the run's tables.
+
+        Raises :class:`~cbir_dist.errors.IncompleteRunError` when the store lacks rows the run
+        planned (they are listed in ``errors.parquet``; a rerun writes them).
+        """
+        s = self.summary
         try:
-            if self.fit_first:
+            if self.fitted:
+                from .fitted import commit
+
                 t = time.perf_counter()
-                self.spec, n = _fit_and_write(self.spec, self.config, self.store, [s.features for s in self.shards])
-                self.summary.rows_written += n
+                n = commit(self)
+                s.rows_written += n
                 self.clock.add("write", time.perf_counter() - t, n)
+            fault("committed")
             t = time.perf_counter()
             self.store.flush_and_index()
             self.clock.add("write", time.perf_counter() - t, 0)
-            s = self.summary
-            s.indexed = sum(r.status == OK for r in self.records)
-            s.duplicates = sum(r.status == DUPLICATE for r in self.records)
-            s.rejected = sum(r.status == REJECTED for r in self.records)
-            self.store.record_run(_run_record(self))
+            missing = S.read_back(self)
+            s.missing = sum(len(v) for v in missing.values())
+            s.indexed = s.planned - s.missing
+            if missing:
+                self._withdraw(missing)
+            s.stage_seconds = {k: round(v, 3) for k, v in self.clock.seconds.items()}
+            S.write_tables(self, missing)
+            S.write_stats(self, time.perf_counter() - self.t_start)
+            self.store.record_run(S.run_record(self))
         finally:
             self.abort()
-        s.stage_seconds = {k: round(v, 3) for k, v in self.clock.seconds.items()}
-        _finish_run(self, time.perf_counter() - self.t_start)
+        if s.missing:
+            raise IncompleteRunError(
+                f"{s.missing} of {s.planned} images planned as ok have no row in collection "
+                f"{self.config.collection!r} at {self.target.uri} after the write; they are listed in "
+                f"{self.run_dir / 'errors.parquet'} (status missing): rerun the same command to write them")
         return s
+
+    def _withdraw(self, missing: Mapping[int, np.ndarray]) -> None:
+        """Withdraw the markers that vouched for rows the store does not have, so a rerun redoes them."""
+        for index in missing:
+            self.shards[index].marker.unlink(missing_ok=True)
+            if self.fitted:  # the rows come from the commit phase: redo it (the features stay valid)
+                (self.run_dir / "commit.json").unlink(missing_ok=True)
+        log.error("%d shard(s) lacked rows in the store; their markers are withdrawn", len(missing))
 
     def abort(self) -> None:
         """Release the progress bar and, when this run opened it, the store (its lock, for milvus-lite)."""
-        self.bar.close()
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.close()
         if self._owns_store:
             self._owns_store = False
             self.store.close()
@@ -369,93 +384,3 @@ def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult]) -> None:
             held[i] = (recs, compute)
         recs, compute = held.pop(shard.index)
         run.finish(shard, recs, compute)
-
-
-# --- end of run -------------------------------------------------------------------------------------
-
-
-def _fit_and_write(spec: FeatureSpec, config: IndexConfig, store, parts: Sequence[Path]):
-    """Second pass for specs with fitted statistics: fit on every shard's features, then fuse and upsert."""
-    tables = [read_parquet(p) for p in parts if p.exists()]
-    if not tables:
-        raise UsageError("no valid images to fit the feature statistics on")
-    n_rows = sum(len(t[C.ID]) for t in tables)
-    uniq = {}
-    for t in tables:
-        for j, i in enumerate(t[C.ID]):
-            uniq.setdefault(i, (t, j))
-    order = list(uniq.values())
-    feats = {b.name: np.asarray([t[C.block_column(b.name)][j] for t, j in order], np.float32) for b in spec.blocks}
-    if store.exists():
-        stored = FeatureSpec.from_json(store.spec_json())
-        fitted = stored if not stored.needs_fit else spec.fit(feats)
-    else:
-        fitted = spec.fit(feats)
-        store.create(fitted.dim, fitted.to_json(), index_type=config.index_type, overwrite=config.overwrite)
-    log.info("fitted feature statistics on %d images (%d rows in shards)", len(order), n_rows)
-    vectors = fitted.fuse(feats)
-    n = store.upsert([t[C.ID][j] for t, j in order], [t[C.PATH][j] for t, j in order],
-                     [t[C.LABEL][j] for t, j in order], vectors)
-    return fitted, n
-
-
-def _run_record(run: IndexRun) -> dict:
-    """What the collection remembers of this run (``cbir-dist info`` lists them)."""
-    import platform
-
-    s = run.summary
-    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run.run_dir).resolve()),
-            "images_dir": str(Path(run.config.images_dir).resolve()), "host": platform.node(),
-            "backend": run.config.backend, "files": s.files, "indexed": s.indexed, "duplicates": s.duplicates,
-            "rejected": s.rejected, "rows_written": s.rows_written}
-
-
-def _finish_run(run: IndexRun, seconds: float) -> None:
-    records, summary, config = run.records, run.summary, run.config
-    write_parquet(run.run_dir / "manifest.parquet", manifest_columns(records))
-    bad = [r for r in records if r.status != OK]
-    write_parquet(
-        run.run_dir / "errors.parquet",
-        {C.PATH: [r.path for r in bad], C.STATUS: [r.status for r in bad], C.REASON: [r.error for r in bad]},
-    )
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    n_new = sum(not s.done for s in run.shards)
-    stats = {
-        "files": summary.files,
-        "indexed": summary.indexed,
-        "duplicates": summary.duplicates,
-        "rejected": summary.rejected,
-        "already_present": summary.already_present,
-        "rows_written": summary.rows_written,
-        "shards": len(run.shards),
-        "shards_processed": n_new,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(summary.files / seconds, 3) if seconds > 0 else None,
-        "stage_seconds": summary.stage_seconds,
-        "stage_items": dict(run.clock.counts),
-        "stage_images_per_s": run.clock.per_second(),
-        "peak_rss_mb": round(peak_mb, 1),
-        "peak_worker_rss_mb": round(run.worker_peak_rss_mb, 1) if run.worker_peak_rss_mb else None,
-        "backend": config.backend,
-        "stage_nodes": {k: sorted(v) for k, v in run.nodes.items()},
-        "collection": config.collection,
-        "db": config.db,
-        "spec_dim": run.spec.dim,
-    }
-    write_json(run.run_dir / "stats.json", stats)
-
-
-class _NullBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)

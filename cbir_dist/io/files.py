@@ -1,4 +1,11 @@
-"""Files on disk: listing labelled image folders, content ids and file digests.
+"""Files on disk: listing labelled image folders safely, reading only regular files, content ids, digests.
+
+The listing accounts for every entry with an image extension: a file that cannot be used (a FIFO,
+socket or device, a broken symlink, a symlink leaving the input root) is listed with the reason it
+will be rejected, so the count of files found is the count a job must account for, and nothing is
+ever opened that could block. Symlinked directories inside the root are followed once (a second
+link to the same folder, or a cycle, is rejected with a reason); outside the root they are rejected
+unless ``follow_symlinks``.
 
 A content id is a hash of a file's bytes, so re-indexing a file is an idempotent upsert and a
 byte-identical copy under another path maps onto the same row.
@@ -8,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +24,7 @@ from ..errors import InputError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: no genuine image is larger; a bigger file is rejected before it is read
 
 
 def content_id(data: bytes) -> int:
@@ -36,28 +45,123 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One file found under a dataset root; ``label`` is its parent folder's name."""
+    """One entry found under a dataset root; ``label`` is its parent folder's name.
+
+    ``reason`` is set when the listing already knows the entry cannot be used (it is then rejected
+    with that reason without being opened).
+    """
 
     path: str
     label: str
+    reason: str = ""
 
 
-def list_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS) -> list[ImageFile]:
-    """All files with an image extension under ``root``, sorted, labelled by their parent folder.
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
-    Broken symlinks and unreadable files are listed too (they fail later, with a reason), so that
-    the count of files found is the count the job must account for. Raises
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _label(rel_parent: Path) -> str:
+    return rel_parent.name if rel_parent.parts else ""
+
+
+def list_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_symlinks: bool = False
+                ) -> list[ImageFile]:
+    """Every entry with an image extension under ``root``, sorted by path, labelled by its parent folder.
+
+    Entries that cannot be used carry a ``reason`` (see the module docstring); symlinked
+    directories are entries too when they are rejected. Raises
     :class:`~cbir_dist.errors.InputError` when ``root`` is not a directory.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such directory")
-    found = []
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
-        for fn in filenames:
-            if Path(fn).suffix.lower() in extensions:
-                p = Path(dirpath) / fn
-                label = p.parent.name if p.parent != root else ""
-                found.append(ImageFile(str(p), label))
+    real_root = os.path.realpath(root)
+    found: list[ImageFile] = []
+    visited = {real_root: str(root)}  # real folder -> the path it was first listed under
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            found.append(ImageFile(str(folder), _label(folder.relative_to(root).parent),
+                                   f"unreadable folder: {exc.strerror or exc}"))
+            continue
+        for e in entries:
+            p = Path(e.path)
+            rel = p.relative_to(root)
+            if e.is_dir(follow_symlinks=False):
+                stack.append(p)
+                continue
+            if e.is_symlink() and os.path.isdir(p):
+                real = os.path.realpath(p)
+                if not follow_symlinks and not _inside(real, real_root):
+                    found.append(ImageFile(str(p), _label(rel.parent),
+                                           f"symlinked folder leaves the input root (points to {real}); "
+                                           "pass --follow-symlinks to index it"))
+                elif real in visited:
+                    found.append(ImageFile(str(p), _label(rel.parent),
+                                           f"symlinked folder already listed as {visited[real]} (a second link or a cycle)"))
+                else:
+                    visited[real] = str(p)
+                    stack.append(p)
+                continue
+            if Path(e.name).suffix.lower() not in extensions:
+                continue
+            found.append(ImageFile(str(p), _label(rel.parent), _entry_reason(p, real_root, follow_symlinks)))
     found.sort(key=lambda f: f.path)
     return found
+
+
+def _entry_reason(p: Path, real_root: str, follow_symlinks: bool) -> str:
+    """Why the listed file cannot be used, or ``""`` (it may still fail when read)."""
+    try:
+        if p.is_symlink():
+            if not p.exists():
+                return f"broken symlink (points to {os.readlink(p)})"
+            real = os.path.realpath(p)
+            if not follow_symlinks and not _inside(real, real_root):
+                return f"symlink leaves the input root (points to {real}); pass --follow-symlinks to index it"
+        st = p.stat()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({_kind(st.st_mode)}): only regular files are read"
+    return ""
+
+
+def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, os.stat_result]:
+    """The bytes and ``stat`` of a regular file, never blocking on a FIFO or device swapped in after listing.
+
+    Raises ``OSError`` (unreadable) and ``ValueError`` (not a regular file, or over ``max_bytes``
+    — checked before reading) with messages fit for ``errors.parquet``.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"not a regular file ({_kind(st.st_mode)}): only regular files are read")
+        if st.st_size > max_bytes:
+            raise ValueError(f"file is {st.st_size} bytes, over the limit of {max_bytes} (--max-bytes); "
+                             "raise it if the file is genuine")
+        chunks, left = [], st.st_size + 1  # read one byte more than stat said: a file growing past the limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 22))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise ValueError(f"file grew past the limit of {max_bytes} bytes (--max-bytes) while being read")
+        return data, st
+    finally:
+        os.close(fd)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -39,26 +37,26 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
 
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    # --max-pixels is the one limit: PIL's own bomb check (a warning at 89 M pixels, an error at twice
+    # that) must not reject an image our limit allows. The size is checked below from the header,
+    # before any pixel is decoded.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageDecodeError(
-                        f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                        "(possible decompression bomb); raise --max-pixels if the file is genuine"
-                    )
-                im.seek(0)
-                im.load()
-                arr = _pil_to_rgb(im)
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                    "(possible decompression bomb); raise --max-pixels if the file is genuine"
+                )
+            im.seek(0)
+            im.load()
+            arr = _pil_to_rgb(im)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
         # PIL's message names the in-memory buffer's address; keep reasons reproducible across runs
         raise ImageDecodeError(f"{name}: not a readable image (unknown or unsupported format)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: not a readable image ({exc})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     if min(arr.shape[:2]) < MIN_SIDE:
@@ -85,9 +83,11 @@ def _pil_to_rgb(im) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read and decode one image file; see :func:`decode_image`. Raises :class:`ImageDecodeError`."""
+    """Read and decode one regular image file; see :func:`decode_image`. Raises :class:`ImageDecodeError`."""
+    from .files import read_file
+
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+        data, _ = read_file(path)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{path}: cannot read file ({getattr(exc, 'strerror', None) or exc})") from exc
     return decode_image(data, max_pixels=max_pixels, name=str(path))

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import ImageDecodeError
-from .files import ImageFile, content_id
+from .files import DEFAULT_MAX_BYTES, ImageFile, content_id, read_file
 from .images import DEFAULT_MAX_PIXELS, decode_image
 
 # --- column names ------------------------------------------------------------------------------------
@@ -38,6 +38,20 @@ FEATURE_PREFIX = "feat_"
 MANIFEST_COLUMNS = (PATH, LABEL, SIZE, MTIME, ID, STATUS, ERROR)
 
 OK, DUPLICATE, REJECTED = "ok", "duplicate", "rejected"
+MISSING = "missing"  # errors.parquet only: planned as ok, but the store did not have its row afterwards
+
+
+def _manifest_schema():
+    import pyarrow as pa
+
+    return pa.schema([(PATH, pa.string()), (LABEL, pa.string()), (SIZE, pa.int64()), (MTIME, pa.float64()),
+                      (ID, pa.int64()), (STATUS, pa.string()), (ERROR, pa.string())])
+
+
+def __getattr__(name):  # MANIFEST_SCHEMA: built on first use, so importing this module stays light
+    if name == "MANIFEST_SCHEMA":
+        return _manifest_schema()
+    raise AttributeError(name)
 
 
 def block_column(name: str) -> str:
@@ -81,20 +95,30 @@ def manifest_columns(records: Iterable[Record]) -> dict[str, list]:
     return {c: [row[c] for row in rows] for c in MANIFEST_COLUMNS}
 
 
-def read_record(f: ImageFile, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> Record:
-    """Read one file: size, mtime, content id and (with ``decode``) the uint8 RGB image."""
+def read_record(f: ImageFile, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                decode: bool = True) -> Record:
+    """Read one file: size, mtime, content id and (with ``decode``) the uint8 RGB image.
+
+    Never raises for a bad file: an entry the listing rejected, a file that is not regular, over
+    ``max_bytes``, unreadable, empty, or that fails to decode (any decoder exception) comes back
+    ``rejected`` with its reason.
+    """
     rec = Record(f.path, f.label)
-    p = Path(f.path)
-    if p.is_symlink() and not p.exists():
-        rec.status, rec.error = REJECTED, f"broken symlink (points to {os.readlink(p)})"
+    if f.reason:
+        rec.status, rec.error = REJECTED, f.reason
         return rec
     try:
-        st = p.stat()
-        rec.size, rec.mtime = st.st_size, st.st_mtime
-        data = p.read_bytes()
+        data, st = read_file(f.path, max_bytes=max_bytes)
     except OSError as exc:
-        rec.status, rec.error = REJECTED, f"unreadable: {exc.strerror or exc}"
+        if os.path.islink(f.path) and not os.path.exists(f.path):
+            rec.status, rec.error = REJECTED, f"broken symlink (points to {os.readlink(f.path)})"
+        else:
+            rec.status, rec.error = REJECTED, f"unreadable: {exc.strerror or exc}"
         return rec
+    except ValueError as exc:
+        rec.status, rec.error = REJECTED, str(exc)
+        return rec
+    rec.size, rec.mtime = st.st_size, st.st_mtime
     if not data:
         rec.status, rec.error = REJECTED, "empty file (0 bytes)"
         return rec
@@ -104,6 +128,8 @@ def read_record(f: ImageFile, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: b
             rec.image = decode_image(data, max_pixels=max_pixels, name=Path(f.path).name)
         except ImageDecodeError as exc:
             rec.status, rec.error = REJECTED, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file is that file's reason, not a failed job
+            rec.status, rec.error = REJECTED, f"{Path(f.path).name}: unexpected decoder error ({type(exc).__name__}: {exc})"
     return rec
 
 

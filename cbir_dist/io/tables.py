@@ -52,13 +52,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_parquet(path: str | os.PathLike, columns: Mapping[str, list], types: Mapping[str, Any] | None = None) -> None:
     """Write ``columns`` (name → list) as a Parquet file atomically.
 
-    ``types`` gives pyarrow types for some columns (the rest are inferred).
+    ``types`` gives pyarrow types for some columns (the rest are inferred), or is a ``pyarrow.Schema``
+    naming every column in order.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = types or {}
-    table = pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
+    if isinstance(types, pa.Schema):
+        table = pa.table({name: pa.array(columns[name], types.field(name).type) for name in types.names})
+    else:
+        types = types or {}
+        table = pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

@@ -15,15 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..damage.hook import (
-    DamageConfig,
-    damage_and_reconstruct,
-    damage_transform,
-    known_mask,
-)
-from ..errors import CbirError, InputError, UsageError
+from ..damage.hook import DamageConfig, apply_transform, damage_and_reconstruct, damage_transform, known_mask
+from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
-from ..io.files import ImageFile, list_images
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile, list_images
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, Record, read_record
 from ..io.tables import write_parquet
@@ -52,6 +47,7 @@ class QueryConfig:
     weights_override: str | None = None
     device: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     memory_budget_bytes: int = 1 << 30
     backend: str = "local"
     progress: bool = True
@@ -69,8 +65,8 @@ class QueryConfig:
                             angle=self.angle, phase=self.phase, inpainter=self.inpainter, root=root)
 
 
-def load_queries(files: Sequence[ImageFile], max_pixels: int) -> list[Record]:
-    return [read_record(f, max_pixels=max_pixels) for f in files]
+def load_queries(files: Sequence[ImageFile], max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Record]:
+    return [read_record(f, max_pixels=max_pixels, max_bytes=max_bytes) for f in files]
 
 
 def exclude_self(query_ids, result_ids, *arrays, k: int | None = None) -> tuple[np.ndarray, ...]:
@@ -155,6 +151,7 @@ class Searcher:
         self.spec = FeatureSpec.from_json(self.store.spec_json())
         self._extractor = None
         self.store.flush_and_index()
+        self.rows = self.store.count()
 
     @property
     def extractor(self):
@@ -183,12 +180,14 @@ class Searcher:
                 if r.status != OK:
                     _add_error(cols, r, r.error)
                     continue
-                try:
-                    known = known_mask(r.image.shape, r.path, damage)
-                    images.append(damage_and_reconstruct(r.image, known, inpainter)[1])
-                    good.append(r)
-                except (OSError, ValueError, CbirError) as exc:  # a per-file failure is a value
-                    _add_error(cols, r, f"mask/inpaint failed: {exc}")
+                if damage.active:  # the one per-file rule: a failure here is this query's error row
+                    apply_transform(r, lambda img, path: damage_and_reconstruct(
+                        img, known_mask(img.shape, path, damage), inpainter)[1])
+                if r.status != OK:
+                    _add_error(cols, r, r.error)
+                    continue
+                images.append(r.image)
+                good.append(r)
             if good:
                 self._search_into(cols, good, self.extractor(images), config)
         return cols
@@ -196,10 +195,15 @@ class Searcher:
     def _search_into(self, cols: dict, good: Sequence[Record], vectors: np.ndarray, config: QueryConfig) -> None:
         ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
                                                   config.exclude_self)
+        # every ok query gets k hits, or as many as the collection holds (less its own row), or an error row
+        expected = min(config.k, self.rows - (1 if config.exclude_self else 0))
         for q, r in enumerate(good):
-            for rank in range(ids.shape[1]):
-                if ids[q, rank] < 0:
-                    break
+            hits = [rank for rank in range(ids.shape[1]) if ids[q, rank] >= 0]
+            if len(hits) < expected:
+                _add_error(cols, r, f"the store returned {len(hits)} of the {expected} neighbours asked for "
+                                    f"(collection {self.store.collection!r} holds {self.rows} rows)")
+                continue
+            for rank in hits:
                 _add_row(cols, r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank],
                          float(dist[q, rank]), "")
 
@@ -209,7 +213,7 @@ class Searcher:
         from ..distributed.graph import GraphConfig, describe_files
 
         config = config or self.config
-        gcfg = GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels,
+        gcfg = GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
                            weights_override=config.weights_override, device=config.device, progress=config.progress)
         recs, feats = describe_files(self.spec, files, gcfg, transform=damage_transform(config.damage(root)))
         cols = _new_columns()
@@ -237,7 +241,7 @@ def run_query(queries: str | Sequence[ImageFile], config: QueryConfig, *, store=
     if config.backend == "ray":
         cols = searcher.run_ray(files, root=root)
     else:
-        cols = searcher.run(load_queries(files, config.max_pixels), root=root, progress=progress)
+        cols = searcher.run(load_queries(files, config.max_pixels, config.max_bytes), root=root, progress=progress)
     if out:
         write_results(cols, out)
     return cols

@@ -44,6 +44,19 @@ def lite_path(uri: str) -> str | None:
 
 
 
+def display_uri(uri: str) -> str:
+    """A server URI normalised for messages, logs and run state: scheme and host lower-cased, no
+    credentials (``user:password@``), query or fragment, no trailing slash."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri.strip())
+    host = (parts.hostname or "").lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
 def acquire(path: str) -> None:
     """Count one more open store on the local folder ``path``."""
     with _REFS_LOCK:

@@ -19,6 +19,12 @@ Milvus server (``http(s)://host:port``). Facts about milvus-lite 3.2.2 that shap
   sends, so both forms are sent;
 - metric ``L2`` distances come back squared: :meth:`VectorStore.search` returns true Euclidean
   distances.
+
+Every call has a timeout (:data:`TIMEOUTS`: metadata, data, build) and transient failures —
+connection refused or reset, unavailable, deadline exceeded, server busy or rate-limited — are
+retried with bounded exponential backoff (tenacity; ``$CBIR_MILVUS_RETRY_S`` seconds in all,
+default 120), then fail with a :class:`~cbir_dist.errors.StoreError` naming the URI and the
+operation. URIs in messages and logs never carry credentials (:func:`.lite.display_uri`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +55,17 @@ REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: w
 MAX_QUERIES_PER_REQUEST = 512
 SCAN_PER_REQUEST = 1 << 35  # query x row x dim products per exact-search request (~10-30 s on one core)
 ID_CHUNK = 1000  # ids per `id in [...]` expression
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
 INDEX_WAIT_TIMEOUT_S = 3600.0
+#: Seconds each kind of call may take (one attempt; pymilvus retries inside it, then we retry it).
+TIMEOUTS = {"meta": 30.0, "data": 300.0, "build": 3600.0}
+RETRY_BUDGET_S = 120.0  # all attempts of one call together; $CBIR_MILVUS_RETRY_S overrides
+RETRY_ENV = "CBIR_MILVUS_RETRY_S"
+TIMEOUT_ENV = "CBIR_MILVUS_TIMEOUT_S"  # caps every per-call timeout (tests, impatient users)
+_TRANSIENT_STATUS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
+_TRANSIENT_TEXT = ("connection refused", "connection reset", "server unavailable", "deadline exceeded",
+                   "server is busy", "rate limit", "too many requests", "socket closed", "broken pipe",
+                   "fail connecting to server", "retry timeout", "stream removed", "channel is not ready")
 HNSW_BUILD_DEFAULTS = {"M": 16, "efConstruction": 200}
 # Default ef = max(HNSW_MIN_EF, 2k). benchmarks/query.py, 100k x 2304-d clustered rows, recall@10:
 # ef 64 -> 0.954, 128 -> 0.988, 256 -> 0.996 (10k rows: 0.9987 for any ef >= 64).
@@ -140,11 +154,13 @@ class VectorStore:
             raise TypeError(f"memory_budget_bytes must be an int, got {type(memory_budget_bytes).__name__}")
         if memory_budget_bytes <= 0:
             raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
-        self.uri = str(uri).strip()
+        self._raw_uri = str(uri).strip()
+        self._lite_path = lite.lite_path(self._raw_uri)  # None for a server
+        #: the store's URI as shown in messages, logs and run state: normalised, without credentials
+        self.uri = self._lite_path or lite.display_uri(self._raw_uri)
         self.collection = collection
         self.memory_budget_bytes = int(memory_budget_bytes)
         self._token = token or ""
-        self._lite_path = lite.lite_path(self.uri)  # None for a server
         self._info: _Info | None = None
         self._loaded = False
         self._clean = False  # True once flush_and_index made every row searchable by its index
@@ -172,32 +188,76 @@ class VectorStore:
                     f"{self.uri} is a file, but milvus-lite 3 keeps a store in a folder of that name "
                     "(an older milvus-lite file?): move it away or pass another path like ./cbir.db"
                 )
-        try:
-            with lite.StartErrors() as lite_errors:
-                client = MilvusClient(
-                    uri=self._lite_path or self.uri, token=self._token, timeout=CONNECT_TIMEOUT_S,
-                    **({"grpc_options": lite.GRPC_OPTIONS} if self._lite_path else {}),
-                )
-        except MilvusException as exc:
-            if self._lite_path is not None:
+            try:
+                with lite.StartErrors() as lite_errors:
+                    client = MilvusClient(uri=self._lite_path, timeout=CONNECT_TIMEOUT_S,
+                                          grpc_options=lite.GRPC_OPTIONS)
+            except MilvusException as exc:
                 cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
                 raise StoreError(
                     f"cannot open the local store {self.uri} ({cause}): a local store can be open in "
                     "one process at a time; stop the other process using it, pass another path, or "
                     "run a Milvus server and pass its http://host:19530 URI"
                 ) from exc
+            lite.acquire(self._lite_path)
+            return client
+        t0 = time.monotonic()
+        try:
+            return self._retrying("connect", lambda: MilvusClient(
+                uri=self._raw_uri, token=self._token, timeout=min(CONNECT_TIMEOUT_S, self._timeout("meta"))))
+        except MilvusException as exc:
+            spent = time.monotonic() - t0
             if schema.grpc_status(exc) == "UNAUTHENTICATED":
                 raise StoreError(
                     f"Milvus at {self.uri} rejected the credentials: authentication failed (wrong user or "
                     "password in the token). Pass the right one with MILVUS_TOKEN or --token-file"
                 ) from exc
             raise StoreError(
-                f"cannot reach Milvus at {self.uri}: is the server running? ({exc.message}) "
-                "For a local embedded store pass a file path like ./cbir.db"
+                f"cannot reach Milvus at {self.uri} (connect, tried for {spent:.0f} s): is the server running? "
+                f"({_redact(exc.message, self._token)}) For a local embedded store pass a file path like ./cbir.db"
             ) from exc
-        if self._lite_path is not None:
-            lite.acquire(self._lite_path)
-        return client
+
+    # ---------------------------------------------------------------- calls
+
+    @staticmethod
+    def _timeout(kind: str) -> float:
+        cap = os.environ.get(TIMEOUT_ENV)
+        return min(TIMEOUTS[kind], float(cap)) if cap else TIMEOUTS[kind]
+
+    def _retrying(self, what: str, fn):
+        """``fn()``, retried on transient failures with bounded exponential backoff; the last error re-raised."""
+        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+        budget = float(os.environ.get(RETRY_ENV, RETRY_BUDGET_S))
+        if budget <= 0:
+            return fn()
+
+        def log_retry(state) -> None:
+            exc = state.outcome.exception()
+            logger.warning("%s on %s failed (%s: %s); retrying in %.1f s (attempt %d)", what, self.uri,
+                           type(exc).__name__, _redact(str(exc), self._token)[:200], state.next_action.sleep,
+                           state.attempt_number)
+
+        for attempt in Retrying(retry=retry_if_exception(_transient), stop=stop_after_delay(budget),
+                                wait=wait_exponential(multiplier=0.5, max=15.0), reraise=True,
+                                before_sleep=log_retry):
+            with attempt:
+                return fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call(self, what: str, kind: str, method: str, *args, **kwargs):
+        """One client call with its timeout and retries; pymilvus errors become a StoreError naming the call."""
+        from pymilvus.exceptions import MilvusException
+
+        fn = getattr(self.client, method)
+        t0 = time.monotonic()
+        try:
+            return self._retrying(what, lambda: fn(*args, timeout=self._timeout(kind), **kwargs))
+        except MilvusException as exc:
+            spent = time.monotonic() - t0
+            tried = f" (gave up after {spent:.0f} s of retries)" if _transient(exc) and spent > 1 else ""
+            raise StoreError(f"{what} on collection {self.collection!r} in {self.uri} failed{tried}: "
+                             f"{_redact(exc.message, self._token)}") from exc
 
     def close(self) -> None:
         """Close the connection; the last store closed on a local folder releases its lock."""
@@ -215,6 +275,12 @@ class VectorStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def target_uri(self) -> str:
+        """The store's identity for run state: the absolute folder of a local store, else the
+        server URI normalised without credentials (same as :attr:`uri`)."""
+        return self.uri
+
     def __repr__(self) -> str:
         return f"VectorStore(uri={self.uri!r}, collection={self.collection!r})"
 
@@ -224,22 +290,11 @@ class VectorStore:
             raise StoreError(f"{self!r} is closed; open a new VectorStore")
         return self._client
 
-    @contextlib.contextmanager
-    def _rpc(self, what: str) -> Iterator[None]:
-        """Turn pymilvus failures into StoreError naming the operation and the store."""
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            yield
-        except MilvusException as exc:
-            raise StoreError(f"{what} on collection {self.collection!r} in {self.uri} failed: {exc.message}") from exc
-
     # ---------------------------------------------------------------- collection
 
     def exists(self) -> bool:
         """Whether the collection exists."""
-        with self._rpc("has_collection"):
-            return bool(self.client.has_collection(self.collection))
+        return bool(self._call("has_collection", "meta", "has_collection", self.collection))
 
     def create(
         self,
@@ -286,11 +341,8 @@ class VectorStore:
         properties = schema.spec_properties(spec_json)
         properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
         physical = self._index_params(index_type, index_params, n_rows=0)
-        with self._rpc("create_collection"):
-            self.client.create_collection(
-                self.collection, schema=fields, index_params=physical, properties=properties,
-                consistency_level="Strong",
-            )
+        self._call("create_collection", "meta", "create_collection", self.collection, schema=fields,
+                   index_params=physical, properties=properties, consistency_level="Strong")
         self._info = None
         self._loaded = False
         self._clean = False
@@ -299,16 +351,14 @@ class VectorStore:
     def drop(self) -> None:
         """Drop the collection and its rows (no-op when absent)."""
         if self.exists():
-            with self._rpc("drop_collection"):
-                self.client.drop_collection(self.collection)
+            self._call("drop_collection", "meta", "drop_collection", self.collection)
         self._info = None
         self._loaded = False
         self._clean = False
 
     def list_collections(self) -> list[str]:
         """Names of every collection in this store (sorted)."""
-        with self._rpc("list_collections"):
-            return sorted(self.client.list_collections())
+        return sorted(self._call("list_collections", "meta", "list_collections"))
 
     def index_params(self) -> dict:
         """The collection's index: ``{"index_type": ..., "params": {...}}`` as given at creation (or by set_index)."""
@@ -318,8 +368,7 @@ class VectorStore:
     def runs(self) -> list[dict]:
         """The runs recorded against the collection (:meth:`record_run`), oldest first."""
         self._require()
-        with self._rpc("describe_collection"):
-            props = self.client.describe_collection(self.collection).get("properties") or {}
+        props = self._call("describe_collection", "meta", "describe_collection", self.collection).get("properties") or {}
         try:
             runs = json.loads(props.get(_RUNS_KEY) or "[]")
         except ValueError:
@@ -334,8 +383,8 @@ class VectorStore:
         while len(text.encode("utf-8")) > 60_000 and len(runs) > 1:
             runs = runs[1:]
             text = json.dumps(runs, sort_keys=True, default=str)
-        with self._rpc("alter_collection_properties"):
-            self.client.alter_collection_properties(self.collection, properties={_RUNS_KEY: text})
+        self._call("alter_collection_properties", "meta", "alter_collection_properties", self.collection,
+                   properties={_RUNS_KEY: text})
 
     def spec_json(self) -> str:
         """The FeatureSpec JSON the collection was created with, exactly as given."""
@@ -352,10 +401,8 @@ class VectorStore:
     def count(self) -> int:
         """Exact number of rows (each id counted once)."""
         self._require_loaded()
-        with self._rpc("count"):
-            res = self.client.query(
-                self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
-            )
+        res = self._call("count", "data", "query", self.collection, filter="", output_fields=["count(*)"],
+                         consistency_level="Strong")
         return int(res[0]["count(*)"])
 
     def _require(self) -> None:
@@ -368,9 +415,8 @@ class VectorStore:
     def _describe(self) -> _Info:
         if self._info is None:
             self._require()
-            with self._rpc("describe_collection"):
-                desc = self.client.describe_collection(self.collection)
-                index = self.client.describe_index(self.collection, _FIELD_VECTOR) or {}
+            desc = self._call("describe_collection", "meta", "describe_collection", self.collection)
+            index = self._call("describe_index", "meta", "describe_index", self.collection, _FIELD_VECTOR) or {}
             vec = [f for f in desc["fields"] if f["name"] == _FIELD_VECTOR]
             if not vec:
                 raise StoreError(
@@ -392,8 +438,7 @@ class VectorStore:
     def _require_loaded(self) -> None:
         self._describe()
         if not self._loaded:
-            with self._rpc("load_collection"):
-                self.client.load_collection(self.collection)
+            self._call("load_collection", "build", "load_collection", self.collection)
             self._loaded = True
 
     # ---------------------------------------------------------------- index
@@ -420,24 +465,19 @@ class VectorStore:
         """Replace the collection's vector index (e.g. FLAT -> HNSW) and build it for every row."""
         index_type, index_params = schema.check_index(index_type, index_params)
         self._describe()
-        with self._rpc("alter_collection_properties"):
-            self.client.alter_collection_properties(
-                self.collection,
-                properties={_INDEX_KEY: json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)},
-            )
-        with self._rpc("flush"):
-            self.client.flush(self.collection)
+        self._call("alter_collection_properties", "meta", "alter_collection_properties", self.collection,
+                   properties={_INDEX_KEY: json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)})
+        self._call("flush", "build", "flush", self.collection)
         self._rebuild_index(index_type, index_params)
         self.flush_and_index()
 
     def _rebuild_index(self, index_type: str, index_params: dict) -> None:
         n_rows = self.count()
         physical = self._index_params(index_type, index_params, n_rows)
-        with self._rpc("rebuild index"):
-            self.client.release_collection(self.collection)
-            self.client.drop_index(self.collection, _FIELD_VECTOR)
-            self.client.create_index(self.collection, physical)
-            self.client.load_collection(self.collection)
+        self._call("rebuild index: release", "meta", "release_collection", self.collection)
+        self._call("rebuild index: drop", "meta", "drop_index", self.collection, _FIELD_VECTOR)
+        self._call("rebuild index: create", "build", "create_index", self.collection, physical)
+        self._call("rebuild index: load", "build", "load_collection", self.collection)
         self._info = None
         self._loaded = True
         self._clean = False
@@ -448,8 +488,7 @@ class VectorStore:
         The index job calls it once per shard, before writing the shard's completion marker.
         """
         self._require()
-        with self._rpc("flush"):
-            self.client.flush(self.collection)
+        self._call("flush", "build", "flush", self.collection)
         self._clean = False
 
     def flush_and_index(self) -> None:
@@ -459,8 +498,7 @@ class VectorStore:
         rows by brute force and :meth:`search` sends small requests to bound that memory.
         """
         info = self._describe()
-        with self._rpc("flush"):
-            self.client.flush(self.collection)
+        self._call("flush", "build", "flush", self.collection)
         if info.index_type == "IVF_FLAT" and "nlist" not in info.index_params:
             target = auto_nlist(self.count())
             if info.nlist <= 0 or not (0.5 < target / info.nlist < 2):
@@ -475,16 +513,14 @@ class VectorStore:
         if lite.wait_indexed(self._lite_path, self.collection, _FIELD_VECTOR):
             return True
         # Unknown internals, or segments left unindexed: a load builds every segment's index inline.
-        with self._rpc("reload"):
-            self.client.release_collection(self.collection)
-            self.client.load_collection(self.collection)
+        self._call("reload: release", "meta", "release_collection", self.collection)
+        self._call("reload: load", "build", "load_collection", self.collection)
         return lite.internals_available(self._lite_path, self.collection)
 
     def _wait_server_indexed(self) -> bool:
         deadline = time.monotonic() + INDEX_WAIT_TIMEOUT_S
         while True:
-            with self._rpc("describe_index"):
-                desc = self.client.describe_index(self.collection, _FIELD_VECTOR) or {}
+            desc = self._call("describe_index", "meta", "describe_index", self.collection, _FIELD_VECTOR) or {}
             pending = int(desc.get("pending_index_rows", 0) or 0)
             if pending == 0 and int(desc.get("indexed_rows", 0)) >= int(desc.get("total_rows", 0)):
                 return True
@@ -507,6 +543,18 @@ class VectorStore:
         vectors : array-like of float, shape (N, dim)
             Finite values; ``dim`` must be the collection's.
         """
+        return self._write("upsert", ids, paths, labels, vectors)
+
+    def insert(self, ids, paths, labels, vectors) -> int:
+        """Add rows whose ids are known to be absent (cheaper than :meth:`upsert` on a server).
+
+        Milvus does not check primary keys on insert: inserting an id that is already stored makes a
+        second row with it. Call this only for ids just checked absent (:meth:`existing_ids`) by the
+        single writer; otherwise use :meth:`upsert`. Same parameters and return value.
+        """
+        return self._write("insert", ids, paths, labels, vectors)
+
+    def _write(self, op: str, ids, paths, labels, vectors) -> int:
         info = self._describe()
         ids = schema.check_ids(ids)
         n = ids.shape[0]
@@ -519,7 +567,7 @@ class VectorStore:
         _, last_rev = np.unique(ids[::-1], return_index=True)
         keep = np.sort(n - 1 - last_rev)
         if keep.size != n:
-            logger.debug("upsert: %d repeated ids in the batch, keeping the last of each", n - keep.size)
+            logger.debug("%s: %d repeated ids in the batch, keeping the last of each", op, n - keep.size)
         row_bytes = info.dim * 4 + 64 + max(len(p) for p in paths) + max(len(s) for s in labels)
         batch = max(1, REQUEST_TARGET_BYTES // row_bytes)
         for start in range(0, keep.size, batch):
@@ -527,8 +575,7 @@ class VectorStore:
                 {_FIELD_ID: int(ids[i]), _FIELD_PATH: paths[i], _FIELD_LABEL: labels[i], _FIELD_VECTOR: vectors[i]}
                 for i in keep[start : start + batch]
             ]
-            with self._rpc("upsert"):
-                self.client.upsert(self.collection, rows)
+            self._call(op, "data", op, self.collection, rows)
             self._clean = False
         return int(keep.size)
 
@@ -541,11 +588,8 @@ class VectorStore:
         found: set[int] = set()
         for start in range(0, ids.size, ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK].tolist()
-            with self._rpc("query"):
-                rows = self.client.query(
-                    self.collection, filter=f"{_FIELD_ID} in {chunk}", output_fields=[_FIELD_ID],
-                    consistency_level="Strong",
-                )
+            rows = self._call("query by id", "data", "query", self.collection, filter=f"{_FIELD_ID} in {chunk}",
+                              output_fields=[_FIELD_ID], consistency_level="Strong")
             found.update(int(r[_FIELD_ID]) for r in rows)
         return found
 
@@ -561,11 +605,8 @@ class VectorStore:
         batch = max(1, min(ID_CHUNK, REQUEST_TARGET_BYTES // (info.dim * 4 + MAX_PATH_BYTES + MAX_LABEL_BYTES)))
         wanted = np.unique(ids)
         for start in range(0, wanted.size, batch):
-            with self._rpc("get"):
-                rows = self.client.get(
-                    self.collection, ids=wanted[start : start + batch].tolist(),
-                    output_fields=[_FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR],
-                )
+            rows = self._call("get", "data", "get", self.collection, ids=wanted[start : start + batch].tolist(),
+                              output_fields=[_FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR])
             by_id.update((int(r[_FIELD_ID]), r) for r in rows)
         order = [int(i) for i in ids if int(i) in by_id]
         vectors = np.empty((len(order), info.dim), np.float32)
@@ -623,12 +664,9 @@ class VectorStore:
         chunk = self._query_chunk(0 if self._clean else n_rows, info.dim, k, scan_rows=scan_rows)
         logger.debug("search: %d queries over %d rows in requests of %d", nq, n_rows, chunk)
         for start in range(0, nq, chunk):
-            with self._rpc("search"):
-                hits = self.client.search(
-                    self.collection, data=list(queries[start : start + chunk]), limit=k,
-                    anns_field=_FIELD_VECTOR, output_fields=[_FIELD_PATH, _FIELD_LABEL],
-                    search_params={"metric_type": METRIC, "params": params}, consistency_level="Strong",
-                )
+            hits = self._call("search", "data", "search", self.collection, data=list(queries[start : start + chunk]),
+                              limit=k, anns_field=_FIELD_VECTOR, output_fields=[_FIELD_PATH, _FIELD_LABEL],
+                              search_params={"metric_type": METRIC, "params": params}, consistency_level="Strong")
             for qi, row in enumerate(hits, start=start):
                 for j, hit in enumerate(row[:k]):
                     entity = hit.get("entity") or {}
@@ -679,3 +717,22 @@ class VectorStore:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a pymilvus/gRPC failure is worth retrying: the server is (re)starting, busy or unreachable."""
+    if schema.grpc_status(exc) in _TRANSIENT_STATUS:
+        return True
+    text = str(getattr(exc, "message", "") or exc).lower()
+    return any(t in text for t in _TRANSIENT_TEXT)
+
+
+def _redact(text: str, token: str) -> str:
+    """``text`` with the token (and its password part) removed."""
+    text = str(text)
+    if token:
+        text = text.replace(token, "***")
+        _user, sep, password = token.partition(":")
+        if sep and password:
+            text = text.replace(password, "***")
+    return text

@@ -1,0 +1,174 @@
+"""The end of an index run: the read-back check, the run's tables, stats.json, and the summary line.
+
+The summary is read back from the store, never counted on the side: every image the run planned
+as ``ok`` is looked up by id (in batches), ``indexed N`` is the number found, and any image that is
+missing fails the job (:class:`~cbir_dist.errors.IncompleteRunError`, exit status 1) after it is
+written to ``errors.parquet`` with status ``missing`` and its shard's marker is withdrawn, so the
+same command run again writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ..io import records as C
+from ..io.records import DUPLICATE, MISSING, OK, REJECTED
+from ..io.tables import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from .run import IndexRun
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "inpaint", "deep", "descriptors", "write")
+
+
+@dataclass
+class IndexSummary:
+    """What an index run did; ``indexed`` is read back from the store."""
+
+    files: int = 0
+    indexed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    missing: int = 0
+    planned: int = 0
+    already_present: int = 0
+    rows_written: int = 0
+    run_dir: str = ""
+    stage_seconds: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        missing = f", missing {self.missing}" if self.missing else ""
+        return (f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected}{missing} "
+                f"(see {Path(self.run_dir) / 'errors.parquet'})")
+
+
+@dataclass
+class StageClock:
+    """Seconds and item counts per stage (``STAGES``), summed over batches and workers."""
+
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    counts: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+
+    def add(self, stage: str, seconds: float, count: int) -> None:
+        self.seconds[stage] += float(seconds)
+        self.counts[stage] += int(count)
+
+    def per_second(self) -> dict:
+        return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None)
+                for k, s in self.seconds.items()}
+
+
+def read_back(run: "IndexRun") -> dict[int, np.ndarray]:
+    """Look up every planned id in the store; returns shard index → the ids that are missing."""
+    missing = {}
+    for index, ids in run.planned.items():
+        if len(ids) == 0:
+            continue
+        present = run.store.existing_ids(ids)
+        gone = np.asarray([i for i in ids.tolist() if i not in present], np.int64)
+        if gone.size:
+            missing[index] = gone
+    return missing
+
+
+def write_tables(run: "IndexRun", missing: dict[int, np.ndarray]) -> None:
+    """``manifest.parquet`` (every file, shard by shard) and ``errors.parquet`` (every file not indexed,
+    with its reason), streamed from the shard manifests: memory stays one shard whatever the run's size."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    err_schema = pa.schema([(C.PATH, pa.string()), (C.STATUS, pa.string()), (C.REASON, pa.string())])
+    with atomic_path(run.run_dir / "manifest.parquet") as man_tmp, \
+            atomic_path(run.run_dir / "errors.parquet") as err_tmp:
+        with pq.ParquetWriter(man_tmp, C.MANIFEST_SCHEMA) as man, pq.ParquetWriter(err_tmp, err_schema) as err:
+            for shard in run.shards:
+                table = pq.read_table(shard.manifest).cast(C.MANIFEST_SCHEMA)
+                man.write_table(table)
+                bad = table.filter(pc.not_equal(table[C.STATUS], OK))
+                err.write_table(pa.table({C.PATH: bad[C.PATH], C.STATUS: bad[C.STATUS], C.REASON: bad[C.ERROR]},
+                                         schema=err_schema))
+                gone = missing.get(shard.index)
+                if gone is not None:
+                    lost = table.filter(pc.and_(pc.is_in(table[C.ID], value_set=pa.array(gone)), pc.equal(table[C.STATUS], OK)))
+                    n = lost.num_rows
+                    err.write_table(pa.table({
+                        C.PATH: lost[C.PATH], C.STATUS: pa.array([MISSING] * n, pa.string()),
+                        C.REASON: pa.array(["planned as ok, but its row is not in the store after the write; "
+                                            "rerun the same command to write it"] * n, pa.string()),
+                    }, schema=err_schema))
+
+
+def write_stats(run: "IndexRun", seconds: float) -> None:
+    summary, config = run.summary, run.config
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = {
+        "files": summary.files,
+        "indexed": summary.indexed,
+        "planned": summary.planned,
+        "missing": summary.missing,
+        "duplicates": summary.duplicates,
+        "rejected": summary.rejected,
+        "already_present": summary.already_present,
+        "rows_written": summary.rows_written,
+        "shards": len(run.shards),
+        "shards_processed": sum(not s.done for s in run.shards),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(summary.files / seconds, 3) if seconds > 0 else None,
+        "stage_seconds": summary.stage_seconds,
+        "stage_items": dict(run.clock.counts),
+        "stage_images_per_s": run.clock.per_second(),
+        "peak_rss_mb": round(peak_mb, 1),
+        "peak_worker_rss_mb": round(run.worker_peak_rss_mb, 1) if run.worker_peak_rss_mb else None,
+        "backend": config.backend,
+        "stage_nodes": {k: sorted(v) for k, v in run.nodes.items()},
+        "collection": config.collection,
+        "db": run.target.uri,  # normalised, without credentials
+        "spec_dim": run.spec.dim,
+    }
+    write_json(run.run_dir / "stats.json", stats)
+
+
+def run_record(run: "IndexRun") -> dict:
+    """What the collection remembers of this run (``cbir-dist info`` lists them)."""
+    import platform
+
+    s = run.summary
+    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run.run_dir).resolve()),
+            "images_dir": str(Path(run.config.images_dir).resolve()), "host": platform.node(),
+            "backend": run.config.backend, "files": s.files, "indexed": s.indexed, "missing": s.missing,
+            "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}
+
+
+def count_statuses(records: Sequence) -> tuple[int, int, int]:
+    """``(ok, duplicate, rejected)`` counts of a shard's records."""
+    ok = sum(r.status == OK for r in records)
+    dup = sum(r.status == DUPLICATE for r in records)
+    rej = sum(r.status == REJECTED for r in records)
+    return ok, dup, rej
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress(total: int, enabled: bool, desc: str):
+    """A tqdm bar with an ETA, or a no-op when ``enabled`` is False."""
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
