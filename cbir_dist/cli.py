@@ -375,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cbir_dist").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from .distributed.connect import defer_shutdown_on_error, shutdown_deferred
     from .errors import CbirError, UsageError
 
+    defer_shutdown_on_error()  # a failed job's error line must be printed before Ray goes down
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -388,11 +390,14 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(exc, CbirError):
-            print(f"cbir-dist {args.command}: error: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, UsageError) else 1
-        print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with -v for the traceback and report it)", file=sys.stderr)
-        return 1
+            print(f"cbir-dist {args.command}: error: {exc}", file=sys.stderr, flush=True)
+            code = 2 if isinstance(exc, UsageError) else 1
+        else:
+            print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {exc} "
+                  "(rerun with -v for the traceback and report it)", file=sys.stderr, flush=True)
+            code = 1
+        shutdown_deferred()
+        return code
 
 
 if __name__ == "__main__":

@@ -94,15 +94,44 @@ def disconnect() -> None:
     ray.shutdown()
 
 
+_DEFER_ON_ERROR = False
+_deferred = False
+
+
+def defer_shutdown_on_error(defer: bool = True) -> None:
+    """When a block of :func:`session` fails, leave Ray running for the process's exit to stop.
+
+    For command-line processes that exit right after a failure: shutting Ray down while the failed
+    job's background threads still reach into it can end the process from Ray's own core worker
+    ("The core worker has already been shutdown ... The process will exit") before the job's error
+    is printed. Ray's exit hook shuts the instance down once the process is done.
+    """
+    global _DEFER_ON_ERROR
+    _DEFER_ON_ERROR = bool(defer)
+
+
 @contextlib.contextmanager
 def session(*, num_cpus: int | None = None) -> Iterator[None]:
     """Connected to Ray inside the block; disconnects at the end when it connected."""
     started = connect(num_cpus=num_cpus)
     try:
         yield
+    except BaseException:
+        global _deferred
+        if started and _DEFER_ON_ERROR:
+            started, _deferred = False, True
+        raise
     finally:
         if started:
             disconnect()
+
+
+def shutdown_deferred() -> None:
+    """Shut down the Ray instance a failed :func:`session` left running (see :func:`defer_shutdown_on_error`)."""
+    global _deferred
+    if _deferred:
+        _deferred = False
+        disconnect()
 
 
 def node_id() -> str:

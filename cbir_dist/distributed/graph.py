@@ -397,7 +397,13 @@ def run_graph(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFile]]
             if asm.missing():
                 raise PipelineError(f"the Ray graph ended before parts {asm.missing()[:10]} were complete")
 
-        yield stream()
+        results = stream()
+        try:
+            yield results
+        finally:
+            # End Ray Data's iteration while still connected: closed later (after ray.shutdown, e.g.
+            # when the consumer failed), its executor's shutdown would start a new Ray instance and hang.
+            results.close()
 
 
 def describe_files(spec: FeatureSpec, files: Sequence[ImageFile], config: GraphConfig, *,

@@ -721,7 +721,10 @@ class VectorStore:
 
 def _transient(exc: BaseException) -> bool:
     """Whether a pymilvus/gRPC failure is worth retrying: the server is (re)starting, busy or unreachable."""
-    if schema.grpc_status(exc) in _TRANSIENT_STATUS:
+    status = schema.grpc_status(exc)
+    if status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):  # a wrong token does not get better by waiting
+        return False
+    if status in _TRANSIENT_STATUS:
         return True
     text = str(getattr(exc, "message", "") or exc).lower()
     return any(t in text for t in _TRANSIENT_TEXT)
@@ -733,6 +736,7 @@ def _redact(text: str, token: str) -> str:
     if token:
         text = text.replace(token, "***")
         _user, sep, password = token.partition(":")
-        if sep and password:
+        # the password alone too, unless it is Milvus' public default (which names the product)
+        if sep and password and password != "Milvus":
             text = text.replace(password, "***")
     return text

@@ -1,0 +1,210 @@
+"""A real Milvus server that dies mid-job, and secrets that stay secret.
+
+The server is the ``milvus`` 2.3.5 standalone binary that ``scripts/milvus_server.sh`` installs
+(auth on). The index job runs as a subprocess; the server is killed with SIGKILL while shards are
+being written, restarted on the same data folder, and the job rerun: exactly one row per valid
+image and a true summary, on each backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from cbir_dist.io.files import content_id
+from cbir_dist.store import VectorStore
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "scripts" / "milvus_server.sh"
+MILVUS_VENV = Path(os.environ.get("CBIR_MILVUS_VENV") or REPO / ".milvus-venv")
+PASSWORD = "S3cr3t-Pa55-xyz"  # distinctive, so a leak is found by a plain search
+TOKEN = f"root:{PASSWORD}"
+
+
+def _free_port() -> int:
+    """A free port below the ephemeral range, so no outgoing connection takes it while the server is down."""
+    import random
+    import socket
+
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+                return port
+            except OSError:
+                continue
+
+
+class Server:
+    """One private Milvus server: start, SIGKILL, restart on the same data folder, stop."""
+
+    def __init__(self, data: Path):
+        self.port, self.data = _free_port(), data
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def _script(self, *args, timeout=300):
+        return subprocess.run(["bash", str(SCRIPT), *args, "--port", str(self.port), "--data", str(self.data)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self):
+        p = self._script("start", "--auth", "--timeout", "240")
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    def kill_hard(self):
+        pid = int((self.data / "server.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)  # the wrapper and the milvus binary share one process group
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout
+            if not any(ln.split()[0] == str(pid) and not ln.split()[1].startswith("Z")
+                       for ln in alive.splitlines() if ln.strip()):
+                return
+            time.sleep(0.2)
+
+    def stop(self):
+        self._script("stop", timeout=90)
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not (MILVUS_VENV / "bin" / "milvus-server").exists():
+        pytest.skip(f"{MILVUS_VENV} is absent: run `bash scripts/milvus_server.sh install`")
+    srv = Server(tmp_path / "milvus")
+    srv.start()
+    from pymilvus import MilvusClient
+
+    c = MilvusClient(uri=srv.uri, token="root:Milvus")
+    c.update_password("root", "Milvus", PASSWORD)
+    c.close()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _images(folder: Path, n: int) -> list[int]:
+    rng = np.random.default_rng(42)
+    ids = []
+    for i in range(n):
+        d = folder / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"im{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(p)
+        ids.append(content_id(p.read_bytes()))
+    return ids
+
+
+def _index(args, env):
+    return subprocess.Popen([sys.executable, "-m", "cbir_dist.cli", "index", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+
+
+def _stored(server, ids, collection="faults"):
+    store = VectorStore(server.uri, collection, token=TOKEN)
+    try:
+        return store.count(), store.existing_ids(ids)
+    finally:
+        store.close()
+
+
+def _wait_markers(run_dir: Path, n: int, proc, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((run_dir / "shards").glob("*.done"))) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} shards done after {timeout} s")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_server_killed_mid_index_then_restarted_and_rerun(tmp_path, server, backend):
+    ids = _images(tmp_path / "data", 160)
+    run_dir = tmp_path / "run"
+    args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
+            "--descriptors", "glcm,correlogram", "--shard-size", "4", "--run-dir", str(run_dir), "--backend", backend]
+    env = {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "6", "CBIR_MILVUS_TIMEOUT_S": "5"}
+    job = _index(args, env)
+    _wait_markers(run_dir, 3, job)
+    server.kill_hard()
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 1, (out, err)
+    line = [ln for ln in err.splitlines() if ln.startswith("cbir-dist index: error:")]
+    assert len(line) == 1 and server.uri in line[0] and "gave up after" in line[0], err[-2000:]
+    assert PASSWORD not in out + err
+    done_before = len(list((run_dir / "shards").glob("*.done")))
+    assert 3 <= done_before < 40  # the job stopped part way
+    server.start()  # same data folder
+    job = _index(args, {"MILVUS_TOKEN": TOKEN})
+    out, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err
+    assert out.strip().splitlines()[-1].startswith("indexed 160, duplicates 0, rejected 0")
+    assert _stored(server, ids) == (160, set(ids))
+
+
+@pytest.mark.timeout(900)
+def test_server_restarted_within_the_retry_budget_the_job_carries_on(tmp_path, server):
+    ids = _images(tmp_path / "data", 120)
+    run_dir = tmp_path / "run"
+    args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
+            "--descriptors", "glcm,correlogram", "--shard-size", "4", "--run-dir", str(run_dir)]
+    job = _index(args, {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "240"})
+    _wait_markers(run_dir, 3, job)
+    server.kill_hard()
+    restart = threading.Thread(target=server.start)
+    restart.start()
+    out, err = job.communicate(timeout=600)
+    restart.join()
+    assert job.returncode == 0, err
+    assert "retrying" in err  # it waited for the server instead of failing
+    assert out.strip().splitlines()[-1].startswith("indexed 120, duplicates 0, rejected 0")
+    assert _stored(server, ids) == (120, set(ids))
+
+
+@pytest.mark.timeout(600)
+def test_the_token_appears_in_no_log_stats_errors_or_message(tmp_path, server):
+    _images(tmp_path / "data", 12)
+    (tmp_path / "data" / "c0" / "bad.png").write_bytes(b"not an image")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    run_dir = tmp_path / "run"
+    args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
+            "--descriptors", "glcm", "--run-dir", str(run_dir), "--token-file", str(token_file)]
+    job = subprocess.run([sys.executable, "-m", "cbir_dist.cli", "-vv", "index", *args], capture_output=True,
+                         text=True, timeout=300)
+    assert job.returncode == 0, job.stderr
+    texts = [job.stdout, job.stderr, (run_dir / "stats.json").read_text()]
+    errors = pq.read_table(run_dir / "errors.parquet").to_pydict()
+    texts += [str(v) for col in errors.values() for v in col]
+    assert errors["status"] == ["rejected"]
+    # a failing job's message: another spec against the same collection, and a wrong password
+    bad = subprocess.run([sys.executable, "-m", "cbir_dist.cli", "index", *args[:-2], "--descriptors", "gabor",
+                          "--token-file", str(token_file)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "differs from the collection" in bad.stderr
+    texts += [bad.stdout, bad.stderr]
+    wrong = subprocess.run([sys.executable, "-m", "cbir_dist.cli", "index", *args[:-2]], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "MILVUS_TOKEN": f"root:{PASSWORD}-wrong"})
+    assert wrong.returncode == 1 and "authentication failed" in wrong.stderr
+    texts += [wrong.stdout, wrong.stderr]
+    leaks = [t for t in texts if PASSWORD in t]
+    assert not leaks, leaks[0][:500]
+    # a URI with credentials in it is shown without them
+    from cbir_dist.store.lite import display_uri
+
+    shown = display_uri(server.uri.replace("http://", f"http://root:{PASSWORD}@"))
+    assert shown == server.uri and PASSWORD not in shown
