@@ -11,6 +11,9 @@
 # `start` prints the URI to use (http://127.0.0.1:P) on its last line; defaults: P=19530,
 # DIR=/tmp/cbir-milvus-P. The pid file is DIR/server.pid and the logs are under DIR/logs.
 # --auth turns on Milvus authentication: connect with token root:Milvus (Milvus's default user).
+# Several servers can run on one machine (each with its own --port and --data; the embedded etcd
+# gets free ports of its own), and a server can be restarted on the same port and data at once,
+# also after it was killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -95,9 +98,36 @@ case "$cmd" in
     fi
     mkdir -p "$data"
     t0=$(date +%s)
+    # The embedded etcd listens on 2379 (client) and 2380 (peer) unless told otherwise, so a second
+    # server on this machine would fail to start: give it two free ports of its own, kept in the data
+    # dir so that a restart on the same data finds the same member URLs. Milvus reads the file from
+    # $ETCD_CONFIG_PATH (its etcd.config.path setting).
+    etcd_cfg="$data/embedEtcd.yaml"
+    if [ ! -s "$etcd_cfg" ]; then
+      read -r etcd_client etcd_peer < <("$VENV/bin/python" -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+')
+      cat >"$etcd_cfg" <<EOF
+name: default
+listen-client-urls: http://127.0.0.1:$etcd_client
+advertise-client-urls: http://127.0.0.1:$etcd_client
+listen-peer-urls: http://127.0.0.1:$etcd_peer
+initial-advertise-peer-urls: http://127.0.0.1:$etcd_peer
+initial-cluster: default=http://127.0.0.1:$etcd_peer
+EOF
+    fi
     # setsid: the python wrapper and the milvus binary it spawns share one new process group,
     # so `stop` can signal both (the wrapper handles only SIGINT and would orphan the binary).
-    PYTHONUNBUFFERED=1 setsid "$VENV/bin/milvus-server" --data "$data" --proxy-port "$port" "${auth[@]}" \
+    # --extra-config proxy.port: the wrapper test-binds --proxy-port without SO_REUSEADDR and, when
+    # that fails (e.g. a killed server's connections still in TIME_WAIT, up to a minute), silently
+    # moves the server to the next free port; the extra config pins the port milvus itself binds
+    # (with SO_REUSEADDR), so a restart on the same port works at once.
+    ETCD_CONFIG_PATH="$etcd_cfg" PYTHONUNBUFFERED=1 setsid "$VENV/bin/milvus-server" --data "$data" \
+      --proxy-port "$port" --extra-config "proxy.port=$port" "${auth[@]}" \
       >"$data/server.out" 2>&1 </dev/null &
     echo $! >"$pidfile"
     # Ready = the proxy accepts TCP connections and the wrapper has passed its /healthz wait
