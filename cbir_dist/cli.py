@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray (default): cells as Ray tasks on $RAY_ADDRESS or a local Ray; local: one process")
+    p.add_argument("--db", default=None,
+                   help="milvus-lite path or Milvus server URI http://host:19530 (default: OUT/eval.db)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="file holding the Milvus server token; default: $MILVUS_TOKEN")
+    p.add_argument("--collection-prefix", default="", metavar="PREFIX",
+                   help="prepended to the collections evaluate writes (eval_<backbone>; shape, shape_affine, "
+                        "texture), so several runs can share one server (default: none)")
     g = p.add_argument_group("--profile shape|texture (Pande et al.: KNN, bull's-eye, affine repository)")
     g.add_argument("--knn-k", type=lambda t: tuple(int(x) for x in _csv(t)), default=(1, 3, 5), metavar="K,...",
                    help="neighbours voting in the KNN classification (default 1,3,5)")
@@ -308,7 +315,8 @@ def cmd_evaluate(args) -> int:
         res = run_shape_evaluate(ShapeEvalConfig(args.dataset, args.out, profile=args.profile, seed=args.seed,
                                                  protocol=args.protocol, knn_k=args.knn_k, affine=args.affine,
                                                  ablation=args.ablation, n_coeffs=args.n_coeffs, sigma=args.sigma,
-                                                 extreme_points=args.extreme_points))
+                                                 extreme_points=args.extreme_points, db=args.db, token=_token(args),
+                                                 collection_prefix=args.collection_prefix))
         print(res["summary"])
         return 0
     from .evaluation.damaged import EvalConfig, run_evaluate
@@ -317,7 +325,8 @@ def cmd_evaluate(args) -> int:
         args.dataset, args.out, frequencies=args.frequencies, backbones=args.backbones, inpainters=args.inpainters,
         descriptors=args.descriptors, fusion=args.fusion, profile=args.profile, weights=args.weights,
         repeats=args.repeats, queries=queries, protocol=args.protocol, missing_fraction=args.missing_fraction,
-        k=args.k, seed=args.seed, backend=args.backend,
+        k=args.k, seed=args.seed, backend=args.backend, db=args.db, token=_token(args),
+        collection_prefix=args.collection_prefix,
     )
     res = run_evaluate(cfg)
     from pathlib import Path

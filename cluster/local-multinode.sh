@@ -3,7 +3,8 @@
 # a head node (1 CPU, no custom resources) plus N worker nodes (1 CPU each, tagged {"deep": 1}),
 # the first of which can declare a logical GPU so GPU-pinned actors have somewhere to land.
 #
-# Start:  bash cluster/local-multinode.sh start [--workers N] [--gpu] [--port P]   (start is the default)
+# Start:  bash cluster/local-multinode.sh start [--workers N] [--gpu] [--port P] [--head-cpus C]
+#         (start is the default; --workers 0 --head-cpus 2 is a one-node cluster with a job server)
 #         then: RAY_ADDRESS=127.0.0.1:P python jobs/index.py ...   (or ray.init(address="127.0.0.1:P"))
 #         or, when this ray is ray[default] (dashboard + job server on P+1875, 8265 by default):
 #               ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/index.py ...
@@ -24,11 +25,13 @@ case "${1:-}" in start|stop|status) cmd=$1; shift ;; esac
 workers=2
 gpu=0
 port=6390
+head_cpus=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
     --gpu) gpu=1; shift ;;
     --port) port=$2; shift 2 ;;
+    --head-cpus) head_cpus=$2; shift 2 ;;
     *) echo "local-multinode.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -124,7 +127,7 @@ case "$cmd" in
     # Ports: head uses P (GCS), P+1..P+9; worker i uses P+10i..P+10i+9, plus a worker-port range.
     # The dashboard (and with it `ray job submit`) needs ray[default]; with only ray[data]
     # installed, Ray leaves it out and the cluster is reached with ray.init(address=...).
-    start_node head --head --port "$port" --num-cpus 1 --num-gpus 0 --temp-dir "$dir/head" \
+    start_node head --head --port "$port" --num-cpus "$head_cpus" --num-gpus 0 --temp-dir "$dir/head" \
       --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
       --node-manager-port $((port + 1)) --object-manager-port $((port + 2)) \
       --dashboard-agent-listen-port $((port + 3)) --dashboard-agent-grpc-port $((port + 4)) \

@@ -3,7 +3,11 @@
 Submit it to a running cluster from the repository root (the working dir is shipped to the cluster):
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python jobs/index.py /data/photos --db http://MILVUS:19530 --backbone resnet50
+        python jobs/index.py /data/photos --db http://MILVUS:19530 --token-file /shared/milvus.token \\
+        --backbone resnet50
+
+The images and the token file are read by absolute path where the job runs (the token never goes on
+the command line, nor into ``--runtime-env-json``, which Ray keeps in the job's metadata).
 
 It takes exactly the options of ``cbir-dist index`` (see ``python jobs/index.py --help``); only the
 default of ``--backend`` differs (``ray``). Inside a Ray job ``RAY_ADDRESS`` is set, so the pipeline

@@ -5,7 +5,8 @@ Submit it to a running cluster from the repository root (the working dir is ship
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/query.py --help
 
 Inside a Ray job ``RAY_ADDRESS`` is set, so the job's Ray work joins the job's cluster. A Milvus
-server URI (``--db http://HOST:19530``) is the store to use there.
+server URI (``--db http://HOST:19530``, its token from ``--token-file FILE``, a path readable where
+the job runs) is the store to use there.
 """
 
 from __future__ import annotations

@@ -100,13 +100,18 @@ EOF
 launch() {
   # setsid: the python wrapper and the milvus binary it spawns share one new process group,
   # so `stop` can signal both (the wrapper handles only SIGINT and would orphan the binary).
-  # ETCD_CONFIG_PATH and COMMON_SESSION_*: Milvus reads environment overrides of its config keys.
-  COMMON_SESSION_TTL="${CBIR_MILVUS_SESSION_TTL:-10}" COMMON_SESSION_RETRYTIMES=100 \
+  # Every port goes through --extra-config (a key of the generated milvus.yaml), not the wrapper's
+  # own port flags: the wrapper test-binds those without SO_REUSEADDR and, when that fails (a killed
+  # server's connections still in TIME_WAIT, up to a minute), moves the server to another port or
+  # gives up; milvus itself binds them with SO_REUSEADDR, so a restart on the same ports works.
+  # ETCD_CONFIG_PATH: Milvus reads environment overrides of its config keys (etcd.config.path).
   ETCD_CONFIG_PATH="$data/embed_etcd.yaml" PYTHONUNBUFFERED=1 setsid "$VENV/bin/milvus-server" --data "$data" \
-    --proxy-port "$port" --etcd-port "$ETCD_PORT" --root-coord-port "$ROOT_COORD_PORT" \
-    --proxy-internal-port "$PROXY_INTERNAL_PORT" --query-coord-port "$QUERY_COORD_PORT" \
-    --query-node-port "$QUERY_NODE_PORT" --index-coord-port "$INDEX_COORD_PORT" \
-    --index-node-port "$INDEX_NODE_PORT" --data-coord-port "$DATA_COORD_PORT" --data-node-port "$DATA_NODE_PORT" \
+    --extra-config "proxy.port=$port" --extra-config "etcd.endpoints=localhost:$ETCD_PORT" \
+    --extra-config "rootCoord.port=$ROOT_COORD_PORT" --extra-config "proxy.internalPort=$PROXY_INTERNAL_PORT" \
+    --extra-config "queryCoord.port=$QUERY_COORD_PORT" --extra-config "queryNode.port=$QUERY_NODE_PORT" \
+    --extra-config "indexNode.port=$INDEX_NODE_PORT" --extra-config "dataCoord.port=$DATA_COORD_PORT" \
+    --extra-config "dataNode.port=$DATA_NODE_PORT" \
+    --extra-config "common.session.ttl=${CBIR_MILVUS_SESSION_TTL:-10}" --extra-config "common.session.retryTimes=100" \
     "${auth[@]}" >"$data/server.out" 2>&1 </dev/null &
   echo $! >"$pidfile"
 }
@@ -170,8 +175,8 @@ case "$cmd" in
     "$VENV/bin/python" - "$data/ports.env" <<'PYEOF'
 import os, random, socket, sys
 path = sys.argv[1]
-names = ["ETCD", "ETCD_PEER", "ROOT_COORD", "PROXY_INTERNAL", "QUERY_COORD", "QUERY_NODE", "INDEX_COORD",
-         "INDEX_NODE", "DATA_COORD", "DATA_NODE"]
+names = ["ETCD", "ETCD_PEER", "ROOT_COORD", "PROXY_INTERNAL", "QUERY_COORD", "QUERY_NODE", "INDEX_NODE",
+         "DATA_COORD", "DATA_NODE"]
 try:
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 except (OSError, ValueError, IndexError):

@@ -40,3 +40,27 @@ def rgb_image(rng) -> np.ndarray:
     img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=2)
     img = img + rng.normal(0, 20, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def milvus_server():
+    """One real Milvus server for the whole session (``tests/milvus_server.py``), authentication on.
+
+    ``.uri`` and ``.token`` address it. ``$CBIR_MILVUS_URI`` (and ``$CBIR_MILVUS_TOKEN``) use a
+    running server of your own instead. Skips, with the reason, when the server venv is absent.
+    Tests must not stop, kill or restart this one (start a ``MilvusServer`` of their own for that),
+    and should use collection names of their own.
+    """
+    from milvus_server import SKIP_REASON, ExternalServer, MilvusServer, available
+
+    if os.environ.get("CBIR_MILVUS_URI"):
+        yield ExternalServer(os.environ["CBIR_MILVUS_URI"], os.environ.get("CBIR_MILVUS_TOKEN") or None)
+        return
+    if not available():
+        pytest.skip(SKIP_REASON)
+    server = MilvusServer(auth=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -1,72 +1,32 @@
 """VectorStore against a real Milvus server through an ``http://`` URI (not milvus-lite).
 
-The server is the ``milvus`` 2.3.5 PyPI package's standalone Milvus, started by
-``scripts/milvus_server.sh`` from its own venv (``.milvus-venv``) on a free 127.0.0.1 port with
-authentication on, so the token path is exercised too. Set ``CBIR_MILVUS_URI`` (and
-``CBIR_MILVUS_TOKEN``) to run these tests against a server of your own instead.
+The server is the session's ``milvus_server`` fixture (``tests/conftest.py``, helper
+``tests/milvus_server.py``): the ``milvus`` 2.3.5 PyPI package's standalone Milvus, started by
+``scripts/milvus_server.sh`` from its own venv on a free 127.0.0.1 port with authentication on, so
+the token path is exercised too. Set ``CBIR_MILVUS_URI`` (and ``CBIR_MILVUS_TOKEN``) to run these
+tests against a server of your own instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
 
 from cbir_dist.errors import StoreError
 
-pytestmark = pytest.mark.slow  # a real server: ~15-30 s to start, ~40 s of tests on 2 cores
+pytestmark = pytest.mark.slow  # a real server: ~10-30 s to start, ~40 s of tests on 2 cores
 
-SCRIPT = REPO / "scripts" / "milvus_server.sh"
-MILVUS_VENV = Path(os.environ.get("CBIR_MILVUS_VENV") or REPO / ".milvus-venv")  # as the script reads it
-DEFAULT_TOKEN = "root:Milvus"  # Milvus' built-in user, valid once authentication is on
-START_TIMEOUT_S = 240
 DIM = 24
 SPEC = json.dumps({"version": 1, "blocks": [{"name": "test", "dim": DIM, "weight": 1.0}]}, sort_keys=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, str | None]]:
-    """``(uri, token)`` of a running Milvus server; started here and stopped after the module."""
-    if os.environ.get("CBIR_MILVUS_URI"):
-        yield os.environ["CBIR_MILVUS_URI"], os.environ.get("CBIR_MILVUS_TOKEN") or None
-        return
-    if not (MILVUS_VENV / "bin" / "milvus-server").exists():
-        pytest.skip(
-            f"{MILVUS_VENV} is absent: run `bash scripts/milvus_server.sh install` "
-            "(or set CBIR_MILVUS_URI to a running Milvus server)"
-        )
-    port = _free_port()
-    data = tempfile.mkdtemp(prefix="cbir-milvus-test-")
-    cmd = ["bash", str(SCRIPT)]
-    where = ["--port", str(port), "--data", data]
-    try:
-        proc = subprocess.run(
-            [*cmd, "start", *where, "--auth", "--timeout", str(START_TIMEOUT_S)],
-            capture_output=True, text=True, timeout=START_TIMEOUT_S + 30,
-        )
-        assert proc.returncode == 0, f"milvus_server.sh start failed:\n{proc.stdout}\n{proc.stderr}"
-        uri = proc.stdout.strip().splitlines()[-1]
-        assert uri == f"http://127.0.0.1:{port}", proc.stdout
-        yield uri, DEFAULT_TOKEN
-    finally:
-        subprocess.run([*cmd, "stop", *where], capture_output=True, text=True, timeout=60)
-        shutil.rmtree(data, ignore_errors=True)
+@pytest.fixture
+def server(milvus_server) -> tuple[str, str | None]:
+    """``(uri, token)`` of the session's server."""
+    return milvus_server.uri, milvus_server.token
 
 
 @pytest.fixture
@@ -207,3 +167,29 @@ def test_wrong_token_is_a_store_error(server):
     with pytest.raises(StoreError, match="rejected the credentials: authentication failed") as err:
         VectorStore(uri, "images", token="root:not-the-password")
     assert "not-the-password" not in str(err.value)
+
+
+def test_rows_flushed_before_a_crash_survive_a_restart(rng):
+    """The test helper's kill and restart on a private server (not the session's): SIGKILL of the whole
+    server, a restart on the same port and data dir, and the flushed rows are all there."""
+    from milvus_server import MilvusServer, available
+
+    from cbir_dist.store import VectorStore
+
+    if not available():
+        pytest.skip("the server venv is absent")
+    ids, paths, labels, vectors = _rows(rng, 30)
+    with MilvusServer() as srv:
+        with VectorStore(srv.uri, "crash", token=srv.token) as vs:
+            vs.create(DIM, SPEC)
+            vs.upsert(ids, paths, labels, vectors)
+            vs.flush_and_index()
+        pid = srv.pid
+        srv.kill_hard()
+        assert not srv.alive()  # the pid file stays, as after a real crash
+        srv.restart()
+        assert srv.alive() and srv.pid != pid and srv.uri.endswith(f":{srv.port}")
+        with VectorStore(srv.uri, "crash", token=srv.token) as vs:  # reloading the collection takes ~20 s
+            assert vs.count() == 30
+            assert vs.search(vectors[:3], 1).ids[:, 0].tolist() == ids[:3].tolist()
+    assert not srv.data_dir.exists()

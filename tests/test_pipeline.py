@@ -213,9 +213,15 @@ def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, fol
         cfg = _cfg(tmp_path, folder, "gpu", "ray", deep_resources={"deep_node": 1})
         s = run_index_ray(deep_spec(), cfg)
         assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
-        nodes = json.loads((tmp_path / "gpu" / "stats.json").read_text())["stage_nodes"]
+        stats = json.loads((tmp_path / "gpu" / "stats.json").read_text())
+        nodes = stats["stage_nodes"]
         assert nodes["deep"] == [worker.node_id]
         assert nodes["decode"] == [head_id] and nodes["descriptors"] == [head_id]
+        # rows and seconds per node add up to each stage's totals
+        assert stats["stage_node_items"] == {"decode": {head_id: 27}, "descriptors": {head_id: 25},
+                                             "deep": {worker.node_id: 25}}
+        for stage, per_node in stats["stage_node_seconds"].items():
+            assert sum(per_node.values()) == pytest.approx(stats["stage_seconds"][stage], abs=0.01)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -9,7 +9,6 @@ image and a true summary, on each backend.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from milvus_server import SKIP_REASON, MilvusServer, available
 from PIL import Image
 
 from cbir_dist.io.files import content_id
@@ -27,64 +26,16 @@ from cbir_dist.store import VectorStore
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = REPO / "scripts" / "milvus_server.sh"
-MILVUS_VENV = Path(os.environ.get("CBIR_MILVUS_VENV") or REPO / ".milvus-venv")
 PASSWORD = "S3cr3t-Pa55-xyz"  # distinctive, so a leak is found by a plain search
 TOKEN = f"root:{PASSWORD}"
 
 
-def _free_port() -> int:
-    """A free port below the ephemeral range, so no outgoing connection takes it while the server is down."""
-    import random
-    import socket
-
-    rng = random.SystemRandom()
-    while True:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-                return port
-            except OSError:
-                continue
-
-
-class Server:
-    """One private Milvus server: start, SIGKILL, restart on the same data folder, stop."""
-
-    def __init__(self, data: Path):
-        self.port, self.data = _free_port(), data
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def _script(self, *args, timeout=300):
-        return subprocess.run(["bash", str(SCRIPT), *args, "--port", str(self.port), "--data", str(self.data)],
-                              capture_output=True, text=True, timeout=timeout)
-
-    def start(self):
-        p = self._script("start", "--auth", "--timeout", "240")
-        assert p.returncode == 0, p.stdout + p.stderr
-
-    def kill_hard(self):
-        pid = int((self.data / "server.pid").read_text())
-        os.killpg(pid, signal.SIGKILL)  # the wrapper and the milvus binary share one process group
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            alive = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout
-            if not any(ln.split()[0] == str(pid) and not ln.split()[1].startswith("Z")
-                       for ln in alive.splitlines() if ln.strip()):
-                return
-            time.sleep(0.2)
-
-    def stop(self):
-        self._script("stop", timeout=90)
-
-
 @pytest.fixture
 def server(tmp_path):
-    if not (MILVUS_VENV / "bin" / "milvus-server").exists():
-        pytest.skip(f"{MILVUS_VENV} is absent: run `bash scripts/milvus_server.sh install`")
-    srv = Server(tmp_path / "milvus")
-    srv.start()
+    """A private server (these tests kill it), its root password changed to :data:`PASSWORD`."""
+    if not available():
+        pytest.skip(SKIP_REASON)
+    srv = MilvusServer(data_dir=tmp_path / "milvus").start()
     from pymilvus import MilvusClient
 
     c = MilvusClient(uri=srv.uri, token="root:Milvus")
@@ -149,7 +100,7 @@ def test_server_killed_mid_index_then_restarted_and_rerun(tmp_path, server, back
     assert PASSWORD not in out + err
     done_before = len(list((run_dir / "shards").glob("*.done")))
     assert 3 <= done_before < 40  # the job stopped part way
-    server.start()  # same data folder
+    server.restart()  # same port and data folder
     job = _index(args, {"MILVUS_TOKEN": TOKEN})
     out, err = job.communicate(timeout=600)
     assert job.returncode == 0, err
@@ -166,7 +117,7 @@ def test_server_restarted_within_the_retry_budget_the_job_carries_on(tmp_path, s
     job = _index(args, {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "240"})
     _wait_markers(run_dir, 3, job)
     server.kill_hard()
-    restart = threading.Thread(target=server.start)
+    restart = threading.Thread(target=server.restart)
     restart.start()
     out, err = job.communicate(timeout=600)
     restart.join()

@@ -80,21 +80,33 @@ class GraphConfig:
 
 @dataclass
 class GraphStats:
-    """Per-stage seconds and ok-image counts, the nodes that ran each stage, the busiest worker's peak RSS."""
+    """Per-stage seconds and ok-image counts, the nodes that ran each stage, the busiest worker's peak RSS.
+
+    ``node_items`` and ``node_seconds`` split each stage's rows and seconds by the node that ran
+    them (stage → node id → rows / seconds; rows counted like ``counts``).
+    """
 
     seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     counts: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     nodes: dict = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
+    node_items: dict = field(default_factory=dict)
+    node_seconds: dict = field(default_factory=dict)
 
     def add_batch(self, batch: dict) -> None:
         n = len(batch[C.ID])
-        n_ok = int(np.sum(np.asarray(batch[C.STATUS]) == OK))
+        ok = np.asarray(batch[C.STATUS]) == OK
+        n_ok = int(np.sum(ok))
         for s in STAGES:
             if _t(s) in batch:
                 self.seconds[s] += float(np.sum(batch[_t(s)]))
                 self.counts[s] += n if s == "decode" else n_ok
                 self.nodes.setdefault(s, set()).update(str(x) for x in batch[_node(s)])
+                items, secs = self.node_items.setdefault(s, {}), self.node_seconds.setdefault(s, {})
+                for node, t, is_ok in zip(batch[_node(s)], batch[_t(s)], ok):
+                    node = str(node)
+                    items[node] = items.get(node, 0) + int(s == "decode" or is_ok)
+                    secs[node] = secs.get(node, 0.0) + float(t)
         if RSS in batch and n:
             self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, float(np.max(batch[RSS])))
 

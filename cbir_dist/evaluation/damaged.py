@@ -2,7 +2,9 @@
 
 Protocol
 --------
-The clean data set is indexed once per backbone (one collection each, in ``OUT/eval.db``). The
+The clean data set is indexed once per backbone (one collection ``eval_<backbone>`` each, in the
+milvus-lite store ``OUT/eval.db``, or on the Milvus server of ``db``, its names prefixed by
+``collection_prefix``; a rerun with the same output resumes the collection it finds). The
 query set (all images, or ``--queries N`` drawn per class with a seed) is damaged by a fringe mask
 of each frequency, with a different mask phase in each of ``--repeats`` repeats, and reconstructed
 by each inpainter. For every (frequency, inpainter, backbone) cell the queries are described with
@@ -19,7 +21,7 @@ the collection's own spec and searched:
 
 Work is split into Ray tasks: one reconstruction task per (frequency, inpainter, repeat), shared
 by the feature cells of every backbone; one feature task per (frequency, inpainter, backbone)
-cell; the driver is the single writer/searcher of the milvus-lite store.
+cell; the driver is the single writer/searcher of the store.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 from ..damage.masks import FRINGE_FREQUENCIES as FREQUENCIES
 from ..errors import IncompleteRunError, InputError, UsageError
 from ..features.spec import FeatureSpec
-from .common import PROTOCOLS, versions
+from .common import PROTOCOLS, check_collection_prefix, public_config, versions
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,12 @@ class EvalConfig:
     fig6_query: int = 0
     cell_cpus: float = 1.0
     image_size: int = 224
+    db: str | None = None  # milvus-lite path or Milvus server URI; None = OUT/eval.db
+    token: str | None = field(default=None, repr=False, compare=False)  # never written to results.json
+    collection_prefix: str = ""  # prepended to eval_<backbone>, so several runs can share one server
 
     def __post_init__(self):
+        check_collection_prefix(self.collection_prefix)
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.repeats < 1:
@@ -87,6 +93,12 @@ class EvalConfig:
     @property
     def exclude_self(self) -> bool:
         return self.protocol == "exclude-self"
+
+    def resolved_db(self) -> str:
+        return self.db or str(Path(self.out) / "eval.db")
+
+    def collection(self, backbone: str) -> str:
+        return f"{self.collection_prefix}eval_{backbone}"
 
 
 # --- tasks (pure functions of their arguments; run in Ray workers or locally) -------------------------
@@ -258,15 +270,20 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                     recon_refs[(f, inp, rep)] = ex.submit(reconstruct_task, query_ref, f, inp, phases[(f, rep)],
                                                           cfg.missing_fraction, num_cpus=cfg.cell_cpus)
         # 2. index the clean set once per backbone (this process is the single writer)
-        db = str(out / "eval.db")
+        db = cfg.resolved_db()
         stores, specs, index_seconds = {}, {}, {}
         for bb in cfg.backbones:
             t = time.time()
             spec = _spec_for(cfg, bb)
-            icfg = IndexConfig(cfg.dataset, db=db, collection=f"eval_{bb}", run_dir=str(out / "runs" / bb),
-                               index_type=cfg.index_type, weights_override=cfg.weights.get(bb), progress=progress)
+            if cfg.db is not None:  # a store given by --db may be shared: refuse another data set's collection
+                with VectorStore(db, cfg.collection(bb), token=cfg.token) as existing:
+                    if existing.exists():  # (a rerun of this one resumes it, as with OUT/eval.db)
+                        _check_rows(existing, valid, db)
+            icfg = IndexConfig(cfg.dataset, db=db, collection=cfg.collection(bb), token=cfg.token,
+                               run_dir=str(out / "runs" / bb), index_type=cfg.index_type,
+                               weights_override=cfg.weights.get(bb), progress=progress)
             run_index(spec, icfg)
-            stores[bb] = VectorStore(db, f"eval_{bb}")
+            stores[bb] = VectorStore(db, cfg.collection(bb), token=cfg.token)
             specs[bb] = stores[bb].spec_json()
             index_seconds[bb] = round(time.time() - t, 2)
         # 3. feature cells
@@ -284,7 +301,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         results = _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, recon_refs, progress)
     finally:
         ex.shutdown()
-    results["config"] = {**asdict(cfg), "n_queries": len(queries), "n_database": len(valid),
+    results["config"] = {**public_config(asdict(cfg)), "db": db, "n_queries": len(queries), "n_database": len(valid),
                          "query_ids": [r.id for r in queries],
                          "classes": class_sizes, "index_seconds": index_seconds}
     _write_errors(out / "errors.parquet", records, results.pop("_inpaint_errors", []))
@@ -294,6 +311,22 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         s.close()
     write_report(results, out, dataset=cfg.dataset)
     return results
+
+
+def _check_rows(store, valid: Sequence, db: str) -> None:
+    """Every row of the collection is one of this data set's images.
+
+    Run before indexing, so that a collection of another data set (a shared server, another OUT)
+    is refused before anything is written to it.
+    """
+    n = store.count()
+    present = len(store.existing_ids([r.id for r in valid]))
+    if n != present:
+        raise UsageError(
+            f"collection {store.collection!r} of {db} holds {n - present} rows that are not images of "
+            f"{len(valid)} in this data set: it belongs to another run (a shared server?). Pass another "
+            "--collection-prefix, or drop that collection"
+        )
 
 
 def _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, recon_refs, progress) -> dict:

@@ -5,8 +5,9 @@
 Protocol
 --------
 1. The data set is indexed with the profile's FeatureSpec (:func:`cbir_dist.profiles.profile_spec`)
-   into the collection ``shape`` (or ``texture``) of the milvus-lite store ``OUT/eval.db``; the
-   standardisation is fitted on the collection and stored with it.
+   into the collection ``shape`` (or ``texture``) of the milvus-lite store ``OUT/eval.db``, or of
+   the Milvus server ``db`` (names prefixed by ``collection_prefix``); the collection is dropped and
+   rebuilt on every run, and the standardisation is fitted on it and stored with it.
 2. Every file queries the collection: its vector is made with the collection's stored spec and
    searched with :func:`cbir_dist.search.search_vectors`. Byte-identical files share one row
    (content ids), so a class may hold fewer rows than files; every file is still a query and its
@@ -52,7 +53,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ from ..io.records import block_column
 from ..io.tables import read_json, read_parquet, write_json
 from .ablation import block_ablation, shape_ablation
 from .affine import VARIANTS as AFFINE_VARIANTS
-from .common import versions
+from .common import check_collection_prefix, public_config, versions
 from .report.shapes import GRID_TOP, summary_text, write_shape_report
 from .scoring import (
     PROTOCOLS,
@@ -105,8 +106,12 @@ class ShapeEvalConfig:
     map_k: int = 100
     grid_queries: int = 4
     progress: bool = True
+    db: str | None = None  # milvus-lite path or Milvus server URI; None = OUT/eval.db
+    token: str | None = field(default=None, repr=False, compare=False)  # never written to results.json
+    collection_prefix: str = ""  # prepended to every collection name, so several runs can share one server
 
     def __post_init__(self):
+        check_collection_prefix(self.collection_prefix)
         if self.profile not in EVAL_PROFILES:
             raise UsageError(f"profile must be one of {EVAL_PROFILES}, got {self.profile!r}")
         if self.protocol not in PROTOCOLS:
@@ -126,6 +131,12 @@ class ShapeEvalConfig:
     @property
     def exclude_self(self) -> bool:
         return self.protocol == "exclude-self"
+
+    def resolved_db(self) -> str:
+        return self.db or str(Path(self.out) / "eval.db")
+
+    def collection(self, name: str) -> str:
+        return f"{self.collection_prefix}{name}"
 
 
 def profile_spec_for(cfg: ShapeEvalConfig):
@@ -174,8 +185,8 @@ def _index(cfg: ShapeEvalConfig, spec, images_dir: str, db: str, collection: str
     from ..io.records import DUPLICATE, OK
 
     t = time.perf_counter()
-    icfg = IndexConfig(images_dir, db=db, collection=collection, run_dir=str(run_dir), save_features=True,
-                       overwrite=True, backend=cfg.backend, progress=cfg.progress)
+    icfg = IndexConfig(images_dir, db=db, collection=collection, token=cfg.token, run_dir=str(run_dir),
+                       save_features=True, overwrite=True, backend=cfg.backend, progress=cfg.progress)
     summary = run_index(spec, icfg)
     log.info("%s: %s", collection, summary.line())
     manifest = read_parquet(run_dir / "manifest.parquet")
@@ -209,10 +220,10 @@ def _index(cfg: ShapeEvalConfig, spec, images_dir: str, db: str, collection: str
                    round(time.perf_counter() - t, 2))
 
 
-def _searcher(db: str, collection: str):
+def _searcher(db: str, collection: str, token: str | None = None):
     from ..query.search import QueryConfig, Searcher
 
-    return Searcher(QueryConfig(db=db, collection=collection))
+    return Searcher(QueryConfig(db=db, collection=collection, token=token))
 
 
 def _check_query_path(searcher, qs: QuerySet, vectors: np.ndarray, n: int = QUERY_CHECK) -> float:
@@ -308,7 +319,7 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if not list_images(cfg.dataset):
         raise UsageError(f"no images found under {cfg.dataset} (expected <class>/<image> files)")
-    db = str(out / "eval.db")
+    db = cfg.resolved_db()
     spec = profile_spec_for(cfg)
     timings: dict[str, float] = {}
     records: list[dict] = []
@@ -316,10 +327,10 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
     figures: dict = {}
 
     # 1. the data set, indexed and queried
-    orig = _index(cfg, spec, cfg.dataset, db, cfg.profile, out / "runs" / cfg.profile)
+    orig = _index(cfg, spec, cfg.dataset, db, cfg.collection(cfg.profile), out / "runs" / cfg.profile)
     timings["index"] = orig.seconds
     t = time.perf_counter()
-    searcher = _searcher(db, cfg.profile)
+    searcher = _searcher(db, orig.collection, cfg.token)
     stored_spec = searcher.spec
     try:
         qs = orig.queries
@@ -353,9 +364,9 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
 
     timings["total"] = round(time.perf_counter() - t_start, 2)
     results = {
-        "config": {**asdict(cfg), "spec": json.loads(stored_spec.to_json()), "n_files": orig.n_files,
+        "config": {**public_config(asdict(cfg)), "spec": json.loads(stored_spec.to_json()), "n_files": orig.n_files,
                    "n_database": len(orig.db_ids), "n_duplicates": orig.n_duplicates, "n_rejected": orig.n_rejected,
-                   "classes": orig.class_sizes, "db": db, "collection": cfg.profile,
+                   "classes": orig.class_sizes, "db": db, "collection": orig.collection,
                    "affine": affine_info},
         "versions": versions(),
         "records": records,
@@ -374,7 +385,8 @@ def _evaluate_affine(cfg, spec, db, out, orig: Indexed, searcher, timings, recor
     """Index the affine repository and score it against itself and its variants against the originals."""
     dst, t_write = _affine_repository(cfg, out)
     timings["affine_write"] = t_write
-    aff = _index(cfg, spec, str(dst), db, f"{cfg.profile}_affine", out / "runs" / f"{cfg.profile}_affine")
+    aff = _index(cfg, spec, str(dst), db, cfg.collection(f"{cfg.profile}_affine"),
+                 out / "runs" / f"{cfg.profile}_affine")
     timings["affine_index"] = aff.seconds
     t = time.perf_counter()
     table = _affine_table(dst)
@@ -386,7 +398,7 @@ def _evaluate_affine(cfg, spec, db, out, orig: Indexed, searcher, timings, recor
                for p, i in zip(orig.queries.paths, orig.queries.ids)}
 
     # a. the repository against itself
-    asearch = _searcher(db, aff.collection)
+    asearch = _searcher(db, aff.collection, cfg.token)
     try:
         keep = np.isin(variant, ("original",) + tuple(cfg.variants))
         vec = asearch.spec.fuse({k: v[keep] for k, v in qs.feats.items()})

@@ -62,6 +62,7 @@ def run_index_ray(spec: FeatureSpec, config: IndexConfig, *, store=None,
                 for stage, secs in stats.seconds.items():
                     run.clock.add(stage, secs, stats.counts[stage])
                 run.nodes = stats.nodes
+                run.node_items, run.node_seconds = stats.node_items, stats.node_seconds
                 run.worker_peak_rss_mb = stats.worker_peak_rss_mb
         else:
             for shard in run.shards:

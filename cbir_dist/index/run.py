@@ -250,6 +250,8 @@ class IndexRun:
         self.planned: dict[int, np.ndarray] = {}  # shard index -> ids planned as ok (one row each)
         self.worker_peak_rss_mb = 0.0
         self.nodes: dict[str, set] = {}  # stage -> Ray node ids that ran it (ray backend)
+        self.node_items: dict[str, dict] = {}  # stage -> node id -> rows it ran (ray backend)
+        self.node_seconds: dict[str, dict] = {}  # stage -> node id -> seconds it spent (ray backend)
         show = config.progress if progress is None else progress
         self.bar = S.progress(len(self.files), show, "index")
         n_done = sum(s.done for s in self.shards)

@@ -131,6 +131,8 @@ def write_stats(run: "IndexRun", seconds: float) -> None:
         "peak_worker_rss_mb": round(run.worker_peak_rss_mb, 1) if run.worker_peak_rss_mb else None,
         "backend": config.backend,
         "stage_nodes": {k: sorted(v) for k, v in run.nodes.items()},
+        "stage_node_items": run.node_items,
+        "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in run.node_seconds.items()},
         "collection": config.collection,
         "db": run.target.uri,  # normalised, without credentials
         "spec_dim": run.spec.dim,
