@@ -11,6 +11,7 @@ EPILOG = """examples:
   cbir-dist index ./photos --db ./cbir.db --backbone mobilenet_v2
   cbir-dist query photo.jpg --db ./cbir.db -k 5 --html hits.html      # images like this one, as a page
   cbir-dist query ./queries --db ./cbir.db --fringe 6 --inpainter telea --exclude-self --out hits.parquet
+  cbir-dist info --db ./cbir.db --collection images   # spec, rows, index, runs, size on disk
 
 Weights: --weights imagenet uses torchvision's weights API (downloaded once into $TORCH_HOME);
 --weights PATH loads a local state dict; --backbone none uses the handcrafted descriptors only.
@@ -226,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE.parquet", help="write one row per image here")
     _add_model_args(p)
 
+    # info
+    p = sub.add_parser("info", help="what a collection holds: feature spec, rows, index, runs, size on disk",
+                       description="Print a collection's feature spec (blocks, dims, weights, fusion, backbone and "
+                                   "the identity of its weights), its row count, index type and parameters, the "
+                                   "index runs recorded against it and, for milvus-lite, the store folder's size on "
+                                   "disk. Without --collection, list the store's collections.")
+    _add_store_args(p, collection=None)
+    p.add_argument("--json", action="store_true", help="print the same facts as one JSON object (for scripts)")
     return parser
 
 
@@ -351,6 +360,14 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .query.info import format_info, info_json, store_info
+
+    facts = store_info(args.db, args.collection, token=_token(args))
+    print(info_json(facts) if args.json else format_info(facts))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
 
@@ -414,7 +431,7 @@ def cmd_train_inpainter(args) -> int:
 
 
 COMMANDS = {"train-inpainter": cmd_train_inpainter, "index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "classify": cmd_classify}
+            "classify": cmd_classify, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
