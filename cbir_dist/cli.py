@@ -344,16 +344,21 @@ def cmd_query(args) -> int:
         print(format_results(cols))
     queries = list(dict.fromkeys(cols["query"]))
     failed = len({q for q, e in zip(cols["query"], cols["error"]) if e})
+    # P@k only where it means something: k up to -k, and queries whose label (the name of their folder)
+    # is a class of the collection, i.e. among the neighbours' labels (a photo in ~/Downloads is not)
     ks = sorted({k for k in (1, 5, 10) if k <= args.k} | {args.k})
-    p = precision_table(cols, ks, labelled_only=True)
-    labelled = len({q for q, ql, e in zip(cols["query"], cols["query_label"], cols["error"]) if ql and not e})
-    precision = "  ".join(f"P@{k} {p[k]:.1f}" for k in ks)
+    classes = {lb for lb in cols["label"] if lb}
+    scored = len({q for q, ql, e in zip(cols["query"], cols["query_label"], cols["error"]) if ql in classes and not e})
+    p = precision_table(cols, ks, labels=classes)
     lines = [f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'}, {failed} failed"
              + (f"; wrote {args.out}" if args.out else "")]
-    if labelled:
-        lines.append(f"{precision}  over {labelled} labelled quer{'y' if labelled == 1 else 'ies'} (relevant = same "
-                     f"label; label = the query's folder name; "
+    if scored:
+        lines.append("  ".join(f"P@{k} {p[k]:.1f}" for k in ks)
+                     + f"  over {scored} quer{'y' if scored == 1 else 'ies'} from class folders (the folder's name "
+                     f"is a neighbour's label; relevant = same label; "
                      f"{'own original excluded' if args.exclude_self else 'own original included'})")
+    elif queries != [] and len(queries) > failed:
+        lines.append("no P@k: no query's folder name (its label) is a neighbour's label")
     if args.html:
         from .query.page import entries_from_results, write_page
 

@@ -71,6 +71,20 @@ def test_a_single_file_prints_its_top_k(indexed, capsys):
     assert "1 query, 0 failed" in out and "P@1 100.0" in out and "P@3" in out and "P@5" not in out
 
 
+def test_a_photo_from_elsewhere_gets_its_neighbours_and_no_made_up_precision(indexed, tmp_path, capsys):
+    """A photo in ~/Downloads has the label "Downloads", which is no class of the collection: no P@k."""
+    data, db = indexed
+    original = sorted((data / "night_rings").glob("*.png"))[0]
+    photo = tmp_path / "Downloads" / "photo.png"
+    photo.parent.mkdir()
+    photo.write_bytes(original.read_bytes())
+    assert main(_query(db, str(photo), "-k", "2")) == 0
+    out = capsys.readouterr().out
+    rows = _tables(out)[str(photo)]
+    assert rows[0][3] == str(original) and rows[0][2] == "night_rings"  # same bytes: the stored original
+    assert "(label Downloads)" in out and "P@1" not in out and "no P@k" in out
+
+
 def test_globs_folders_and_files_mix_without_duplicates(indexed, capsys):
     data, db = indexed
     one = sorted((data / "rose_noise").glob("*.png"))[0]
@@ -172,16 +186,19 @@ def test_the_html_page_shows_each_query_damaged_reconstructed_and_its_k_hits(ind
     bad = tmp_path / "queries" / "broken.png"
     bad.parent.mkdir()
     bad.write_bytes(b"\x89PNG not really")
+    stranger = tmp_path / "Downloads" / "photo.png"  # its label "Downloads" is no class: grey frames
+    stranger.parent.mkdir()
+    stranger.write_bytes(sorted((data / "rose_noise").glob("*.png"))[0].read_bytes())
     page = tmp_path / "hits.html"
     pattern = str(data / "*" / "*_02.png")
-    assert main(_query(db, pattern, str(bad), "-k", str(K), "--fringe", "6", "--inpainter", "telea",
+    assert main(_query(db, pattern, str(bad), str(stranger), "-k", str(K), "--fringe", "6", "--inpainter", "telea",
                        "--exclude-self", "--html", str(page), "--out", str(tmp_path / "hits.parquet"))) == 0
     assert f"page: {page}" in capsys.readouterr().out
     p = _Page()
     p.feed(page.read_text(encoding="utf-8"))
     table = pq.read_table(tmp_path / "hits.parquet").to_pydict()
     queries = list(dict.fromkeys(table["query"]))
-    assert [s["query"] for s in p.sections] == queries and len(queries) == 6 + 1  # one block per query
+    assert [s["query"] for s in p.sections] == queries and len(queries) == 6 + 2  # one block per query
     # self-contained: every image is inline
     assert p.srcs and all(s.startswith("data:image/jpeg;base64,") for s in p.srcs)
     for s in p.sections:
@@ -194,11 +211,14 @@ def test_the_html_page_shows_each_query_damaged_reconstructed_and_its_k_hits(ind
         rows = [i for i, q in enumerate(table["query"]) if q == s["query"]]
         assert [h["data-path"] for h in s["hits"]] == [table["path"][i] for i in rows]
         for h, i in zip(s["hits"], rows):
+            if s["query"] == str(stranger):
+                assert h["data-same"] == "" and "#b0b0b0" in h["style"]
+                continue
             assert h["data-same"] == ("true" if table["label"][i] == s["label"] else "false")
             assert ("#2e9d3a" if h["data-same"] == "true" else "#d0342c") in h["style"]  # green / red frame
             thumb = Image.open(io.BytesIO(base64.b64decode(h["src"].split(",", 1)[1])))
             assert thumb.format == "JPEG" and max(thumb.size) <= 112
-    same = [h["data-same"] for s in p.sections for h in s["hits"]]
+    same = [h["data-same"] for s in p.sections for h in s["hits"] if s["query"] != str(stranger)]
     assert "true" in same and set(same) <= {"true", "false"}
 
 

@@ -3,7 +3,8 @@
 Per query the page shows the query as given, its damaged and reconstructed versions when the query
 was damaged, and one or more rows of its top-k neighbours as thumbnails with rank, distance and
 label, framed green when the neighbour's label equals the query's and red when it does not (grey
-when the query has no label). A query that could not be run shows its reason. Every image is an
+when the query's label, the name of its folder, is no label of any neighbour on the page: a photo
+from ``~/Downloads`` has no class to agree with). A query that could not be run shows its reason. Every image is an
 inline JPEG ``data:`` URI, so the page is one file that can be mailed or opened anywhere.
 
 The markup is meant to be read by programs too: one ``<section class="query">`` per query with
@@ -116,9 +117,9 @@ def _attr(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails) -> str:
+def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[str]) -> str:
     uri, problem = thumbs.get(hit["path"])
-    same = "" if not query_label else ("true" if hit["label"] == query_label else "false")
+    same = "" if query_label not in classes else ("true" if hit["label"] == query_label else "false")
     colour = {"true": SAME, "false": OTHER}.get(same, UNKNOWN)
     name = os.path.basename(hit["path"]) or hit["path"]
     tip = hit["path"] + (f" ({problem})" if problem else "")
@@ -132,7 +133,7 @@ def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails) -> str:
             + "</figcaption></figure>")
 
 
-def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails) -> str:
+def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) -> str:
     status = "error" if e.error else "ok"
     hits = sum(len(r.hits) for r in e.rows)
     head = (f"<section class='query {status}' data-query='{_attr(e.query)}' data-label='{_attr(e.label)}' "
@@ -153,7 +154,7 @@ def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails) -> str:
                      f"{html.escape(row.caption)}</p><div class='thumbs'>")
         if not row.hits:
             parts.append("<p class='none'>no neighbours (the collection is empty)</p>")
-        parts.extend(_hit_html(h, e.label, thumbs) for h in row.hits)
+        parts.extend(_hit_html(h, e.label, thumbs, classes) for h in row.hits)
         parts.append("</div></div>")
     parts.append("</section>")
     return "".join(parts)
@@ -188,8 +189,10 @@ def write_page(path: str | os.PathLike, entries: Sequence[PageEntry], *, title: 
     parts.extend(f"<p class='summary'>{html.escape(line)}</p>" for line in summary)
     parts.append(f"<p class='summary legend'>frame:<span style='background:{SAME}'></span>same label as the query"
                  f"<span style='background:{OTHER}'></span>another label"
-                 f"<span style='background:{UNKNOWN}'></span>the query has no label</p>")
-    body = [_entry_html(n, e, thumbs) for n, e in enumerate(entries, 1)]
+                 f"<span style='background:{UNKNOWN}'></span>the query's label (its folder's name) is no "
+                 "neighbour's label</p>")
+    classes = {h["label"] for e in entries for r in e.rows for h in r.hits if h["label"]}
+    body = [_entry_html(n, e, thumbs, classes) for n, e in enumerate(entries, 1)]
     if thumbs.unreadable:
         path, why = next(iter(thumbs.unreadable.items()))
         parts.append(f"<p class='summary problem'>{len(thumbs.unreadable)} neighbour image(s) cannot be read from "

@@ -426,12 +426,12 @@ def write_results(cols: dict, out: str) -> None:
         write_parquet(out, table, types)
 
 
-def precision_table(cols: dict, ks=(1, 5, 10), *, labelled_only: bool = False) -> dict[int, float]:
+def precision_table(cols: dict, ks=(1, 5, 10), *, labels=None) -> dict[int, float]:
     """Mean P@k (in %) over the successful queries of a result table (label match = relevant);
-    ``labelled_only`` leaves out queries without a label."""
+    with ``labels``, only over the queries whose label is one of them."""
     by_query: dict[str, list[bool]] = {}
     for q, ql, rank, label, err in zip(cols["query"], cols["query_label"], cols["rank"], cols["label"], cols["error"]):
-        if err or rank == 0 or (labelled_only and not ql):
+        if err or rank == 0 or (labels is not None and ql not in labels):
             continue
         by_query.setdefault(q, []).append(label == ql)
     if not by_query:
