@@ -9,7 +9,9 @@ import sys
 EPILOG = """examples:
   cbir-dist demo                                      # generate, index and query a small set end to end
   cbir-dist index ./photos --db ./cbir.db --backbone mobilenet_v2
+  cbir-dist query photo.jpg --db ./cbir.db -k 5 --html hits.html      # images like this one, as a page
   cbir-dist query ./queries --db ./cbir.db --fringe 6 --inpainter telea --exclude-self --out hits.parquet
+  cbir-dist info --db ./cbir.db --collection images   # spec, rows, index, runs, size on disk
 
 Weights: --weights imagenet uses torchvision's weights API (downloaded once into $TORCH_HOME);
 --weights PATH loads a local state dict; --backbone none uses the handcrafted descriptors only.
@@ -17,10 +19,13 @@ A Milvus server is addressed by URI: --db http://host:19530, its credentials tak
 $MILVUS_TOKEN (user:password or an API key) or --token-file FILE (kept out of `ps` and job logs)."""
 
 
-def _add_store_args(p: argparse.ArgumentParser) -> None:
+def _add_store_args(p: argparse.ArgumentParser, collection: str | None = "images") -> None:
     p.add_argument("--db", default="cbir.db",
                    help="milvus-lite path (a local directory, default ./cbir.db) or a Milvus server URI http://host:19530")
-    p.add_argument("--collection", default="images", help="collection name (default: images)")
+    if collection is None:
+        p.add_argument("--collection", default=None, help="the collection to describe (default: list them)")
+    else:
+        p.add_argument("--collection", default=collection, help=f"collection name (default: {collection})")
     p.add_argument("--token-file", default=None, metavar="FILE",
                    help="file holding the Milvus server token (user:password or an API key); default: $MILVUS_TOKEN")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # visible in `ps`: prefer the two above
@@ -128,16 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
 
     # query
-    p = sub.add_parser("query", help="search the collection with (optionally damaged and reconstructed) query images",
-                       description="Query the collection with every image in QUERIES_DIR. Features are computed with "
-                                   "the collection's own feature spec. Writes one row per query and rank.")
-    p.add_argument("queries_dir", metavar="QUERIES_DIR")
+    p = sub.add_parser("query", help="find the images most like each query image (optionally damaged and reconstructed)",
+                       description="Search the collection with query images: image files, folders (every image "
+                                   "under them) and glob patterns (quoted, e.g. 'shots/*.jpg'; ** for any depth), in "
+                                   "any mix. A query's label is the name of the folder holding it (files directly "
+                                   "inside a folder argument have none). Features are computed with the "
+                                   "collection's own feature spec. Prints each query's top-k (rank, distance, label, "
+                                   "path) unless --out is given; --html writes a page of thumbnails.")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="an image file, a folder of images or a glob pattern")
     _add_store_args(p)
     _add_damage_args(p, "query")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop the query's own original (same content id) from its neighbours")
-    p.add_argument("--out", required=True, metavar="FILE.parquet", help="where to write the result table")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the result table (one row per query and rank) to FILE.parquet, FILE.csv or "
+                        "FILE.jsonl instead of printing it")
+    p.add_argument("--html", default=None, metavar="FILE.html",
+                   help="also write a self-contained page: each query (damaged and reconstructed too) and its "
+                        "top-k thumbnails, framed green when the label matches the query's, red when not")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = one process; ray = decode, damage, inpaint and describe on the Ray pipeline "
                         "(GPU actors when present), search in this process")
@@ -207,13 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
 
     # demo
-    p = sub.add_parser("demo", help="generate a small labelled set, index it, query it damaged, print P@1/5/10",
-                       description="End-to-end demo on a generated image set (6 classes x 12 images) in a local "
-                                   "milvus-lite collection. Runs in about a minute on 2 CPU cores.")
+    p = sub.add_parser("demo", help="index a labelled set, query it intact and damaged, print P@1/5/10, write a page",
+                       description="End-to-end demo in a local milvus-lite collection: index --images DIR (class = "
+                                   "parent folder name) or a generated set (8 classes x 12 images), query it intact "
+                                   "and damaged by fringe masks at 0.5 and 6 Hz, zero-filled and reconstructed by "
+                                   "Telea, print P@1/5/10 and write an HTML page of damaged queries and their hits. "
+                                   "About a minute on 2 CPU cores.")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="index and query this class-per-folder image set instead of generating one")
     p.add_argument("--out", default="demo_out", help="folder for the images, the collection and results (demo_out)")
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone (default mobilenet_v2; none = descriptors only)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict PATH")
-    p.add_argument("--per-class", type=int, default=12, help="images per class (default 12)")
+    p.add_argument("--per-class", type=int, default=12, help="generated images per class (default 12)")
+    p.add_argument("--queries", type=int, default=12, metavar="N",
+                   help="queries per class, spread evenly over each class (default 12)")
 
     # classify
     p = sub.add_parser("classify", help="predict each image's class by a vote of its k nearest neighbours",
@@ -226,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="neighbours voting (default 5)")
     p.add_argument("--out", default=None, metavar="FILE.parquet", help="write one row per image here")
     _add_model_args(p)
+
+    # info
+    p = sub.add_parser("info", help="what a collection holds: feature spec, rows, index, runs, size on disk",
+                       description="Print a collection's feature spec (blocks, dims, weights, fusion, backbone and "
+                                   "the identity of its weights), its row count, index type and parameters, the "
+                                   "index runs recorded against it and, for milvus-lite, the store folder's size on "
+                                   "disk. Without --collection, list the store's collections.")
+    _add_store_args(p, collection=None)
+    p.add_argument("--json", action="store_true", help="print the same facts as one JSON object (for scripts)")
     return parser
 
 
@@ -278,9 +308,39 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_query(args) -> int:
-    from .query.search import QueryConfig, precision_table, run_query
+def _damage_captions(args) -> tuple[str | None, str | None, str]:
+    """Captions of the damaged and reconstructed views and of the hits row, for the query page."""
+    if args.fringe is None and args.masks is None:
+        return None, None, f"top {args.k}"
+    damaged = (f"damaged: fringe {args.fringe:g} Hz, {args.missing_fraction:.0%} missing" if args.fringe is not None
+               else f"damaged: mask from {args.masks}")
+    if args.inpainter == "none":
+        return damaged + " (zero fill)", None, f"top {args.k} of the damaged query (zero fill)"
+    return damaged, f"reconstructed: {args.inpainter}", f"top {args.k} of the query reconstructed by {args.inpainter}"
 
+
+def _check_page_path(path: str) -> None:
+    from pathlib import Path
+
+    from .errors import UsageError
+
+    if Path(path).is_dir():
+        raise UsageError(f"--html {path} is a folder; give a file name like hits.html")
+
+
+def cmd_query(args) -> int:
+    from .query.search import (
+        QueryConfig,
+        check_out_path,
+        format_results,
+        precision_table,
+        run_query,
+    )
+
+    if args.out:
+        check_out_path(args.out)  # before the job runs, so its results are not lost at the end
+    if args.html:
+        _check_page_path(args.html)
     cfg = QueryConfig(
         db=args.db, collection=args.collection, token=_token(args), k=args.k, fringe=args.fringe,
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
@@ -288,22 +348,63 @@ def cmd_query(args) -> int:
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
         max_bytes=args.max_bytes, backend=args.backend,
     )
-    cols = run_query(args.queries_dir, cfg, out=args.out)
-    n_err = sum(1 for e in cols["error"] if e)
-    p = precision_table(cols)
-    n_q = len({q for q, e in zip(cols["query"], cols["error"]) if not e})
-    print(f"{n_q} queries, {n_err} failed; wrote {args.out}")
-    print(f"P@1 {p[1]:.1f}  P@5 {p[5]:.1f}  P@10 {p[10]:.1f}  (label = parent folder; "
-          f"{'own original excluded' if args.exclude_self else 'own original included'})")
+    damaged, rebuilt, row_caption = _damage_captions(args)
+    views = None
+    if args.html:
+        from .query.page import QueryViews
+
+        views = QueryViews(damaged, rebuilt)
+    cols = run_query(args.queries, cfg, out=args.out, observe=views)
+    if not args.out:
+        print(format_results(cols))
+    queries = list(dict.fromkeys(cols["query"]))
+    failed = len({q for q, e in zip(cols["query"], cols["error"]) if e})
+    # P@k only where it means something: k up to -k, and queries whose label (the name of their folder)
+    # is a class of the collection, i.e. among the neighbours' labels (a photo in ~/Downloads is not)
+    ks = sorted({k for k in (1, 5, 10) if k <= args.k} | {args.k})
+    classes = {lb for lb in cols["label"] if lb}
+    scored = len({q for q, ql, e in zip(cols["query"], cols["query_label"], cols["error"]) if ql in classes and not e})
+    p = precision_table(cols, ks, labels=classes)
+    lines = [f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'}, {failed} failed"
+             + (f"; wrote {args.out}" if args.out else "")]
+    if scored:
+        lines.append("  ".join(f"P@{k} {p[k]:.1f}" for k in ks)
+                     + f"  over {scored} quer{'y' if scored == 1 else 'ies'} from class folders (the folder's name "
+                     f"is a neighbour's label; relevant = same label; "
+                     f"{'own original excluded' if args.exclude_self else 'own original included'})")
+    elif queries != [] and len(queries) > failed:
+        lines.append("no P@k: no query's folder name (its label) is a neighbour's label")
+    if args.html:
+        from .query.page import entries_from_results, write_page
+
+        page = write_page(args.html, entries_from_results(cols, views, row_caption),
+                          title=f"cbir-dist query: {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}",
+                          summary=[f"collection {args.collection} in {args.db}; k = {args.k}; "
+                                   + (rebuilt or damaged or "queries intact")
+                                   + ("; own original excluded" if args.exclude_self else ""), *lines])
+        lines.append(f"page: {page}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .query.info import format_info, info_json, store_info
+
+    facts = store_info(args.db, args.collection, token=_token(args))
+    print(info_json(facts) if args.json else format_info(facts))
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
 
-    rows, summary = run_demo(args.out, backbone=args.backbone, weights=args.weights, per_class=args.per_class)
-    print(summary.line())
-    print(format_table(rows))
+    result = run_demo(args.out, images=args.images, backbone=args.backbone, weights=args.weights,
+                      per_class=args.per_class, queries_per_class=args.queries)
+    print(result.summary.line())
+    print(format_table(result.rows))
+    print(f"page: {result.page}   (open it in a browser: {result.n_page_queries} damaged queries and their hits)")
+    print("next: images like one photo, as a page:\n"
+          f"  cbir-dist query PHOTO.jpg --db {result.db} --collection {result.collection} -k 5 --html hits.html")
     return 0
 
 
@@ -363,7 +464,7 @@ def cmd_train_inpainter(args) -> int:
 
 
 COMMANDS = {"train-inpainter": cmd_train_inpainter, "index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "classify": cmd_classify}
+            "classify": cmd_classify, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cbir-dist query ... | head`: the reader left (the recipe of Python's signal docs)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # noqa: BLE001 - the boundary: one line (a traceback with -v), an exit status
         if args.verbose:
             import traceback

@@ -13,7 +13,7 @@ def test_help_imports_nothing_heavy():
     assert out.strip() == "[]", out
 
 
-@pytest.mark.parametrize("cmd", ["index", "query", "evaluate", "demo"])
+@pytest.mark.parametrize("cmd", ["index", "query", "evaluate", "demo", "info"])
 def test_subcommand_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])

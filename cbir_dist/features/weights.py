@@ -34,6 +34,13 @@ _IMAGENET = {
 }
 
 
+def imagenet_weights_name(backbone: str) -> str | None:
+    """torchvision's name of the ImageNet weights ``--weights imagenet`` means for ``backbone``, e.g.
+    ``MobileNet_V2_Weights.IMAGENET1K_V1`` (None for an unknown backbone). Imports nothing heavy."""
+    enum = _IMAGENET.get(backbone)
+    return f"{enum[0]}.{enum[1]}" if enum else None
+
+
 def local_weights(backbone: str) -> str | None:
     """A local file holding ``backbone``'s ImageNet weights, from ``$CBIR_WEIGHTS`` (``name=PATH,...``).
 

@@ -94,3 +94,32 @@ def write_json(path: str | os.PathLike, obj: Any, *, default=None, indent: int =
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value stored in ``path``."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON/CSV-friendly scalar: numpy scalars unwrapped, NaN and infinity as None."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def write_csv(path: str | os.PathLike, columns: Mapping[str, list]) -> None:
+    """Write ``columns`` (name → list) as a CSV file with a header row, atomically (NaN as an empty cell)."""
+    import csv
+
+    keys = list(columns)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(keys)
+        for vals in zip(*(columns[k] for k in keys)):
+            w.writerow(["" if (v := _plain(x)) is None else v for x in vals])
+
+
+def write_jsonl(path: str | os.PathLike, columns: Mapping[str, list]) -> None:
+    """Write ``columns`` (name → list) as JSON Lines, one object per row, atomically (NaN as null)."""
+    keys = list(columns)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for vals in zip(*(columns[k] for k in keys)):
+            fh.write(json.dumps({k: _plain(x) for k, x in zip(keys, vals)}, ensure_ascii=False) + "\n")

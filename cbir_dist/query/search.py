@@ -1,6 +1,8 @@
 """The query job: query images (optionally damaged, then reconstructed) → top-k neighbours from the collection.
 
-Queries are always described with the collection's own FeatureSpec, read from the store, so the
+Queries are image files, folders and glob patterns in any mix (:mod:`.inputs`); the local backend
+reads, describes and searches them one batch at a time, so memory does not grow with their number.
+They are always described with the collection's own FeatureSpec, read from the store, so the
 vectors compared were made the same way. Output rows (one per query and rank):
 ``query, query_id, query_label, rank, id, path, label, distance, error`` — a query whose file is bad
 gets one row with ``rank`` 0 and the reason in ``error``.
@@ -11,17 +13,19 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..damage.hook import DamageConfig, apply_transform, damage_and_reconstruct, damage_transform, known_mask
 from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
-from ..io.files import DEFAULT_MAX_BYTES, ImageFile, list_images
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, Record, read_record
-from ..io.tables import write_parquet
+from ..io.tables import write_csv, write_jsonl, write_parquet
+from .inputs import QuerySet, resolve_queries
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,47 @@ def _add_error(cols: dict, rec: Record, reason: str) -> None:
     _add_row(cols, rec, 0, -1, "", "", float("nan"), reason)
 
 
+class _Damage:
+    """The damage settings of each query: its own root folder decides where ``--masks`` finds its mask."""
+
+    def __init__(self, config: QueryConfig, root: str | None, roots: Mapping[str, str | None] | None):
+        self.config, self.root, self.roots = config, root, roots or {}
+        self._by_root: dict[str | None, DamageConfig] = {}
+
+    def root_of(self, path: str) -> str | None:
+        return self.roots.get(path, self.root)
+
+    def config_for(self, path: str) -> DamageConfig:
+        root = self.root_of(path) if self.config.masks_dir is not None else None  # fringes ignore the root
+        if root not in self._by_root:
+            self._by_root[root] = self.config.damage(root)
+        return self._by_root[root]
+
+    def transform(self, paths: Sequence[str]):
+        """The picklable ``(image, path) -> image`` hook for ``paths`` (None when nothing is damaged)."""
+        roots = {self.root_of(p) for p in paths} if self.config.masks_dir is not None else {None}
+        if len(roots) <= 1:
+            return damage_transform(self.config.damage(next(iter(roots), None)))
+        return _DamageByRoot({p: self.root_of(p) for p in paths}, {r: damage_transform(self.config.damage(r))
+                                                                    for r in roots})
+
+
+class _DamageByRoot:
+    """``(image, path) -> image``: the damage hook of the folder each query came from (``--masks`` with
+    several folder arguments); picklable for the Ray pipeline."""
+
+    def __init__(self, roots: Mapping[str, str | None], hooks: Mapping[str | None, object]):
+        self.roots, self.hooks = dict(roots), dict(hooks)
+
+    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
+        return self.hooks[self.roots.get(path)](image, path)
+
+
+#: ``observe(record, damaged, reconstructed)``: called for every query that reaches the search, with
+#: the images it was described from (all three the same array when the query is intact).
+Observer = Callable[[Record, np.ndarray, np.ndarray], None]
+
+
 class Searcher:
     """The collection's spec, a feature extractor built from it, and the store: reused across query passes."""
 
@@ -148,10 +193,27 @@ class Searcher:
         self.config = config
         self.store = store or VectorStore(config.db, config.collection, token=config.token,
                                           memory_budget_bytes=config.memory_budget_bytes)
-        self.spec = FeatureSpec.from_json(self.store.spec_json())
-        self._extractor = None
-        self.store.flush_and_index()
-        self.rows = self.store.count()
+        self._owns_store = store is None
+        try:
+            self.spec = FeatureSpec.from_json(self.store.spec_json())
+            self._extractor = None
+            self.store.flush_and_index()
+            self.rows = self.store.count()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the store when this searcher opened it (releasing a milvus-lite folder's lock)."""
+        if self._owns_store:
+            self._owns_store = False
+            self.store.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def extractor(self):
@@ -164,107 +226,258 @@ class Searcher:
         return self._extractor
 
     def run(self, records: Sequence[Record], config: QueryConfig | None = None, *, root: str | None = None,
-            progress: bool = True) -> dict:
-        """Damage, reconstruct, describe and search each record; returns the result columns."""
+            roots: Mapping[str, str | None] | None = None, progress: bool = True,
+            observe: Observer | None = None) -> dict:
+        """Damage, reconstruct, describe and search each (already read) record; returns the result columns.
+
+        ``root`` (or, per path, ``roots``) is the folder a query's path is relative to, for ``--masks``.
+        """
         from tqdm.auto import tqdm
 
-        from ..damage.inpaint import get_inpainter
-
         config = config or self.config
-        damage = config.damage(root)
-        inpainter = get_inpainter(config.inpainter)
+        damage, inpainter = _Damage(config, root, roots), _inpainter(config)
         cols = _new_columns()
         for start in tqdm(range(0, len(records), config.batch_size), desc="query", unit="batch", disable=not progress):
-            good, images = [], []
-            for r in records[start : start + config.batch_size]:
-                if r.status != OK:
-                    _add_error(cols, r, r.error)
-                    continue
-                if damage.active:  # the one per-file rule: a failure here is this query's error row
-                    apply_transform(r, lambda img, path: damage_and_reconstruct(
-                        img, known_mask(img.shape, path, damage), inpainter)[1])
-                if r.status != OK:
-                    _add_error(cols, r, r.error)
-                    continue
-                images.append(r.image)
-                good.append(r)
-            if good:
-                self._search_into(cols, good, self.extractor(images), config)
+            self._run_batch(cols, records[start : start + config.batch_size], config, damage, inpainter, observe)
         return cols
 
-    def _search_into(self, cols: dict, good: Sequence[Record], vectors: np.ndarray, config: QueryConfig) -> None:
-        ids, dist, paths, labels = search_vectors(self.store, vectors, [r.id for r in good], config.k,
-                                                  config.exclude_self)
-        # every ok query gets k hits, or as many as the collection holds (less its own row), or an error row
+    def run_files(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *, root: str | None = None,
+                  roots: Mapping[str, str | None] | None = None, progress: bool = True,
+                  observe: Observer | None = None) -> dict:
+        """Like :meth:`run` for files: each batch of ``batch_size`` files is read, decoded, described and
+        searched before the next is read, so memory is bounded by the batch size, not the query count."""
+        from tqdm.auto import tqdm
+
+        config = config or self.config
+        damage, inpainter = _Damage(config, root, roots), _inpainter(config)
+        cols = _new_columns()
+        for start in tqdm(range(0, len(files), config.batch_size), desc="query", unit="batch", disable=not progress):
+            records = load_queries(files[start : start + config.batch_size], config.max_pixels, config.max_bytes)
+            self._run_batch(cols, records, config, damage, inpainter, observe)
+            del records  # the batch's decoded images go before the next batch is read
+        return cols
+
+    def _run_batch(self, cols: dict, records: Sequence[Record], config: QueryConfig, damage: _Damage, inpainter,
+                   observe: Observer | None) -> None:
+        errors: dict[int, str] = {}
+        good, images = [], []
+        for i, r in enumerate(records):
+            if r.status != OK:
+                errors[i] = r.error
+                continue
+            seen = {}
+
+            def hook(img, path, seen=seen):
+                known = known_mask(img.shape, path, damage.config_for(path))
+                seen["damaged"], seen["rebuilt"] = damage_and_reconstruct(img, known, inpainter)
+                return seen["rebuilt"]
+
+            apply_transform(r, hook)  # the one per-file rule: a failure here is this query's error row
+            if r.status != OK:
+                errors[i] = r.error
+                continue
+            damaged, rebuilt = seen["damaged"], seen["rebuilt"]
+            if observe is not None:
+                observe(r, damaged, rebuilt)
+            images.append(rebuilt)
+            good.append(i)
+        vectors = self.extractor(images) if good else None
+        self._add_results(cols, records, errors, good, vectors, config)
+
+    def _add_results(self, cols: dict, records: Sequence[Record], errors: Mapping[int, str], good: Sequence[int],
+                     vectors: np.ndarray | None, config: QueryConfig) -> None:
+        """Search the vectors of ``records[good]`` and add every record's rows, in the records' order."""
+        hits: dict[int, tuple] = {}
+        if good:
+            ids, dist, paths, labels = search_vectors(self.store, vectors, [records[i].id for i in good], config.k,
+                                                      config.exclude_self)
+            hits = {i: (ids[q], dist[q], paths[q], labels[q]) for q, i in enumerate(good)}
+        # read back: every ok query gets k hits, or as many as the collection holds (less its own row), or
+        # an error row saying how many came back
         expected = min(config.k, self.rows - (1 if config.exclude_self else 0))
-        for q, r in enumerate(good):
-            hits = [rank for rank in range(ids.shape[1]) if ids[q, rank] >= 0]
-            if len(hits) < expected:
-                _add_error(cols, r, f"the store returned {len(hits)} of the {expected} neighbours asked for "
+        for i, r in enumerate(records):
+            if i in errors:
+                _add_error(cols, r, errors[i])
+                continue
+            if i not in hits:
+                continue
+            ids_q, dist_q, paths_q, labels_q = hits[i]
+            found = [rank for rank in range(len(ids_q)) if ids_q[rank] >= 0]
+            if len(found) < expected:
+                _add_error(cols, r, f"the store returned {len(found)} of the {expected} neighbours asked for "
                                     f"(collection {self.store.collection!r} holds {self.rows} rows)")
                 continue
-            for rank in hits:
-                _add_row(cols, r, rank + 1, int(ids[q, rank]), paths[q, rank], labels[q, rank],
-                         float(dist[q, rank]), "")
+            for rank in found:
+                _add_row(cols, r, rank + 1, int(ids_q[rank]), paths_q[rank], labels_q[rank], float(dist_q[rank]), "")
 
     def run_ray(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *,
-                root: str | None = None) -> dict:
+                root: str | None = None, roots: Mapping[str, str | None] | None = None) -> dict:
         """Like :meth:`run`, with decoding, damage, reconstruction and features on the Ray pipeline."""
         from ..distributed.graph import GraphConfig, describe_files
 
         config = config or self.config
         gcfg = GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
                            weights_override=config.weights_override, device=config.device, progress=config.progress)
-        recs, feats = describe_files(self.spec, files, gcfg, transform=damage_transform(config.damage(root)))
+        transform = _Damage(config, root, roots).transform([f.path for f in files])
+        recs, feats = describe_files(self.spec, files, gcfg, transform=transform)
         cols = _new_columns()
-        good = [r for r in recs if r.status == OK]
-        for r in recs:
-            if r.status != OK:
-                _add_error(cols, r, r.error)
-        if good:
-            self._search_into(cols, good, self.spec.fuse(feats), config)
+        errors = {i: r.error for i, r in enumerate(recs) if r.status != OK}
+        good = [i for i, r in enumerate(recs) if r.status == OK]
+        self._add_results(cols, recs, errors, good, self.spec.fuse(feats) if good else None, config)
         return cols
 
 
-def run_query(queries: str | Sequence[ImageFile], config: QueryConfig, *, store=None, out: str | None = None,
-              progress: bool = True) -> dict:
-    """Run every query in a folder (or list of files); return the result columns, written to ``out`` if given."""
-    root = None
-    if isinstance(queries, (str, os.PathLike)):
-        root = str(queries)
-        files = list_images(queries)
-    else:
-        files = list(queries)
-    if not files:
-        raise InputError(f"no query images found in {queries}")
+def _inpainter(config: QueryConfig):
+    from ..damage.inpaint import get_inpainter
+
+    return get_inpainter(config.inpainter)
+
+
+def observe_files(files: Sequence[ImageFile], config: QueryConfig, observe: Observer, *,
+                  roots: Mapping[str, str | None] | None = None, paths: set[str] | None = None) -> None:
+    """Read, damage and reconstruct ``files`` (only ``paths`` when given) one at a time and pass each to
+    ``observe``: what the Ray path described, made again in this process (the damage hook is
+    deterministic) for a page that shows the queries."""
+    damage, inpainter = _Damage(config, None, roots), _inpainter(config)
+    for f in files:
+        if paths is not None and f.path not in paths:
+            continue
+        r = read_record(f, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+        if r.status != OK:
+            continue
+        try:
+            damaged, rebuilt = damage_and_reconstruct(r.image, known_mask(r.image.shape, r.path,
+                                                                         damage.config_for(r.path)), inpainter)
+        except Exception:  # noqa: BLE001 - its error row came from the search; the page shows that
+            continue
+        observe(r, damaged, rebuilt)
+
+
+def run_query(queries, config: QueryConfig, *, store=None, out: str | None = None, progress: bool = True,
+              observe: Observer | None = None) -> dict:
+    """Run every query named by ``queries``; return the result columns, written to ``out`` if given.
+
+    ``queries`` is a folder, an image file or a glob pattern, a list of them in any mix (see
+    :mod:`.inputs`), a :class:`~.inputs.QuerySet`, or a list of :class:`~cbir_dist.io.files.ImageFile`.
+    The local backend reads and describes the queries one batch at a time. ``out`` ends in
+    ``.parquet``, ``.csv`` or ``.jsonl``. ``observe`` sees every query that reaches the search, with
+    its damaged and reconstructed images (for :mod:`.page`).
+    """
+    if out:
+        check_out_path(out)
+    qs = _query_set(queries)
     searcher = Searcher(config, store=store)
-    if config.backend == "ray":
-        cols = searcher.run_ray(files, root=root)
-    else:
-        cols = searcher.run(load_queries(files, config.max_pixels, config.max_bytes), root=root, progress=progress)
+    try:
+        if config.backend == "ray":
+            cols = searcher.run_ray(qs.files, roots=qs.roots)
+            if observe is not None:
+                searched = {q for q, e in zip(cols["query"], cols["error"]) if not e}
+                observe_files(qs.files, config, observe, roots=qs.roots, paths=searched)
+        else:
+            cols = searcher.run_files(qs.files, roots=qs.roots, progress=progress, observe=observe)
+    finally:
+        searcher.close()
     if out:
         write_results(cols, out)
     return cols
 
 
+def _query_set(queries) -> QuerySet:
+    if isinstance(queries, QuerySet):
+        qs = queries
+    elif isinstance(queries, (str, os.PathLike)) or (
+        isinstance(queries, Sequence) and all(isinstance(q, (str, os.PathLike)) for q in queries)
+    ):
+        qs = resolve_queries(queries)
+    else:
+        qs = QuerySet()
+        for f in queries:
+            qs.add(f, None)
+    if not qs.files:
+        raise InputError(f"no query images found in {queries}")
+    return qs
+
+
 RESULT_TYPES = {"query_id": "int64", "rank": "int32", "id": "int64", "distance": "float32"}
+RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+def check_out_path(out: str) -> str:
+    """The format of a result file by its extension (``.parquet``, ``.csv``, ``.jsonl``); UsageError otherwise,
+    or when ``out`` is a folder: checked before a query job runs, so its results are not lost at the end."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in RESULT_FORMATS:
+        raise UsageError(f"--out {out}: unknown format {suffix or '(no extension)'!r}; "
+                         f"end the name in {', '.join(RESULT_FORMATS)}")
+    if Path(out).is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name ending in {', '.join(RESULT_FORMATS)}")
+    parent = Path(out).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a folder")
+    return suffix
 
 
 def write_results(cols: dict, out: str) -> None:
-    """The result table as Parquet, columns :data:`RESULT_COLUMNS` (written atomically)."""
-    import pyarrow as pa
+    """The result table, columns :data:`RESULT_COLUMNS`, written atomically as Parquet, CSV or JSON Lines
+    by ``out``'s extension."""
+    suffix = check_out_path(out)
+    table = {c: cols[c] for c in RESULT_COLUMNS}
+    if suffix == ".csv":
+        write_csv(out, table)
+    elif suffix == ".jsonl":
+        write_jsonl(out, table)
+    else:
+        import pyarrow as pa
 
-    types = {c: getattr(pa, RESULT_TYPES.get(c, "string"))() for c in RESULT_COLUMNS}
-    write_parquet(out, {c: cols[c] for c in RESULT_COLUMNS}, types)
+        types = {c: getattr(pa, RESULT_TYPES.get(c, "string"))() for c in RESULT_COLUMNS}
+        write_parquet(out, table, types)
 
 
-def precision_table(cols: dict, ks=(1, 5, 10)) -> dict[int, float]:
-    """Mean P@k (in %) over the successful queries of a result table (label match = relevant)."""
+def precision_table(cols: dict, ks=(1, 5, 10), *, labels=None) -> dict[int, float]:
+    """Mean P@k (in %) over the successful queries of a result table (label match = relevant);
+    with ``labels``, only over the queries whose label is one of them."""
     by_query: dict[str, list[bool]] = {}
     for q, ql, rank, label, err in zip(cols["query"], cols["query_label"], cols["rank"], cols["label"], cols["error"]):
-        if err or rank == 0:
+        if err or rank == 0 or (labels is not None and ql not in labels):
             continue
         by_query.setdefault(q, []).append(label == ql)
     if not by_query:
         return {k: float("nan") for k in ks}
     return {k: 100.0 * float(np.mean([np.mean(hits[:k]) for hits in by_query.values()])) for k in ks}
+
+
+def by_query(cols: dict) -> list[dict]:
+    """The result table grouped per query, in the order of the table: ``{"query", "query_id", "label",
+    "error", "hits": [{"rank", "id", "path", "label", "distance"}, ...]}``."""
+    out: dict[str, dict] = {}
+    for row in zip(*(cols[c] for c in RESULT_COLUMNS)):
+        r = dict(zip(RESULT_COLUMNS, row))
+        q = out.setdefault(r["query"], {"query": r["query"], "query_id": r["query_id"], "label": r["query_label"],
+                                        "error": "", "hits": []})
+        if r["error"]:
+            q["error"] = r["error"]
+        elif r["rank"] > 0:
+            q["hits"].append({k: r[k] for k in ("rank", "id", "path", "label", "distance")})
+    return list(out.values())
+
+
+def format_results(cols: dict) -> str:
+    """Per query, its top-k as a compact table (rank, distance, label, path); a failed query as its reason."""
+    groups = by_query(cols)
+    lines = []
+    for n, q in enumerate(groups, 1):
+        head = f"[{n}/{len(groups)}] {q['query']}" + (f"  (label {q['label']})" if q["label"] else "")
+        if q["error"]:
+            lines.append(f"{head}\n  error: {q['error']}")
+            continue
+        if not q["hits"]:
+            lines.append(f"{head}\n  no neighbours (the collection is empty)")
+            continue
+        width = max(5, *(len(h["label"]) for h in q["hits"]))
+        rows = [f"  {'rank':>4}  {'distance':>9}  {'label':<{width}}  path"]
+        for h in q["hits"]:
+            rows.append(f"  {h['rank']:>4}  {h['distance']:>9.4f}  {h['label']:<{width}}  {h['path']}")
+        lines.append(head + "\n" + "\n".join(rows))
+    return "\n".join(lines)

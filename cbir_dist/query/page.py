@@ -1,0 +1,205 @@
+"""Self-contained HTML pages of query results (``cbir-dist query --html``, the demo's page).
+
+Per query the page shows the query as given, its damaged and reconstructed versions when the query
+was damaged, and one or more rows of its top-k neighbours as thumbnails with rank, distance and
+label, framed green when the neighbour's label equals the query's and red when it does not (grey
+when the query's label, the name of its folder, is no label of any neighbour on the page: a photo
+from ``~/Downloads`` has no class to agree with). A query that could not be run shows its reason. Every image is an
+inline JPEG ``data:`` URI, so the page is one file that can be mailed or opened anywhere.
+
+The markup is meant to be read by programs too: one ``<section class="query">`` per query with
+``data-query``, ``data-label``, ``data-status`` (``ok`` or ``error``) and ``data-hits``; inside it
+``<img class="view" data-view="query|damaged|reconstructed">``, one ``<div class="hits">`` per row
+of neighbours and one ``<img class="hit" data-rank data-label data-distance data-same>`` per
+neighbour; a failed query has ``<p class="error">`` with the reason.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ImageDecodeError
+from ..io.images import read_image
+from ..io.records import Record
+from ..io.tables import write_text
+from ..io.thumbnails import jpeg_data_uri, placeholder
+
+VIEW_PX = 128  # the query's own thumbnails
+HIT_PX = 112  # the neighbours'
+SAME, OTHER, UNKNOWN = "#2e9d3a", "#d0342c", "#b0b0b0"
+
+
+class QueryViews:
+    """Keeps a thumbnail of each query as given, damaged and reconstructed: an ``observe`` hook of
+    :func:`~cbir_dist.query.search.run_query` (only thumbnails are kept, a few kB per query).
+
+    ``damaged`` and ``reconstructed`` are the captions of those views, None when the queries were
+    not damaged (or not reconstructed: ``--inpainter none`` leaves the damaged image as it is).
+    """
+
+    def __init__(self, damaged: str | None = None, reconstructed: str | None = None, *, size: int = VIEW_PX):
+        self.damaged, self.reconstructed, self.size = damaged, reconstructed, size
+        self.views: dict[str, list[tuple[str, str, str]]] = {}
+
+    def __call__(self, record: Record, damaged: np.ndarray, reconstructed: np.ndarray) -> None:
+        views = [("query", "query", jpeg_data_uri(record.image, self.size))]
+        if self.damaged:
+            views.append(("damaged", self.damaged, jpeg_data_uri(damaged, self.size)))
+            if self.reconstructed:
+                views.append(("reconstructed", self.reconstructed, jpeg_data_uri(reconstructed, self.size)))
+        self.views[record.path] = views
+
+
+class HitThumbnails:
+    """Thumbnails of stored images by path, read from disk once each (the newest ``cache`` kept)."""
+
+    def __init__(self, size: int = HIT_PX, cache: int = 4096):
+        self.size, self.cache = size, cache
+        self._uris: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.unreadable: dict[str, str] = {}  # path -> why (the first few)
+
+    def get(self, path: str) -> tuple[str, str]:
+        """``(data URI, reason)``: the image's thumbnail and "", or a grey square and why it is not shown."""
+        if path in self._uris:
+            self._uris.move_to_end(path)
+            return self._uris[path]
+        try:
+            value = (jpeg_data_uri(read_image(path), self.size), "")
+        except ImageDecodeError as exc:
+            value = (jpeg_data_uri(placeholder(self.size), self.size), f"not readable here: {exc}")
+            if len(self.unreadable) < 1000:
+                self.unreadable[path] = str(exc)
+        self._uris[path] = value
+        if len(self._uris) > self.cache:
+            self._uris.popitem(last=False)
+        return value
+
+
+@dataclass
+class HitRow:
+    """One row of neighbours: a caption (what was searched) and the hits, nearest first
+    (dicts with ``rank``, ``path``, ``label``, ``distance``)."""
+
+    caption: str
+    hits: list[dict]
+
+
+@dataclass
+class PageEntry:
+    """One query of the page."""
+
+    query: str
+    label: str
+    error: str = ""
+    views: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, caption, data URI)
+    rows: list[HitRow] = field(default_factory=list)
+
+
+def entries_from_results(cols: dict, views: QueryViews | None, caption: str) -> list[PageEntry]:
+    """One entry per query of a result table (failed queries with their reason), one row of hits each."""
+    from .search import by_query
+
+    out = []
+    for q in by_query(cols):
+        out.append(PageEntry(q["query"], q["label"], q["error"], (views.views.get(q["query"], []) if views else []),
+                             [] if q["error"] else [HitRow(caption, q["hits"])]))
+    return out
+
+
+def _attr(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[str]) -> str:
+    uri, problem = thumbs.get(hit["path"])
+    same = "" if query_label not in classes else ("true" if hit["label"] == query_label else "false")
+    colour = {"true": SAME, "false": OTHER}.get(same, UNKNOWN)
+    name = os.path.basename(hit["path"]) or hit["path"]
+    tip = hit["path"] + (f" ({problem})" if problem else "")
+    return (f"<figure class='hit'><img class='hit' src='{uri}' alt='{_attr(name)}' title='{_attr(tip)}' "
+            f"data-rank='{int(hit['rank'])}' data-label='{_attr(hit['label'])}' "
+            f"data-distance='{float(hit['distance']):.6g}' data-path='{_attr(hit['path'])}' data-same='{same}' "
+            f"style='border-color:{colour}'><figcaption><b>{int(hit['rank'])}</b> · {float(hit['distance']):.3f}"
+            f"<br><span class='lbl' style='color:{colour}'>{html.escape(hit['label'] or '(no label)')}</span>"
+            f"<br><span class='name'>{html.escape(name)}</span>"
+            + (f"<br><span class='problem'>{html.escape(problem)}</span>" if problem else "")
+            + "</figcaption></figure>")
+
+
+def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) -> str:
+    status = "error" if e.error else "ok"
+    hits = sum(len(r.hits) for r in e.rows)
+    head = (f"<section class='query {status}' data-query='{_attr(e.query)}' data-label='{_attr(e.label)}' "
+            f"data-status='{status}' data-hits='{hits}'>"
+            f"<h2>{n}. {html.escape(e.query)}"
+            + (f" <span class='qlabel'>label: {html.escape(e.label)}</span>" if e.label else "") + "</h2>")
+    parts = [head]
+    if e.error:
+        parts.append(f"<p class='error'>could not be searched: {html.escape(e.error)}</p>")
+    if e.views:
+        parts.append("<div class='views'>")
+        for kind, caption, uri in e.views:
+            parts.append(f"<figure class='view'><img class='view' data-view='{kind}' src='{uri}' "
+                         f"alt='{_attr(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    for row in e.rows:
+        parts.append(f"<div class='hits' data-searched='{_attr(row.caption)}'><p class='caption'>"
+                     f"{html.escape(row.caption)}</p><div class='thumbs'>")
+        if not row.hits:
+            parts.append("<p class='none'>no neighbours (the collection is empty)</p>")
+        parts.extend(_hit_html(h, e.label, thumbs, classes) for h in row.hits)
+        parts.append("</div></div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1400px;padding:0 1em;color:#222}
+h1{font-size:22px;margin:.2em 0} .summary{color:#444;font-size:14px;margin:.3em 0}
+.legend span{display:inline-block;width:12px;height:12px;vertical-align:middle;margin:0 4px 0 12px}
+section.query{border-top:1px solid #ddd;padding:.6em 0}
+section.query h2{font-size:14px;font-weight:600;margin:.2em 0 .4em;word-break:break-all}
+.qlabel{font-weight:normal;color:#555;margin-left:.6em}
+.views,.thumbs{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
+figure{margin:0;text-align:center;font-size:11px;color:#333}
+figure.view{width:132px} figure.hit{width:120px}
+img.view{border:2px solid #888;max-width:128px;max-height:128px}
+img.hit{border:4px solid #b0b0b0;max-width:112px;max-height:112px}
+figcaption{margin-top:2px;line-height:1.25;overflow:hidden;text-overflow:ellipsis}
+.name{color:#777;white-space:nowrap} .problem{color:#d0342c}
+.hits .caption{font-size:12px;color:#555;margin:.5em 0 .2em}
+p.error{color:#d0342c;font-weight:600;margin:.2em 0}
+"""
+
+
+def write_page(path: str | os.PathLike, entries: Sequence[PageEntry], *, title: str,
+               summary: Sequence[str] = (), thumbs: HitThumbnails | None = None) -> Path:
+    """Write the page (atomically) and return its path. ``summary`` lines go under the title."""
+    thumbs = thumbs or HitThumbnails()
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    parts.extend(f"<p class='summary'>{html.escape(line)}</p>" for line in summary)
+    parts.append(f"<p class='summary legend'>frame:<span style='background:{SAME}'></span>same label as the query"
+                 f"<span style='background:{OTHER}'></span>another label"
+                 f"<span style='background:{UNKNOWN}'></span>the query's label (its folder's name) is no "
+                 "neighbour's label</p>")
+    classes = {h["label"] for e in entries for r in e.rows for h in r.hits if h["label"]}
+    body = [_entry_html(n, e, thumbs, classes) for n, e in enumerate(entries, 1)]
+    if thumbs.unreadable:
+        path, why = next(iter(thumbs.unreadable.items()))
+        parts.append(f"<p class='summary problem'>{len(thumbs.unreadable)} neighbour image(s) cannot be read from "
+                     f"here and show as grey squares: the collection keeps each image's path as the index job "
+                     f"was given it (relative paths are relative to where it ran). First: {html.escape(why)}</p>")
+    parts.extend(body)
+    parts.append("</body></html>\n")
+    out = Path(path)
+    write_text(out, "\n".join(parts))
+    return out
