@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # train-inpainter
     p = sub.add_parser("train-inpainter", help="train the two-stage inpainting network (Ray Train, resumable)",
-                       description="Train the two-stage coarse-to-fine inpainting network on class-per-folder image "
-                                   "directories, with fringe and irregular masks drawn per batch. --out is the run "
-                                   "folder (metrics, loss curve, checkpoints; a rerun resumes); the weights go to "
+                       description="Train the two-stage coarse-to-fine inpainting network (a residual on a Telea "
+                                   "pre-fill) on class-per-folder image directories, with fringe and free-form masks "
+                                   "drawn per crop; the defaults repeat the run of the shipped weights. --out is the run "
+                                   "folder (metrics, training curve, checkpoints, snapshots; a rerun resumes); the weights go to "
                                    "--weights-out (default OUT/two_stage.pt); shipped in cbir_dist/weights/ with their "
                                    "provenance JSON they become what --inpainter two-stage loads.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -3,6 +3,10 @@
 ``get_inpainter("telea", radius=3)(image, known)`` fills the missing pixels of ``image`` (``uint8``
 RGB or grey) where ``known`` (``bool``, True = known pixel) is False. Heavy libraries (cv2,
 skimage, torch) are imported only when an inpainter runs or, for "two-stage", is built.
+
+"two-stage" is a network: :func:`is_network` says so without building it, and the jobs then run
+its classical pre-fill in CPU tasks and the network in actors (``TwoStageInpainter.prefill`` /
+``refine_batch``); the classical inpainters run whole in CPU tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = [
     "available_inpainters",
     "check_inputs",
     "get_inpainter",
+    "is_network",
     "paste_known",
 ]
 
@@ -52,6 +57,15 @@ _REGISTRY: dict[str, Callable[..., Inpainter]] = {
 }
 
 
+#: Registered inpainters that are networks (built with weights; batched in actors by the jobs).
+NETWORKS = frozenset({"two-stage"})
+
+
+def is_network(name: str) -> bool:
+    """True when the inpainter registered as ``name`` is a network (``two-stage``)."""
+    return name in NETWORKS
+
+
 def available_inpainters() -> list[str]:
     """Names :func:`get_inpainter` accepts ("two-stage" is listed even before its module loads)."""
     return list(_REGISTRY)
@@ -65,7 +79,7 @@ def get_inpainter(name: str, **kwargs) -> Inpainter:
     name : str
         One of :func:`available_inpainters`: ``"none"`` (zero fill), ``"telea"`` and ``"ns"``
         (``radius``, default 5), ``"biharmonic"`` (``max_side``, default 512), ``"two-stage"``
-        (keyword arguments go to ``cbir_dist.inpaint.two_stage.load_two_stage``).
+        (keyword arguments go to ``cbir_dist.damage.inpaint.two_stage.load_two_stage``).
     **kwargs
         Options of that inpainter; an unknown option raises ``TypeError``.
 
