@@ -26,6 +26,7 @@ __all__ = [
     "available_inpainters",
     "check_inputs",
     "get_inpainter",
+    "get_prefill",
     "is_network",
     "paste_known",
 ]
@@ -48,6 +49,13 @@ def _two_stage(**kwargs) -> Inpainter:
     return module.load_two_stage(**kwargs)
 
 
+def _two_stage_prefill(**kwargs):
+    """The two-stage network's classical pre-fill, from its provenance JSON (no weights, no torch)."""
+    from .two_stage import load_prefill
+
+    return load_prefill(**kwargs)
+
+
 _REGISTRY: dict[str, Callable[..., Inpainter]] = {
     "none": ZeroFill,
     "telea": lambda **kw: OpenCVInpainter(method="telea", **kw),
@@ -64,6 +72,19 @@ NETWORKS = frozenset({"two-stage"})
 def is_network(name: str) -> bool:
     """True when the inpainter registered as ``name`` is a network (``two-stage``)."""
     return name in NETWORKS
+
+
+_PREFILLS = {"two-stage": _two_stage_prefill}
+
+
+def get_prefill(name: str, **kwargs) -> Callable:
+    """The CPU half of the network ``name``: ``prefill(image, known) -> RGB uint8`` (its classical pre-fill).
+
+    Raises :class:`UsageError` when ``name`` is not a network (see :func:`is_network`).
+    """
+    if name not in _PREFILLS:
+        raise UsageError(f"inpainter {name!r} is not a network; networks: {', '.join(sorted(NETWORKS))}")
+    return _PREFILLS[name](**kwargs)
 
 
 def available_inpainters() -> list[str]:

@@ -217,6 +217,25 @@ def read_provenance(path=None) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+class Prefill:
+    """The classical pre-fill a network was trained on, as an ``(image, known) -> RGB uint8`` callable (picklable)."""
+
+    def __init__(self, method: str = "telea", radius: float = 5.0):
+        self.method, self.radius = method, float(radius)
+
+    def __call__(self, image: np.ndarray, known: np.ndarray) -> np.ndarray:
+        image, known = check_inputs(image, known)
+        return prefill(_as_rgb(image), known, self.method, self.radius)
+
+
+def load_prefill(weights=None, *, provenance=None) -> Prefill:
+    """The pre-fill of the weights' architecture (``model.config`` of the provenance JSON), without loading them."""
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    meta = read_provenance(Path(provenance) if provenance is not None else weights.with_suffix(".json"))
+    cfg = meta.get("model", {}).get("config", {})
+    return Prefill(cfg.get("prefill", "telea"), cfg.get("prefill_radius", 5.0))
+
+
 def load_two_stage(weights=None, device=None, *, provenance=None, check_sha256: bool = True,
                    max_side: int | None = 1024, mixed_precision: bool = True, num_threads: int | None = None
                    ) -> TwoStageInpainter:
