@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray (default): cells as Ray tasks on $RAY_ADDRESS or a local Ray; local: one process")
+    p.add_argument("--network-cpus", type=float, default=None, metavar="N",
+                   help="CPUs each network-inpainter actor reserves on a cluster without GPUs (default 0: it "
+                        "shares the cores with the tasks; with GPUs every actor takes one GPU)")
     p.add_argument("--db", default=None,
                    help="milvus-lite path or Milvus server URI http://host:19530 (default: OUT/eval.db)")
     p.add_argument("--token-file", default=None, metavar="FILE",
@@ -428,7 +431,7 @@ def cmd_evaluate(args) -> int:
         descriptors=args.descriptors, fusion=args.fusion, profile=args.profile, weights=args.weights,
         repeats=args.repeats, queries=queries, protocol=args.protocol, missing_fraction=args.missing_fraction,
         k=args.k, seed=args.seed, backend=args.backend, db=args.db, token=_token(args),
-        collection_prefix=args.collection_prefix,
+        collection_prefix=args.collection_prefix, network_cpus=args.network_cpus,
     )
     res = run_evaluate(cfg)
     from pathlib import Path

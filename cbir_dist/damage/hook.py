@@ -197,7 +197,9 @@ class NetworkStage:
         from .inpaint.two_stage import finish
 
         net = self.load()
-        refined = net.refine_batch(list(prefilled), list(known))
+        rgb = [p if p.ndim == 3 and p.shape[2] == 3 else np.repeat(p.reshape(p.shape[:2])[..., None], 3, axis=2)
+               for p in map(np.asarray, prefilled)]
+        refined = net.refine_batch(rgb, list(known))
         bases = originals if originals is not None else prefilled
         return [finish(np.asarray(b), k, r) for b, k, r in zip(bases, known, refined)]
 

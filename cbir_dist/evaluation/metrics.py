@@ -20,6 +20,7 @@ __all__ = [
     "RetrievalConfusion",
     "average_precision",
     "bullseye_score",
+    "FsimReference",
     "fsim",
     "mean_average_precision",
     "precision_at_k",
@@ -303,3 +304,71 @@ def fsim(ref, test) -> float:
     with torch.inference_mode():
         score = piq.fsim(tensor(ref), tensor(test), data_range=1.0, chromatic=False, reduction="none")
     return float(score[0])
+
+
+class FsimReference:
+    """The reference half of :func:`fsim`, computed once: ``FsimReference(ref).score(test) == fsim(ref, test)``.
+
+    FSIM needs the phase-congruency and gradient maps of both images; the reference's are the same
+    for every reconstruction of one query (the evaluation scores each query under every frequency,
+    inpainter and repeat), so they are computed here once and reused. The result equals
+    ``piq.fsim(..., chromatic=False)`` bit for bit (the same operations of piq 0.8 in the same order,
+    ``tests/test_metrics.py``); about half the cost of :func:`fsim` per further test image.
+    Picklable (the maps are tensors), so one task can compute them for others.
+    """
+
+    _SCALES, _ORIENTATIONS, _MIN_LENGTH, _MULT, _SIGMA_F, _DELTA_THETA, _K = 4, 4, 6, 2, 0.55, 1.2, 2.0
+
+    def __init__(self, ref):
+        import torch
+
+        ref = np.asarray(ref)
+        _check_pair(ref, ref)
+        self.shape = ref.shape
+        with torch.inference_mode():
+            self.pc, self.grad = self._maps(self._luminance(ref))
+
+    @staticmethod
+    def _luminance(a: np.ndarray):
+        """piq.fsim's input path: [0, 1] tensor, back to [0, 255], average pooling, the Y of YIQ."""
+        import torch
+        from piq.functional import rgb2yiq
+
+        t = torch.from_numpy(np.array(a, dtype=np.float32)) / 255.0
+        x = t[None, None] if a.ndim == 2 else t.permute(2, 0, 1)[None]
+        x = x / float(1.0) * 255
+        kernel_size = max(1, round(min(x.shape[-2:]) / 256))
+        x = torch.nn.functional.avg_pool2d(x, kernel_size)
+        return rgb2yiq(x)[:, :1] if x.size(1) == 3 else x
+
+    @classmethod
+    def _maps(cls, lum):
+        import torch
+        from piq.fsim import _construct_filters, _phase_congruency
+        from piq.functional import gradient_map, scharr_filter
+
+        filters = _construct_filters(lum, cls._SCALES, cls._ORIENTATIONS, cls._MIN_LENGTH, cls._MULT, cls._SIGMA_F,
+                                     cls._DELTA_THETA)
+        pc = _phase_congruency(lum, filters=filters, scales=cls._SCALES, orientations=cls._ORIENTATIONS, k=cls._K)
+        sch = scharr_filter(device=lum.device, dtype=lum.dtype)
+        grad = gradient_map(lum, torch.stack([sch, sch.transpose(-1, -2)]))
+        return pc, grad
+
+    def score(self, test) -> float:
+        """FSIM of ``test`` (uint8, the reference's shape) against the reference."""
+        import torch
+        from piq.functional import similarity_map
+
+        test = np.asarray(test)
+        if test.dtype != np.uint8 or test.shape != self.shape:
+            raise ValueError(f"test must be a uint8 image of shape {self.shape}, got {test.dtype} {test.shape}")
+        with torch.inference_mode():
+            pc_y, grad_y = self._maps(self._luminance(test))
+            pc_x, grad_x = self.pc, self.grad
+            t1, t2 = 0.85, 160
+            pc_sim = similarity_map(pc_x, pc_y, t1)
+            gm_sim = similarity_map(grad_x, grad_y, t2)
+            pc_max = torch.where(pc_x > pc_y, pc_x, pc_y)
+            score = gm_sim * pc_sim * pc_max
+            result = score.sum(dim=[1, 2, 3]) / pc_max.sum(dim=[1, 2, 3])
+        return float(result[0])

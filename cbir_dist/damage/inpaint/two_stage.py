@@ -98,7 +98,8 @@ class TwoStageInpainter:
     name = "two-stage"
     network = True  # jobs run the network part in actors (see cbir_dist.damage.hook.is_network)
 
-    def __init__(self, model, device="cpu", *, max_side: int | None = 1024, mixed_precision: bool = True):
+    def __init__(self, model, device="cpu", *, max_side: int | None = 1024, mixed_precision: bool = True,
+                 max_batch: int = 16):
         import torch
 
         if max_side is not None and int(max_side) < 16:
@@ -106,6 +107,7 @@ class TwoStageInpainter:
         self.model = model
         self.device = torch.device(device)
         self.max_side = max_side
+        self.max_batch = max(1, int(max_batch))
         cfg = getattr(model, "config", {})
         self.prefill_method = cfg.get("prefill", "telea")
         self.prefill_radius = float(cfg.get("prefill_radius", 5.0))
@@ -121,8 +123,9 @@ class TwoStageInpainter:
     def refine_batch(self, prefilled: Sequence[np.ndarray], known: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The network on pre-filled RGB uint8 images (each (H, W, 3), any sizes) with their bool masks.
 
-        Images of one size run as one batch under ``torch.inference_mode()`` (and autocast on CUDA);
-        returns the corrected images, RGB uint8, in input order, known pixels those of ``prefilled``.
+        Images of one size run as batches of up to ``max_batch`` under ``torch.inference_mode()`` (and
+        autocast on CUDA); returns the corrected images, RGB uint8, in input order, known pixels those of
+        ``prefilled``.
         """
         out: list[np.ndarray | None] = [None] * len(prefilled)
         groups: dict[tuple, list[int]] = {}
@@ -133,9 +136,11 @@ class TwoStageInpainter:
                 out[i] = np.array(p, copy=True)
             else:
                 groups.setdefault(p.shape, []).append(i)
-        for idx in groups.values():
-            for i, r in zip(idx, self._refine_same_size([prefilled[i] for i in idx], [known[i] for i in idx])):
-                out[i] = r
+        for same in groups.values():
+            for start in range(0, len(same), self.max_batch):
+                idx = same[start : start + self.max_batch]
+                for i, r in zip(idx, self._refine_same_size([prefilled[i] for i in idx], [known[i] for i in idx])):
+                    out[i] = r
         return out  # type: ignore[return-value]
 
     def _refine_same_size(self, prefilled: list[np.ndarray], known: list[np.ndarray]) -> list[np.ndarray]:
