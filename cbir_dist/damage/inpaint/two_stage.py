@@ -307,3 +307,23 @@ def load_two_stage(weights=None, device=None, *, provenance=None, check_sha256: 
     model.eval().to(device)
     log.info("loaded two-stage inpainter %s on %s", weights, device)
     return TwoStageInpainter(model, device, max_side=max_side, mixed_precision=mixed_precision)
+
+
+def from_checkpoint(path, device="cpu", **options) -> TwoStageInpainter:
+    """An inpainter from a training checkpoint or snapshot (``{"model", "model_config", ...}``), unverified.
+
+    For evaluating a run's snapshots (``benchmarks/inpainting.py --weights``); shipped weights go
+    through :func:`load_two_stage`, which checks their sha256.
+    """
+    import torch
+
+    from .two_stage_net import build_model
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise WeightsError(f"{path}: not a two-stage checkpoint or snapshot (no 'model' and 'model_config')")
+    cfg = dict(state["model_config"])
+    cfg.setdefault("half_channels", 0)  # prototype configs from before the 1/2-resolution level
+    model = build_model(cfg)
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    return TwoStageInpainter(model.eval().to(device), device, **options)
