@@ -373,7 +373,8 @@ def _network_pool(ex, cfg: EvalConfig, name: str):
     if gpus >= 1:
         return ex.actor_pool(NetworkActor, name, None, 1, size=int(gpus), num_gpus=1, num_cpus=1.0 if cpus >= 2 else 0.0)
     share = 0.0 if cfg.network_cpus is None else cfg.network_cpus
-    return ex.actor_pool(NetworkActor, name, "cpu", 1, size=1, num_cpus=share)
+    threads = None if ex.name == "local" else 1  # in this process torch's threads are left alone
+    return ex.actor_pool(NetworkActor, name, "cpu", threads, size=1, num_cpus=share)
 
 
 def _prefill_is_telea(name: str) -> bool:
