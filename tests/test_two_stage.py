@@ -522,3 +522,20 @@ def test_train_through_ray_torchtrainer(image_set, tmp_path):
     assert res["step"] == 2
     assert res["provenance"]["trained_with"] == "ray.train.torch.TorchTrainer"
     assert Path(res["weights"]).is_file()
+
+
+def test_ship_script_writes_weights_and_provenance_naming_both_commands(image_set, tmp_path):
+    """scripts/ship_two_stage.py on a snapshot: the loader accepts the result; the JSON names the commands."""
+    run_training_loop(_cfg(image_set, tmp_path / "run", steps=2, snapshot_every=2))
+    out = tmp_path / "ship" / "two_stage.pt"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_two_stage.py"),
+                        str(tmp_path / "run" / "snapshots" / "step_000002.pt"), "--out", str(out),
+                        "--metrics", str(tmp_path / "run" / "metrics.jsonl"), "--note", "test"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["step"] == meta["steps"] == 2 and meta["note"] == "test"
+    assert "--steps 50000" in meta["command"] and meta["equivalent_command"].startswith("OMP_NUM_THREADS=1 cbir-dist train-inpainter")
+    assert meta["split_file"] == "two_stage_split.txt" and len(meta["split_sha256"]) == 64
+    assert meta["sha256"] == two_stage.sha256_file(out)
+    load_two_stage(out, device="cpu")
