@@ -65,9 +65,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 WRITTEN, FEATURES = "written", "features"  # marker phases
-COMMIT_SHARDS = 16  # group commit: flush and publish markers after this many shards,
-COMMIT_ROWS = 8192  # ... this many rows written,
-COMMIT_SECONDS = 30.0  # ... or this long since the last commit, whichever comes first
+COMMIT_SHARDS = 64  # group commit: flush and publish markers after this many shards,
+COMMIT_ROWS = 32768  # ... this many rows written,
+COMMIT_SECONDS = 60.0  # ... or this long since the last commit, whichever comes first (a server flush
+# costs ~2 s whatever its size: at most one per minute keeps it a few % of the run)
 
 #: ``transform(image, path) -> image``: the optional damage-and-reconstruct hook applied to every
 #: decoded image before its features are computed (both backends; must be picklable for Ray).

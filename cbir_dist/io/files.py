@@ -177,3 +177,22 @@ def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
         return data, st
     finally:
         os.close(fd)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``getrusage(...).ru_maxrss``: Linux carries that high-water mark across ``exec``, so a job
+    started from a big process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
