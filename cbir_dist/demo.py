@@ -171,13 +171,8 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
     from .index import IndexConfig, run_index
     from .io.files import list_images
     from .query.page import QueryViews, write_page
-    from .query.search import (
-        QueryConfig,
-        Searcher,
-        load_queries,
-        precision_table,
-        write_results,
-    )
+    from .query.results import precision_table, write_results
+    from .query.search import QueryConfig, Searcher, load_queries
 
     if queries_per_class < 1:
         raise UsageError(f"--queries must be at least 1, got {queries_per_class}")
@@ -249,7 +244,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
 def _page_entries(page_cols: dict, views, shown: set, page_inpainter: str | None, page_hits: int) -> list:
     """One page entry per shown query: its views, its hits damaged (zero fill) and reconstructed."""
     from .query.page import HitRow, PageEntry
-    from .query.search import by_query
+    from .query.results import by_query
 
     captions = {"intact": f"top {page_hits} of the intact query",
                 "none": f"top {page_hits} of the damaged query (zero fill)"}

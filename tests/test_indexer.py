@@ -168,7 +168,7 @@ def test_shards_finish_in_order_whatever_order_results_arrive(tmp_path, folder):
 
     def results():
         for shard in reversed(run.pending):
-            recs = proc.read(shard.files)
+            recs = proc.read(run.files_of(shard))
             images = {r.path: r.image for r in recs}
             yield shard.index, recs, lambda todo, images=images: proc.features([images[r.path] for r in todo])
 

@@ -140,6 +140,28 @@ def test_network_plan_gives_the_network_a_pool_only_when_asked():
         GraphConfig(inpaint_placement="gpu")
 
 
+def test_ray_backend_in_windows_writes_the_same_rows(tmp_path, folder, local_ray):
+    """The pending shards go to the graph in windows (bounded driver memory): same rows as one window."""
+    from cbir_dist.index.cluster import windows
+    from cbir_dist.index.run import IndexRun
+
+    spec = build_spec(backbone="none", descriptors=("glcm",))
+    whole = run_index_ray(spec, _cfg(tmp_path, folder, "one", "ray"))
+    cfg = _cfg(tmp_path, folder, "win", "ray", window_files=9)  # shards of 8: one shard per window
+    run = IndexRun(spec, cfg, progress=False)
+    try:
+        assert [len(w) for w in windows(run, 9)] == [1, 1, 1, 1]
+    finally:
+        run.abort()
+    windowed = run_index_ray(spec, cfg)
+    assert (windowed.indexed, windowed.duplicates, windowed.rejected) == (whole.indexed, whole.duplicates,
+                                                                          whole.rejected) == (24, 1, 2)
+    man_1, n_1, rows_1 = _stored(_cfg(tmp_path, folder, "one", "ray"))
+    man_w, n_w, rows_w = _stored(cfg)
+    assert man_w == man_1 and n_w == n_1 == 24
+    np.testing.assert_array_equal(rows_w["vector"], rows_1["vector"])
+
+
 def test_ray_rerun_resumes_and_keeps_one_row_per_image(tmp_path, folder, local_ray):
     spec = build_spec(backbone=None, descriptors=("correlogram",), mode="balanced")
     cfg = _cfg(tmp_path, folder, "again", "ray")

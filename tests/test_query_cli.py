@@ -20,7 +20,7 @@ from PIL import Image
 
 from cbir_dist.cli import main
 from cbir_dist.demo import make_dataset
-from cbir_dist.query.search import RESULT_COLUMNS
+from cbir_dist.query.results import RESULT_COLUMNS
 
 K = 3
 

@@ -11,12 +11,8 @@ from cbir_dist.features.profiles import build_spec
 from cbir_dist.index import run_index
 from cbir_dist.index.run import IndexConfig
 from cbir_dist.io.files import content_id
-from cbir_dist.query.search import (
-    RESULT_COLUMNS,
-    QueryConfig,
-    precision_table,
-    run_query,
-)
+from cbir_dist.query.results import RESULT_COLUMNS, precision_table
+from cbir_dist.query.search import QueryConfig, run_query
 
 
 @pytest.fixture(scope="module")

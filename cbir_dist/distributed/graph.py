@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from ..errors import PipelineError
 from ..features.spec import DEEP, Block, FeatureSpec
 from ..io import records as C
 from ..damage.hook import apply_transform, prepare_record
-from ..io.files import DEFAULT_MAX_BYTES, ImageFile
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile, peak_rss_mb
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, REJECTED, Record, read_record
 from .connect import node_id, resources, session
@@ -160,7 +159,7 @@ def _node(stage: str) -> str:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def _stamp(out: dict, stage: str, seconds: float, n: int) -> dict:

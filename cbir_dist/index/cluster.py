@@ -41,23 +41,42 @@ def _shard_results(stream: Iterator[PartResult], spec: FeatureSpec) -> Iterator[
         yield result.index, result.records, (lambda todo, r=result: features_of(r, spec, todo))
 
 
+def windows(run: IndexRun, max_files: int) -> Iterator[list]:
+    """The run's shards cut into consecutive windows holding at most ``max_files`` pending files each
+    (at least one pending shard per window); done shards ride along with the window they fall in."""
+    window, n = [], 0
+    for shard in run.shards:
+        if not shard.done and n and n + shard.count > max_files:
+            yield window
+            window, n = [], 0
+        window.append(shard)
+        n += 0 if shard.done else shard.count
+    if window:
+        yield window
+
+
 def run_index_ray(spec: FeatureSpec, config: IndexConfig, *, store=None,
                   transform: ImageTransform | None = None) -> IndexSummary:
     """Index ``config.images_dir`` with the Ray Data graph; same run directory and result as the local backend.
 
     The driver is the single writer; features stream back while later files are still being read.
-    Job-level failures raise (no images, store errors, a stage failing after its retries); bad
-    files never do.
+    The pending shards go to the graph in windows of ``config.window_files`` files (one Ray Dataset
+    each, one Ray session for all), so the driver never holds the whole listing. Job-level failures
+    raise (no images, store errors, a stage failing after its retries); bad files never do.
     """
+    from ..distributed.connect import session
+
     run = IndexRun(spec, config, store=store, progress=False)
     try:
-        pending = run.pending
-        if pending:
+        if run.pending:
             stats = GraphStats()
-            parts = [(s.index, s.files) for s in pending]
             try:
-                with run_graph(run.spec, parts, graph_config(config), transform=transform, stats=stats) as stream:
-                    run_shards_in_order(run, _shard_results(stream, run.spec))
+                with session():
+                    for window in windows(run, config.window_files):
+                        parts = [(s.index, run.files_of(s)) for s in window if not s.done]
+                        with run_graph(run.spec, parts, graph_config(config), transform=transform,
+                                       stats=stats) as stream:
+                            run_shards_in_order(run, _shard_results(stream, run.spec), shards=window)
             finally:
                 for stage, secs in stats.seconds.items():
                     run.clock.add(stage, secs, stats.counts[stage])

@@ -62,7 +62,7 @@ def _results(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
         if not opened:  # load the backbone only when there is work left
             opened.append(factory(run.spec, config, transform=transform, clock=run.clock))
         processor = opened[0]
-        recs = processor.read(shard.files)
+        recs = processor.read(run.files_of(shard))
         yield shard.index, recs, (lambda todo, p=processor: p.features([r.image for r in todo]))
 
 

@@ -12,12 +12,18 @@ another target is ignored (one log line says how many), so a rerun against anoth
 its shards instead of trusting them. The default run directory depends on the target too
 (``runs/index-<collection>-<8 hex of the URI>``). The run directory holds:
 
+``listing.parquet``
+    the sorted file listing, one row group per shard, streamed while the folder is walked: the
+    driver holds one shard's files at a time, never the whole listing (memory stays flat in the
+    collection's size).
 ``shards/NNNNN.parquet`` then ``shards/NNNNN.done``
     the manifest rows of one shard (path, label, size, mtime, id, status, error), and its marker,
     written (fsynced, then renamed into place) only after the shard's rows were written and flushed
     (phase ``written``) — or, for specs fitted on the whole collection, after its features were
-    saved (phase ``features``; the rows follow in :mod:`.fitted`'s commit). A rerun skips shards
-    whose marker matches the same files (paths, sizes, mtimes) and the same target.
+    saved (phase ``features``; the rows follow in :mod:`.fitted`'s commit). Rows are flushed and
+    markers published in groups (group commit: every :data:`COMMIT_SHARDS` shards, :data:`COMMIT_ROWS`
+    rows or :data:`COMMIT_SECONDS` s), so a kill loses at most one group's work, redone on the rerun.
+    A rerun skips shards whose marker matches the same files (paths, sizes, mtimes) and the same target.
 ``shards/NNNNN.features.parquet``
     per-block features of a shard (``--save-features``, and always for fitted specs).
 ``fit.json``, ``commit.json``
@@ -32,7 +38,9 @@ skipped; writes of ids not yet stored use ``insert``, every other write ``upsert
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,10 +52,10 @@ import numpy as np
 from ..errors import IncompleteRunError, InputError, PipelineError, UsageError
 from ..features.spec import FeatureSpec
 from ..io import records as C
-from ..io.files import DEFAULT_MAX_BYTES, ImageFile, list_images
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile, iter_images
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, Record, manifest_columns, mark_duplicates
-from ..io.tables import read_json, read_parquet, rows, write_json, write_parquet
+from ..io.tables import atomic_path, read_json, read_parquet, rows, write_json, write_parquet
 from . import summary as S
 from .faults import fault
 from .summary import STAGES, IndexSummary, StageClock  # noqa: F401 - re-exported: the run's public types
@@ -57,6 +65,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 WRITTEN, FEATURES = "written", "features"  # marker phases
+COMMIT_SHARDS = 64  # group commit: flush and publish markers after this many shards,
+COMMIT_ROWS = 32768  # ... this many rows written,
+COMMIT_SECONDS = 60.0  # ... or this long since the last commit, whichever comes first (a server flush
+# costs ~2 s whatever its size: at most one per minute keeps it a few % of the run)
 
 #: ``transform(image, path) -> image``: the optional damage-and-reconstruct hook applied to every
 #: decoded image before its features are computed (both backends; must be picklable for Ray).
@@ -96,6 +108,7 @@ class IndexConfig:
     torch_threads: int | None = None
     deep_actors: int | None = None
     deep_resources: Mapping[str, float] | None = None
+    window_files: int = 8192  # ray backend: pending files per Ray Dataset (the driver's memory bound)
 
     def __post_init__(self):
         if self.shard_size < 1 or self.batch_size < 1:
@@ -110,6 +123,8 @@ class IndexConfig:
             raise UsageError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.deep_actors is not None and self.deep_actors < 1:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
+        if self.window_files < 1:
+            raise UsageError(f"window_files must be >= 1, got {self.window_files}")
 
     def resolved_run_dir(self, target_uri: str) -> Path:
         """``run_dir``, or ``runs/index-<collection>-<8 hex of the store URI>`` (one per target)."""
@@ -118,9 +133,8 @@ class IndexConfig:
         return Path("runs") / f"index-{self.collection}-{hashlib.sha256(target_uri.encode()).hexdigest()[:8]}"
 
 
-def _shard_key(files: Sequence[ImageFile]) -> list:
-    import os
-
+def _key_digest(files: Sequence[ImageFile]) -> str:
+    """What a shard marker vouches for: its files' paths, sizes and mtimes (16 hex of a SHA-256)."""
     key = []
     for f in files:
         try:
@@ -128,7 +142,37 @@ def _shard_key(files: Sequence[ImageFile]) -> list:
             key.append([f.path, st.st_size, st.st_mtime])
         except OSError:
             key.append([f.path, -1, 0.0])
-    return key
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+_LISTING_COLUMNS = (C.PATH, C.LABEL, C.REASON)
+
+
+def _write_listing(path: Path, entries, shard_size: int) -> list[tuple[int, str]]:
+    """Stream ``entries`` (ImageFile) into ``path``, one row group per shard; returns each shard's
+    (file count, key digest)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.string()) for c in _LISTING_COLUMNS])
+    shards: list[tuple[int, str]] = []
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        chunk: list[ImageFile] = []
+
+        def flush_chunk():
+            writer.write_table(pa.table({C.PATH: [f.path for f in chunk], C.LABEL: [f.label for f in chunk],
+                                         C.REASON: [f.reason for f in chunk]}, schema=schema),
+                               row_group_size=shard_size)
+            shards.append((len(chunk), _key_digest(chunk)))
+            chunk.clear()
+
+        for f in entries:
+            chunk.append(f)
+            if len(chunk) == shard_size:
+                flush_chunk()
+        if chunk:
+            flush_chunk()
+    return shards
 
 
 def _features_columns(records: Sequence[Record], feats: dict[str, np.ndarray]) -> dict:
@@ -140,11 +184,12 @@ def _features_columns(records: Sequence[Record], feats: dict[str, np.ndarray]) -
 
 @dataclass
 class Shard:
-    """A slice of the sorted file list: ``files[index * shard_size : (index + 1) * shard_size]``."""
+    """A slice of the sorted file list: rows ``index * shard_size`` … of the run's listing (its files
+    are read from ``listing.parquet`` when the shard is worked on: :meth:`IndexRun.files_of`)."""
 
     index: int
-    files: list[ImageFile]
-    key: list
+    count: int
+    key: str  # digest of the files' paths, sizes and mtimes
     base: Path
     done: bool
 
@@ -185,9 +230,11 @@ class IndexRun:
     def __init__(self, spec: FeatureSpec, config: IndexConfig, *, store=None, progress: bool | None = None):
         self.t_start = time.perf_counter()
         self.config = config
-        self.files = list_images(config.images_dir, follow_symlinks=config.follow_symlinks)
-        if not self.files:
+        entries = iter_images(config.images_dir, follow_symlinks=config.follow_symlinks)  # InputError: no folder
+        first = next(entries, None)
+        if first is None:
             raise InputError(f"no image files found under {config.images_dir}")
+        self._entries = (f for part in ([first], entries) for f in part)
         self._owns_store = store is None
         if store is None:
             from ..store import VectorStore
@@ -224,12 +271,14 @@ class IndexRun:
         self.fitted = any(b.norm.startswith("zscore") for b in self.spec.blocks)
         self.target = Target(store.target_uri, config.collection, spec_digest(self.spec))
         phase = FEATURES if self.fitted else WRITTEN
-        size = config.shard_size
+        self.listing = self.run_dir / "listing.parquet"
+        planned = _write_listing(self.listing, self._entries, config.shard_size)
+        del self._entries
+        self._listing_file = None
         self.shards: list[Shard] = []
         foreign = 0
-        for i in range(0, len(self.files), size):
-            files = self.files[i : i + size]
-            s = Shard(i // size, files, _shard_key(files), shard_dir / f"{i // size:05d}", False)
+        for i, (count, key) in enumerate(planned):
+            s = Shard(i, count, key, shard_dir / f"{i:05d}", False)
             if s.marker.exists():
                 try:
                     marker = read_json(s.marker)
@@ -244,7 +293,8 @@ class IndexRun:
         if foreign:
             log.warning("ignoring %d shard marker(s) in %s: they vouch for another target (store, collection or "
                         "features) than %s", foreign, shard_dir, self.target)
-        self.summary = IndexSummary(files=len(self.files), run_dir=str(self.run_dir))
+        n_files = sum(s.count for s in self.shards)
+        self.summary = IndexSummary(files=n_files, run_dir=str(self.run_dir))
         self.clock = StageClock()
         self.seen: dict[int, str] = {}
         self.planned: dict[int, np.ndarray] = {}  # shard index -> ids planned as ok (one row each)
@@ -253,7 +303,9 @@ class IndexRun:
         self.node_items: dict[str, dict] = {}  # stage -> node id -> rows it ran (ray backend)
         self.node_seconds: dict[str, dict] = {}  # stage -> node id -> seconds it spent (ray backend)
         show = config.progress if progress is None else progress
-        self.bar = S.progress(len(self.files), show, "index")
+        self.bar = S.progress(n_files, show, "index")
+        self._unpublished: list[tuple[Shard, dict]] = []  # written, not yet flushed: markers wait
+        self._group_rows, self._group_t = 0, time.monotonic()
         n_done = sum(s.done for s in self.shards)
         if n_done:
             log.info("resuming: %d of %d shards already done in %s", n_done, len(self.shards), shard_dir)
@@ -262,13 +314,22 @@ class IndexRun:
     def pending(self) -> list[Shard]:
         return [s for s in self.shards if not s.done]
 
+    def files_of(self, shard: Shard) -> list[ImageFile]:
+        """The shard's files, read from the run's listing (one row group)."""
+        import pyarrow.parquet as pq
+
+        if self._listing_file is None:
+            self._listing_file = pq.ParquetFile(self.listing)
+        t = self._listing_file.read_row_group(shard.index).to_pydict()
+        return [ImageFile(p, lb, why) for p, lb, why in zip(t[C.PATH], t[C.LABEL], t[C.REASON])]
+
     def _tally(self, shard: Shard, records: Sequence[Record]) -> None:
         ok, dup, rej = S.count_statuses(records)
         self.summary.duplicates += dup
         self.summary.rejected += rej
         self.summary.planned += ok
         self.planned[shard.index] = np.asarray([r.id for r in records if r.status == OK], np.int64)
-        self.bar.update(len(shard.files))
+        self.bar.update(shard.count)
 
     def load_done(self, shard: Shard) -> None:
         """Take a finished shard's manifest as it is (its rows, or features, are saved already)."""
@@ -297,18 +358,40 @@ class IndexRun:
             if not self.fitted:
                 t = time.perf_counter()
                 write = self.store.insert if checked else self.store.upsert  # ids checked absent: insert
-                self.summary.rows_written += write(
-                    [r.id for r in todo], [r.path for r in todo], [r.label for r in todo], self.spec.fuse(feats))
-                self.store.flush()
+                n = write([r.id for r in todo], [r.path for r in todo], [r.label for r in todo], self.spec.fuse(feats))
+                self.summary.rows_written += n
+                self._group_rows += n
                 self.clock.add("write", time.perf_counter() - t, len(todo))
         for r in records:
             r.image = None
-        fault("shard-written")
         write_parquet(shard.manifest, manifest_columns(records), C.MANIFEST_SCHEMA)
-        write_json(shard.marker, {"key": shard.key, "target": self.target.as_dict(),
-                                  "phase": FEATURES if self.fitted else WRITTEN, "rows": len(todo),
-                                  "time": time.time()})
+        self._unpublished.append((shard, {"key": shard.key, "target": self.target.as_dict(),
+                                          "phase": FEATURES if self.fitted else WRITTEN, "rows": len(todo)}))
         self._tally(shard, records)
+        self.commit()
+
+    def commit(self, *, force: bool = False) -> None:
+        """Group commit: flush the rows written since the last commit, then publish their shards' markers.
+
+        Runs after each shard but acts only every :data:`COMMIT_SHARDS` shards, :data:`COMMIT_ROWS`
+        rows or :data:`COMMIT_SECONDS` seconds (always with ``force``): one flush per group instead of
+        per shard, while a marker still never vouches for a row that is not flushed.
+        """
+        if not self._unpublished:
+            return
+        due = (len(self._unpublished) >= COMMIT_SHARDS or self._group_rows >= COMMIT_ROWS
+               or time.monotonic() - self._group_t >= COMMIT_SECONDS)
+        if not (force or due):
+            return
+        if self._group_rows:
+            t = time.perf_counter()
+            self.store.flush()
+            self.clock.add("write", time.perf_counter() - t, 0)
+        fault("shard-written")
+        for shard, marker in self._unpublished:
+            write_json(shard.marker, {**marker, "time": time.time()})
+        self._unpublished.clear()
+        self._group_rows, self._group_t = 0, time.monotonic()
 
     def close(self) -> IndexSummary:
         """Commit (fitted specs), build the index, read every planned row back, write the run's tables.
@@ -318,6 +401,7 @@ class IndexRun:
         """
         s = self.summary
         try:
+            self.commit(force=True)
             if self.fitted:
                 from .fitted import commit
 
@@ -360,13 +444,17 @@ class IndexRun:
         bar = getattr(self, "bar", None)
         if bar is not None:
             bar.close()
+        if getattr(self, "_listing_file", None) is not None:
+            self._listing_file.close()
+            self._listing_file = None
         if self._owns_store:
             self._owns_store = False
             self.store.close()
 
 
-def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult]) -> None:
-    """Finish every shard of ``run`` in index order, loading done ones, from ``results`` of the pending ones.
+def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult], shards: Sequence[Shard] | None = None) -> None:
+    """Finish the shards of ``run`` (``shards``, a run of consecutive ones; default all) in index order,
+    loading done ones, from ``results`` of the pending ones.
 
     ``results`` yields ``(shard index, records, compute)`` for each pending shard, in any order (it is
     only advanced when the next shard in order is not yet held); results that come early are held
@@ -374,7 +462,7 @@ def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult]) -> None:
     """
     held: dict[int, tuple[list[Record], ComputeFeatures]] = {}
     it = iter(results)
-    for shard in run.shards:
+    for shard in run.shards if shards is None else shards:
         if shard.done:
             run.load_done(shard)
             continue

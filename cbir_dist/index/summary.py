@@ -10,7 +10,6 @@ same command run again writes it.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..io import records as C
+from ..io.files import peak_rss_mb
 from ..io.records import DUPLICATE, MISSING, OK, REJECTED
 from ..io.tables import atomic_path, write_json
 
@@ -112,7 +112,7 @@ def write_tables(run: "IndexRun", missing: dict[int, np.ndarray]) -> None:
 
 def write_stats(run: "IndexRun", seconds: float) -> None:
     summary, config = run.summary, run.config
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     stats = {
         "files": summary.files,
         "indexed": summary.indexed,

@@ -78,47 +78,59 @@ def list_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_
 
     Entries that cannot be used carry a ``reason`` (see the module docstring); symlinked
     directories are entries too when they are rejected. Raises
-    :class:`~cbir_dist.errors.InputError` when ``root`` is not a directory.
+    :class:`~cbir_dist.errors.InputError` when ``root`` is not a directory. See
+    :func:`iter_images` for the same entries one at a time.
+    """
+    return list(iter_images(root, extensions=extensions, follow_symlinks=follow_symlinks))
+
+
+def iter_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_symlinks: bool = False):
+    """:func:`list_images`, streamed: the entries one at a time, in the same (sorted) order.
+
+    A depth-first walk whose folder entries are taken in the order of ``name + "/"`` yields full
+    paths in sorted order without holding them all (memory: one folder listing per level).
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such directory")
     real_root = os.path.realpath(root)
-    found: list[ImageFile] = []
     visited = {real_root: str(root)}  # real folder -> the path it was first listed under
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            found.append(ImageFile(str(folder), _label(folder.relative_to(root).parent),
-                                   f"unreadable folder: {exc.strerror or exc}"))
-            continue
-        for e in entries:
-            p = Path(e.path)
-            rel = p.relative_to(root)
-            if e.is_dir(follow_symlinks=False):
-                stack.append(p)
-                continue
-            if e.is_symlink() and os.path.isdir(p):
-                real = os.path.realpath(p)
-                if not follow_symlinks and not _inside(real, real_root):
-                    found.append(ImageFile(str(p), _label(rel.parent),
-                                           f"symlinked folder leaves the input root (points to {real}); "
-                                           "pass --follow-symlinks to index it"))
-                elif real in visited:
-                    found.append(ImageFile(str(p), _label(rel.parent),
-                                           f"symlinked folder already listed as {visited[real]} (a second link or a cycle)"))
-                else:
-                    visited[real] = str(p)
-                    stack.append(p)
-                continue
-            if Path(e.name).suffix.lower() not in extensions:
-                continue
-            found.append(ImageFile(str(p), _label(rel.parent), _entry_reason(p, real_root, follow_symlinks)))
-    found.sort(key=lambda f: f.path)
-    return found
+    yield from _walk(root, root, real_root, extensions, follow_symlinks, visited)
+
+
+def _walk(folder: Path, root: Path, real_root: str, extensions, follow_symlinks: bool, visited: dict):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        yield ImageFile(str(folder), _label(folder.relative_to(root).parent),
+                        f"unreadable folder: {exc.strerror or exc}")
+        return
+    plan = []  # (sort key, kind, entry): a folder sorts as "name/", so full paths come out sorted
+    for e in entries:
+        p = Path(e.path)
+        rel = p.relative_to(root)
+        if e.is_dir(follow_symlinks=False):
+            plan.append((e.name + "/", "dir", p))
+        elif e.is_symlink() and os.path.isdir(p):
+            real = os.path.realpath(p)
+            if not follow_symlinks and not _inside(real, real_root):
+                plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
+                             f"symlinked folder leaves the input root (points to {real}); "
+                             "pass --follow-symlinks to index it")))
+            elif real in visited:
+                plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
+                             f"symlinked folder already listed as {visited[real]} (a second link or a cycle)")))
+            else:
+                visited[real] = str(p)
+                plan.append((e.name + "/", "dir", p))
+        elif Path(e.name).suffix.lower() in extensions:
+            plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
+                                                   _entry_reason(p, real_root, follow_symlinks))))
+    for _key, kind, item in sorted(plan, key=lambda t: t[0]):
+        if kind == "dir":
+            yield from _walk(item, root, real_root, extensions, follow_symlinks, visited)
+        else:
+            yield item
 
 
 def _entry_reason(p: Path, real_root: str, follow_symlinks: bool) -> str:
@@ -165,3 +177,22 @@ def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
         return data, st
     finally:
         os.close(fd)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``getrusage(...).ru_maxrss``: Linux carries that high-water mark across ``exec``, so a job
+    started from a big process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+

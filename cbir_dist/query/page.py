@@ -104,7 +104,7 @@ class PageEntry:
 
 def entries_from_results(cols: dict, views: QueryViews | None, caption: str) -> list[PageEntry]:
     """One entry per query of a result table (failed queries with their reason), one row of hits each."""
-    from .search import by_query
+    from .results import by_query
 
     out = []
     for q in by_query(cols):

@@ -1,0 +1,311 @@
+"""Scale: N images through both index backends into milvus-lite and a Milvus server, in one run.
+
+1. **Data.** ``--sizes`` N distinct labelled images made deterministically from a class-per-folder
+   set (``--source``, default Wang-1000): a random crop (60–100 % of each side), a horizontal flip,
+   colour jitter (brightness, contrast, saturation ±15 %) and a little noise, seeded per image,
+   written as JPEG (quality 90) into a temporary folder (never the repository). Smaller sizes are
+   the first N files of the largest set, hard-linked, so every size sees the same images.
+2. **Runs.** For each N, backend (``local``, ``ray``) and store (``lite``: a milvus-lite folder;
+   ``server``: the Milvus 2.3.5 standalone server of ``scripts/milvus_server.sh``, started here)
+   one ``cbir-dist index`` in a fresh subprocess (its own peak RSS), with the job's own
+   ``stats.json`` read back.
+3. **Table** per backbone: wall s, img/s, per-image cost relative to the smallest N **of the same
+   backend and store in this run**, driver peak RSS, peak RSS of the busiest worker, store insert
+   rate (rows / write seconds), seconds per stage (summed over workers).
+4. **Compute bound** (``--bound``): CPU-seconds per image of each stage measured alone in this
+   process on ``--bound-sample`` images (decode, descriptors, backbone, write = fuse + insert into a
+   scratch store, flushed), divided over the cores: the img/s the machine could reach; each Ray
+   run's fraction of it is printed.
+5. **Insert rate** (``--insert``): vectors/s of ``--insert-dim``-d rows from this process into each
+   store, ``insert`` against ``upsert``, for several request sizes.
+
+Example (the issue's two commands; 100k takes about an hour on 2 cores):
+
+    source scripts/env.sh
+    .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --backbone none --bound --insert
+    .venv/bin/python benchmarks/scale.py --sizes 1000,10000 --backbone mobilenet_v2 --bound
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+STAGES = ("decode", "descriptors", "deep", "write")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "wang1000"))
+    p.add_argument("--sizes", default="1000,10000", help="comma-separated image counts")
+    p.add_argument("--backbone", default="none", help="none (descriptors only) or a backbone (imagenet weights)")
+    p.add_argument("--backends", default="local,ray")
+    p.add_argument("--stores", default="lite,server")
+    p.add_argument("--workdir", default=None, help="where the images and stores go (default: a new temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--bound", action="store_true", help="measure each stage alone: the machine's compute bound")
+    p.add_argument("--bound-sample", type=int, default=300)
+    p.add_argument("--insert", action="store_true", help="measure the stores' insert rate from this process")
+    p.add_argument("--insert-dim", type=int, default=1584)
+    p.add_argument("--insert-rows", type=int, default=20000)
+    p.add_argument("--out", default=None, help="also write every figure as JSON here")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------- data
+
+def _make_one(job):
+    import cv2
+
+    src, dst, seed, i = job
+    rng = np.random.default_rng([seed, i])
+    img = cv2.imread(src, cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = cv2.resize(img[y : y + ch, x : x + cw], (256, 256), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    f = crop.astype(np.float32)
+    f = (f - f.mean()) * rng.uniform(0.85, 1.15) + f.mean() * rng.uniform(0.85, 1.15)  # contrast, brightness
+    grey = f.mean(axis=2, keepdims=True)
+    f = grey + (f - grey) * rng.uniform(0.85, 1.15)  # saturation
+    f += rng.normal(0, 2.0, f.shape)
+    cv2.imwrite(dst, np.clip(f, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def make_images(source: Path, out: Path, n: int, seed: int) -> Path:
+    """``n`` distinct labelled images in ``out/<class>/``; reused when a previous run made them."""
+    from multiprocessing import Pool
+
+    from cbir_dist.io.files import list_images
+
+    marker = out / ".complete.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"n": n, "seed": seed, "source": str(source)}:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    files = list_images(source)
+    jobs = []
+    for i in range(n):
+        f = files[i % len(files)]
+        d = out / (f.label or "unlabelled")
+        d.mkdir(parents=True, exist_ok=True)
+        jobs.append((f.path, str(d / f"img_{i:07d}.jpg"), seed, i))
+    t = time.perf_counter()
+    with Pool(os.cpu_count() or 2) as pool:
+        pool.map(_make_one, jobs, chunksize=256)
+    marker.write_text(json.dumps({"n": n, "seed": seed, "source": str(source)}))
+    print(f"made {n} images in {out} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+    return out
+
+
+def subset(full: Path, out: Path, n: int) -> Path:
+    """The first ``n`` images of ``full`` (sorted by number), hard-linked into ``out``."""
+    if (out / ".complete").exists():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    paths = sorted(full.rglob("img_*.jpg"), key=lambda p: p.name)[:n]
+    for p in paths:
+        d = out / p.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        os.link(p, d / p.name)
+    (out / ".complete").write_text(str(n))
+    return out
+
+
+# --------------------------------------------------------------------------------------- runs
+
+def index_once(images: Path, db: str, collection: str, backend: str, args, env: dict, run_dir: Path) -> dict:
+    cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(images), "--db", db, "--collection", collection,
+           "--backbone", args.backbone, "--backend", backend, "--run-dir", str(run_dir), "--shard-size",
+           str(args.shard_size), "--overwrite"]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"index failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    stats = json.loads((run_dir / "stats.json").read_text())
+    stats["wall_s"] = wall
+    stats["line"] = p.stdout.strip().splitlines()[-1]
+    return stats
+
+
+def start_server(root: Path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from milvus_server import MilvusServer
+
+    return MilvusServer(data_dir=root / "milvus").start()
+
+
+# --------------------------------------------------------------------------------------- bound
+
+def compute_bound(images: Path, args, store_uri: str, token: str | None) -> dict:
+    """CPU-seconds per image of each stage, measured alone on a sample, and the img/s 2 cores allow."""
+    import cbir_dist.features.extract as fx
+    from cbir_dist.features.profiles import build_spec
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.records import read_record
+    from cbir_dist.store import VectorStore
+
+    files = list_images(images)[: args.bound_sample]
+    spec = build_spec(backbone=None if args.backbone == "none" else args.backbone)
+    cpu = {}
+    t = time.process_time()
+    recs = [read_record(f) for f in files]
+    cpu["decode"] = (time.process_time() - t) / len(files)
+    imgs = [r.image for r in recs]
+    t = time.process_time()
+    feats = fx.handcrafted_features(imgs, spec.blocks)
+    cpu["descriptors"] = (time.process_time() - t) / len(files)
+    if spec.deep is not None:
+        deep = fx.DeepFeatures(spec.deep, num_threads=1)
+        deep(imgs[:8])  # warm-up
+        t = time.process_time()
+        feats["deep"] = deep(imgs)
+        cpu["deep"] = (time.process_time() - t) / len(files)
+    store = VectorStore(store_uri, "bound_scratch", token=token)
+    try:
+        store.create(spec.dim, spec.to_json(), overwrite=True)
+        ids = [r.id for r in recs]
+        t = time.process_time()
+        store.insert(ids, [r.path for r in recs], [r.label for r in recs], spec.fuse(feats))
+        store.flush()
+        cpu["write"] = (time.process_time() - t) / len(files)
+        store.drop()
+    finally:
+        store.close()
+    cores = os.cpu_count() or 1
+    per_image = sum(cpu.values())
+    return {"cpu_s_per_image": cpu, "cores": cores, "bound_images_per_s": cores / per_image}
+
+
+# --------------------------------------------------------------------------------------- insert
+
+def insert_rates(uri: str, token: str | None, dim: int, rows: int) -> list[dict]:
+    from cbir_dist.store import VectorStore
+
+    rng = np.random.default_rng(0)
+    out = []
+    for op in ("insert", "upsert"):
+        for per_call in (256, 2048, rows):
+            store = VectorStore(uri, f"rate_{op}", token=token)
+            try:
+                store.create(dim, json.dumps({"version": 2, "bench": dim}), overwrite=True)
+                vec = rng.standard_normal((rows, dim)).astype(np.float32)
+                ids = np.arange(rows, dtype=np.int64) + 1
+                paths = [f"/bench/img_{i:07d}.jpg" for i in range(rows)]
+                labels = ["bench"] * rows
+                write = getattr(store, op)
+                t = time.perf_counter()
+                for s in range(0, rows, per_call):
+                    write(ids[s : s + per_call], paths[s : s + per_call], labels[s : s + per_call], vec[s : s + per_call])
+                store.flush()
+                dt = time.perf_counter() - t
+                assert store.count() == rows
+                out.append({"op": op, "rows_per_call": per_call, "rows": rows, "dim": dim,
+                            "seconds": round(dt, 2), "vectors_per_s": round(rows / dt, 1)})
+                store.drop()
+            finally:
+                store.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    backends = [b for b in args.backends.split(",") if b]
+    stores = [s for s in args.stores.split(",") if s]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="cbir-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir {work}; load average {os.getloadavg()}", file=sys.stderr)
+    full = make_images(Path(args.source), work / f"images_{sizes[-1]}", sizes[-1], args.seed)
+    folders = {n: (full if n == sizes[-1] else subset(full, work / f"images_{n}", n)) for n in sizes}
+    server = start_server(work) if "server" in stores else None
+    results = {"sizes": sizes, "backbone": args.backbone, "runs": [], "loadavg_start": os.getloadavg()}
+    try:
+        env = {"MILVUS_TOKEN": server.token} if server else {}
+        uris = {"lite": str(work / "scale.db"), "server": server.uri if server else None}
+        if args.insert:
+            results["insert"] = {s: insert_rates(uris[s], env.get("MILVUS_TOKEN") if s == "server" else None,
+                                                 args.insert_dim, args.insert_rows) for s in stores}
+        if args.bound:
+            results["bound"] = compute_bound(folders[sizes[0]], args, uris["lite"], None)
+        for store in stores:
+            for backend in backends:
+                for n in sizes:
+                    run_dir = work / "runs" / f"{store}_{backend}_{n}"
+                    if run_dir.exists():
+                        shutil.rmtree(run_dir)
+                    stats = index_once(folders[n], uris[store], f"scale_{backend}", backend, args,
+                                       env if store == "server" else {}, run_dir)
+                    stats.update(store=store, backend_=backend, n=n, loadavg=os.getloadavg())
+                    results["runs"].append(stats)
+                    print(f"{store} {backend} {n}: {stats['line']} ({stats['wall_s']:.0f} s)", file=sys.stderr)
+                if store == "lite":
+                    shutil.rmtree(uris["lite"], ignore_errors=True)
+    finally:
+        if server is not None:
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    results["loadavg_end"] = os.getloadavg()
+    print(format_tables(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def format_tables(results: dict) -> str:
+    lines = [f"## Index at scale — backbone `{results['backbone']}`, load average at start "
+             f"{'/'.join(f'{x:.2f}' for x in results['loadavg_start'])}, at end "
+             f"{'/'.join(f'{x:.2f}' for x in results['loadavg_end'])}", ""]
+    bound = results.get("bound")
+    if bound:
+        cpu = ", ".join(f"{k} {1000 * v:.2f}" for k, v in bound["cpu_s_per_image"].items())
+        lines += [f"Compute bound: CPU ms per image measured alone — {cpu}; {bound['cores']} cores → "
+                  f"**{bound['bound_images_per_s']:.1f} img/s**.", ""]
+    lines += ["| store | backend | N | wall s | img/s | cost/img vs smallest N | driver peak RSS MB | busiest worker "
+              "peak RSS MB | insert rows/s | " + " | ".join(f"{s} s" for s in STAGES) + " | of bound |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|"]
+    base = {}
+    for r in results["runs"]:
+        key = (r["store"], r["backend_"])
+        per_img = r["wall_s"] / r["n"]
+        base.setdefault(key, per_img)
+        st = r["stage_seconds"]
+        write_rate = r["rows_written"] / st["write"] if st.get("write") else float("nan")
+        worker = r.get("peak_worker_rss_mb") or r["peak_rss_mb"]
+        frac = ""
+        if bound and r["backend_"] == "ray":
+            frac = f"{r['n'] / r['wall_s'] / bound['bound_images_per_s']:.2f}"
+        lines.append(f"| {r['store']} | {r['backend_']} | {r['n']} | {r['wall_s']:.1f} | {r['n'] / r['wall_s']:.1f} | "
+                     f"{per_img / base[key]:.3f} | {r['peak_rss_mb']:.0f} | {worker:.0f} | {write_rate:.0f} | "
+                     + " | ".join(f"{st.get(s, 0):.1f}" for s in STAGES) + f" | {frac} |")
+    for store, rates in (results.get("insert") or {}).items():
+        lines += ["", f"Insert rate into `{store}` from this process ({rates[0]['dim']}-d, {rates[0]['rows']} rows, "
+                  "flushed at the end):", "", "| op | rows per call | vectors/s |", "|---|---:|---:|"]
+        lines += [f"| {r['op']} | {r['rows_per_call']} | {r['vectors_per_s']:.0f} |" for r in rates]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
