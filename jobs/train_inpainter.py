@@ -1,15 +1,14 @@
 """Train the two-stage inpainter: ``ray job submit -- python jobs/train_inpainter.py DATA_DIR... --out RUN``.
 
-A thin entry point over :func:`cbir_dist.training.job.train_inpainter`. On a cluster,
-``--num-workers N --use-gpu`` trains data-parallel over N GPU workers (Ray Train TorchTrainer);
-``--no-ray`` runs the same loop in this process. Rerunning with the same ``--out`` (or
-``--checkpoint-dir``) resumes from the last checkpoint.
+A thin entry point over :func:`cbir_dist.training.job.train_inpainter` (the same options as
+``cbir-dist train-inpainter``). On a cluster, ``--num-workers N --use-gpu`` trains data-parallel
+over N GPU workers (Ray Train TorchTrainer); ``--no-ray`` runs the same loop in this process.
+Rerunning with the same ``--out`` (or ``--checkpoint-dir``) resumes from the last checkpoint.
 
-Example (the run that produced the shipped weights, see docs/inpainting.md)::
+The defaults repeat the run of the shipped weights (see docs/inpainting.md)::
 
     OMP_NUM_THREADS=1 python jobs/train_inpainter.py ../shared/data/wang1000 ../shared/data/paris6k_subset \\
-        --out runs/two_stage --val-split-file cbir_dist/weights/two_stage_split.txt \\
-        --vgg-weights ../shared/weights/vgg16_features_imagenet.pth --no-ray --threads 1
+        --out runs/two_stage --val-split-file cbir_dist/weights/two_stage_split.txt --no-ray
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python jobs/train_inpainter.py",
-        description="Train the two-stage (region-wise conv + non-local) inpainting network on image folders.",
+        description="Train the two-stage (region-wise conv + Fourier refinement, residual on Telea) inpainting network.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(p)
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     from cbir_dist.training.job import run_from_args
 
     result = run_from_args(args, "python jobs/train_inpainter.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2, default=str))
     return 0
 
 

@@ -22,7 +22,7 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = make_dataset(root / "data", per_class=4, size=64)
     cfg = EvalConfig(str(data), str(root / "out"), frequencies=(0.5, 6.0), backbones=("mobilenet_v2",),
-                     inpainters=("none", "telea"), weights={"mobilenet_v2": "random"}, image_size=64,
+                     inpainters=("none", "telea", "two-stage"), weights={"mobilenet_v2": "random"}, image_size=64,
                      queries=None, repeats=2, backend="ray", map_k=23)
     res = run_evaluate(cfg, progress=False)
     return cfg, res, root / "out"
@@ -42,7 +42,7 @@ def test_results_json_schema(evaluated):
     res = json.loads((out / "results.json").read_text())
     assert set(res) >= {"config", "versions", "records"}
     recs = res["records"]
-    assert len(recs) == 2 * 2 * 3  # frequencies x inpainters x states
+    assert len(recs) == 2 * 3 * 3  # frequencies x inpainters x states
     for r in recs:
         assert r["state"] in ("original", "damaged", "reconstructed")
         for key in ("backbone", "inpainter", "frequency", "wall_seconds", *METRICS, *(m + "_std" for m in METRICS)):
@@ -101,6 +101,62 @@ def test_cells_ran_concurrently(evaluated):
     overlaps = [(a, b) for i, a in enumerate(tl) for b in tl[i + 1:]
                 if a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlaps, "no two tasks overlapped in time"
+
+
+def test_the_network_ran_in_its_actor_on_telea_s_prefill(evaluated):
+    """two-stage: no pre-fill task of its own (Telea's cells are its pre-fill), the network in one actor process."""
+    _, res, _ = evaluated
+    tl = res["timeline"]
+    net = [t for t in tl if t["task"].startswith("network two-stage")]
+    assert len(net) == 2 * 2  # frequencies x repeats
+    assert len({t["pid"] for t in net}) == 1  # one actor, loaded once
+    assert not [t for t in tl if t["task"].startswith("pre-fill")]
+    cpu_pids = {t["pid"] for t in tl if t["task"].startswith(("quality", "features", "reconstruct"))}
+    assert net[0]["pid"] not in cpu_pids
+    rec = {(r["inpainter"], r["frequency"]): r for r in res["records"] if r["state"] == "reconstructed"}
+    for f in (0.5, 6.0):
+        assert rec[("two-stage", f)]["psnr"] > rec[("none", f)]["psnr"] + 5
+
+
+def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
+    from cbir_dist.damage.inpaint import get_inpainter
+    from cbir_dist.evaluation.damaged import NetworkActor, damaged_images, fringe_masks, reconstruct_task
+
+    imgs = [np.asarray(make_image(s)) for s in range(3)]
+    f, ph = 2.0, 0.7
+    pre = reconstruct_task(imgs, f, "two-stage", ph, 0.25)
+    assert all(np.array_equal(a, b) for a, b in zip(pre["reconstructed"],
+                                                    reconstruct_task(imgs, f, "telea", ph, 0.25)["reconstructed"]))
+    out = NetworkActor("two-stage", "cpu").refine(imgs, pre, f, ph, 0.25)
+    net = get_inpainter("two-stage", device="cpu")
+    want = [net(d, k) for d, k in zip(damaged_images(imgs, f, ph, 0.25), fringe_masks(imgs, f, ph, 0.25))]
+    assert not out["errors"] and all(np.array_equal(a, b) for a, b in zip(out["reconstructed"], want))
+
+
+def make_image(seed, size=48):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.stack([xx * 4, yy * 4, (xx + yy) * 2], 2) + rng.normal(0, 10, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_progress_lines_count_cells_and_estimate_the_rest():
+    import io
+
+    from cbir_dist.evaluation.damaged import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = Progress(4, stream=out, clock=lambda: now[0])
+    now[0] = 30.0
+    bar.step("quality 1 Hz telea r0")
+    now[0] = 60.0
+    line = bar.step("features x")
+    assert line == "evaluate: 2/4 cells done (features x), 1m00s elapsed, ETA 1m00s"
+    assert out.getvalue().count("\n") == 2
+    silent = io.StringIO()
+    Progress(1, stream=silent, enabled=False).step("x")
+    assert silent.getvalue() == ""
 
 
 def test_tables_name_the_protocol(evaluated):

@@ -103,7 +103,7 @@ def test_counts_add_up_and_bad_files_are_listed(tmp_path, folder):
     assert count == 24 and len(ids) == 24 and rows["vector"].shape == (24, descriptor_spec().dim)
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["rows_written"] == 24 and stats["files"] == 27 and stats["backend"] == "local"
-    assert set(stats["stage_seconds"]) == {"decode", "inpaint", "deep", "descriptors", "write"}
+    assert set(stats["stage_seconds"]) == {"decode", "inpaint", "inpaint_net", "deep", "descriptors", "write"}
     assert stats["stage_items"]["decode"] == 27 and stats["stage_items"]["descriptors"] == 24
     assert stats["stage_images_per_s"]["decode"] > 0 and stats["peak_rss_mb"] > 0
 

@@ -152,6 +152,19 @@ def test_fsim_identical_noisy_and_monotone(texture):
     assert scores[0] < 1.0
 
 
+def test_fsim_reference_gives_fsim_bit_for_bit(texture):
+    """The evaluation's cached reference maps change nothing: the same float as fsim(), RGB and grey, any size."""
+    from cbir_dist.evaluation.metrics import FsimReference
+
+    for ref in (texture, texture[..., 0], texture[:45, :70]):
+        cached = FsimReference(ref)
+        for s in (4, 30):
+            test = _noisy(ref, s)
+            assert cached.score(test) == fsim(ref, test)
+    with pytest.raises(ValueError, match="shape"):
+        FsimReference(texture).score(texture[:-1])
+
+
 def test_quality_input_validation(texture):
     with pytest.raises(TypeError, match="uint8"):
         psnr(texture.astype(float), texture.astype(float))

@@ -77,6 +77,69 @@ def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray
     assert set(stats["stage_nodes"]) == {"decode", "descriptors", "deep"}
 
 
+def _network_hook(tmp_path):
+    """Fringe damage reconstructed by the two-stage network (the shipped weights)."""
+    from cbir_dist.damage.hook import DamageConfig, damage_transform
+
+    return damage_transform(DamageConfig(fringe=2.0, inpainter="two-stage"))
+
+
+def test_network_inpainter_runs_in_actors_with_the_local_backends_rows(tmp_path, folder, local_ray):
+    """The network's pre-fill in CPU tasks, the network in the backbone's actors (fused): the same rows as the
+    local backend, which runs the whole hook in one process."""
+    spec = deep_spec()
+    hook = _network_hook(tmp_path)
+    local = run_index(spec, _cfg(tmp_path, folder, "nloc", "local"), transform=hook)
+    remote = run_index_ray(spec, _cfg(tmp_path, folder, "nray", "ray"), transform=hook)
+    assert (remote.indexed, remote.duplicates, remote.rejected) == (local.indexed, local.duplicates, local.rejected)
+    _, _, rows_l = _stored(_cfg(tmp_path, folder, "nloc", "local"))
+    _, _, rows_r = _stored(_cfg(tmp_path, folder, "nray", "ray"))
+    assert np.array_equal(rows_l["id"], rows_r["id"])
+    np.testing.assert_allclose(rows_r["vector"], rows_l["vector"], rtol=0, atol=1e-6)
+    stats = json.loads((tmp_path / "nray" / "stats.json").read_text())
+    assert stats["stage_items"]["inpaint"] == stats["stage_items"]["inpaint_net"] == 25
+    assert set(stats["stage_nodes"]) == {"decode", "inpaint", "inpaint_net", "deep", "descriptors"}
+    local_stats = json.loads((tmp_path / "nloc" / "stats.json").read_text())
+    assert local_stats["stage_items"]["inpaint"] == 25 and local_stats["stage_items"]["inpaint_net"] == 0
+
+
+@pytest.mark.parametrize("placement, backbone", [("separate", "mobilenet_v2"), ("fused", None)])
+def test_network_in_a_pool_of_its_own_gives_the_same_features(folder, local_ray, placement, backbone):
+    """``inpaint_placement="separate"``, and a spec without a backbone (the network's pool is then the only one)."""
+    from cbir_dist.distributed.graph import describe_files
+    from cbir_dist.features.extract import Extractor
+    from cbir_dist.io.files import list_images
+    from cbir_dist.io.records import read_record
+
+    spec = deep_spec() if backbone else build_spec(backbone=None, descriptors=("correlogram", "gabor"), mode="balanced")
+    files = [f for f in list_images(folder) if f.path.endswith(".png")][:10]
+    hook = _network_hook(None)
+    recs, feats = describe_files(spec, files, GraphConfig(batch_size=4, progress=False, torch_threads=1,
+                                                          inpaint_placement=placement), transform=hook)
+    images = [hook(read_record(f).image, f.path) for f in files if read_record(f).status == "ok"]
+    assert sum(r.status == "ok" for r in recs) == len(images) > 5
+    ext = Extractor(spec, num_threads=1)
+    want = ext.blocks(images)
+    for name, got in feats.items():
+        np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_network_plan_gives_the_network_a_pool_only_when_asked():
+    fused = plan_stages({"CPU": 2.0}, GraphConfig(), network=True)
+    assert fused.inpaint_pool == 0 and fused.actor_cpus == 1.0  # the backbone's actors hold the network
+    sep = plan_stages({"CPU": 2.0}, GraphConfig(inpaint_placement="separate"), network=True)
+    assert (sep.inpaint_pool, sep.pool_size) == (1, 1) and sep.inpaint_cpus + sep.actor_cpus + sep.task_cpus <= 2
+    sep16 = plan_stages({"CPU": 16.0}, GraphConfig(inpaint_placement="separate"), network=True)
+    assert sep16.inpaint_pool + sep16.pool_size == 10 and sep16.inpaint_cpus == 1.0
+    gpu = plan_stages({"CPU": 8.0, "GPU": 2.0}, GraphConfig(inpaint_placement="separate"), network=True)
+    assert gpu.actor_gpus == gpu.inpaint_gpus == 0.5 and gpu.inpaint_pool == gpu.pool_size == 2
+    alone = plan_stages({"CPU": 8.0, "GPU": 2.0}, GraphConfig(), network=True, deep=False)
+    assert alone.inpaint_gpus == 1.0 and alone.inpaint_pool == 2
+    assert plan_stages({"CPU": 4.0}, GraphConfig(), network=False, deep=False).inpaint_pool == 0
+    with pytest.raises(PipelineError, match="inpaint_placement"):
+        GraphConfig(inpaint_placement="gpu")
+
+
 def test_ray_backend_in_windows_writes_the_same_rows(tmp_path, folder, local_ray):
     """The pending shards go to the graph in windows (bounded driver memory): same rows as one window."""
     from cbir_dist.index.cluster import windows
@@ -221,7 +284,10 @@ def test_a_killed_backbone_actor_is_restarted(tmp_path, folder, local_ray):
 # Last in the file: it shuts down the module's Ray instance to start a multi-node cluster.
 def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, folder):
     """Head: 1 CPU, no GPU. Worker: 1 CPU, 1 logical GPU and a custom resource; the backbone actor
-    takes both of the worker's CPU and GPU, so the read/descriptor tasks can only run on the head."""
+    takes both of the worker's CPU and GPU, so the read/descriptor tasks can only run on the head.
+
+    Images are damaged and reconstructed by the two-stage network: its pre-fill runs in the head's
+    CPU tasks (stage ``inpaint``), the network in the GPU node's actor with the backbone (``inpaint_net``)."""
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
@@ -233,15 +299,23 @@ def test_deep_actors_run_on_the_gpu_node_and_descriptors_elsewhere(tmp_path, fol
         head_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "deep_node" not in n["Resources"])
         assert worker.node_id != head_id
         cfg = _cfg(tmp_path, folder, "gpu", "ray", deep_resources={"deep_node": 1})
-        s = run_index_ray(deep_spec(), cfg)
+        s = run_index_ray(deep_spec(), cfg, transform=_network_hook(tmp_path))
         assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
         stats = json.loads((tmp_path / "gpu" / "stats.json").read_text())
         nodes = stats["stage_nodes"]
-        assert nodes["deep"] == [worker.node_id]
-        assert nodes["decode"] == [head_id] and nodes["descriptors"] == [head_id]
+        assert nodes["deep"] == [worker.node_id] and nodes["inpaint_net"] == [worker.node_id]
+        assert nodes["decode"] == nodes["inpaint"] == [head_id]
+        # the descriptors follow the actors: once the actor pool is done, Ray may give the last batches
+        # to the GPU node's freed CPU
+        assert head_id in nodes["descriptors"]
+        items = stats["stage_node_items"]
+        assert {k: v for k, v in items.items() if k != "descriptors"} == {
+            "decode": {head_id: 27}, "inpaint": {head_id: 25}, "inpaint_net": {worker.node_id: 25},
+            "deep": {worker.node_id: 25}}
+        assert sum(items["descriptors"].values()) == 25 and items["descriptors"][head_id] > 0
         # rows and seconds per node add up to each stage's totals
-        assert stats["stage_node_items"] == {"decode": {head_id: 27}, "descriptors": {head_id: 25},
-                                             "deep": {worker.node_id: 25}}
+        print("stage_node_items on the logical-GPU cluster (head %s, GPU node %s): %s"
+              % (head_id[:8], worker.node_id[:8], json.dumps(stats["stage_node_items"])))
         for stage, per_node in stats["stage_node_seconds"].items():
             assert sum(per_node.values()) == pytest.approx(stats["stage_seconds"][stage], abs=0.01)
     finally:

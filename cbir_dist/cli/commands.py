@@ -191,7 +191,7 @@ def cmd_evaluate(args) -> int:
         descriptors=args.descriptors, fusion=args.fusion, profile=args.profile, weights=args.weights,
         repeats=args.repeats, queries=queries, protocol=args.protocol, missing_fraction=args.missing_fraction,
         k=args.k, seed=args.seed, backend=args.backend, db=args.db, token=_token(args),
-        collection_prefix=args.collection_prefix,
+        collection_prefix=args.collection_prefix, network_cpus=args.network_cpus,
     )
     res = run_evaluate(cfg)
 

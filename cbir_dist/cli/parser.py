@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray (default): cells as Ray tasks on $RAY_ADDRESS or a local Ray; local: one process")
+    p.add_argument("--network-cpus", type=float, default=None, metavar="N",
+                   help="CPUs each network-inpainter actor reserves on a cluster without GPUs (default 0: it "
+                        "shares the cores with the tasks; with GPUs every actor takes one GPU)")
     p.add_argument("--db", default=None,
                    help="milvus-lite path or Milvus server URI http://host:19530 (default: OUT/eval.db)")
     p.add_argument("--token-file", default=None, metavar="FILE",
@@ -188,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # train-inpainter
     p = sub.add_parser("train-inpainter", help="train the two-stage inpainting network (Ray Train, resumable)",
-                       description="Train the two-stage coarse-to-fine inpainting network on class-per-folder image "
-                                   "directories, with fringe and irregular masks drawn per batch. --out is the run "
-                                   "folder (metrics, loss curve, checkpoints; a rerun resumes); the weights go to "
+                       description="Train the two-stage coarse-to-fine inpainting network (a residual on a Telea "
+                                   "pre-fill) on class-per-folder image directories, with fringe and free-form masks "
+                                   "drawn per crop; the defaults repeat the run of the shipped weights. --out is the run "
+                                   "folder (metrics, training curve, checkpoints, snapshots; a rerun resumes); the weights go to "
                                    "--weights-out (default OUT/two_stage.pt); shipped in cbir_dist/weights/ with their "
                                    "provenance JSON they become what --inpainter two-stage loads.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

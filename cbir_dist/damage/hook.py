@@ -5,6 +5,12 @@ An image is *damaged* by a known-pixel mask (its missing pixels zeroed: the pape
 from a folder (``--masks DIR``: the file of the same relative path, or the same name, as PNG).
 :class:`DamageTransform` is the picklable ``(image, path) -> image`` hook the index and query
 backends apply to every decoded image (inside Ray CPU tasks on the Ray backend).
+
+A *network* inpainter (``two-stage``) is applied in two halves on the Ray backend and in the
+evaluation job: :meth:`DamageTransform.prepare` (CPU tasks: the mask, the damage and the network's
+classical pre-fill) and :class:`NetworkStage` (actors: the network on batches of pre-filled images,
+weights loaded once per actor, a GPU each when the cluster has them). The halves compose to the
+same image as the one-call hook of the local backend.
 """
 
 from __future__ import annotations
@@ -108,12 +114,94 @@ class DamageTransform:
     def __getstate__(self):
         return {"config": self.config, "_inpainter": None}
 
-    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
+    def _get(self):
         if self._inpainter is None:
+            from .inpaint import get_inpainter, get_prefill, is_network
+
+            name = self.config.inpainter
+            # the CPU half of a network is only its classical pre-fill: no weights, no torch
+            self._inpainter = get_prefill(name) if self.network and is_network(name) else get_inpainter(name)
+        return self._inpainter
+
+    @property
+    def network(self) -> bool:
+        """True when the inpainter is a network: jobs that batch it call :meth:`prepare`, then a :class:`NetworkStage`."""
+        from .inpaint import is_network
+
+        return is_network(self.config.inpainter)
+
+    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
+        """The whole step in this process: mask, damage, reconstruct (a network runs here, one image at a time)."""
+        known = known_mask(image.shape, path, self.config)
+        if self.network:
+            if known is None:
+                return image
+            stage = getattr(self, "_whole", None) or NetworkStage(self.config.inpainter)
+            self._whole = stage
+            damaged, prefilled = self._prepare_known(image, known)
+            return stage.refine([prefilled], [known], [damaged])[0]
+        return damage_and_reconstruct(image, known, self._get())[1]
+
+    def _prepare_known(self, image, known):
+        from .masks import apply_mask
+
+        damaged = apply_mask(image, known)
+        return damaged, self._get()(damaged, known)
+
+    def prepare(self, image: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The CPU half: ``(image to hand on, known mask or None)``.
+
+        For a network inpainter: its classical pre-fill of the damaged image (RGB) and the mask, for
+        a :class:`NetworkStage` to refine; for a classical one: the reconstruction itself and None.
+        An intact image (no mask) comes back unchanged with None.
+        """
+        known = known_mask(image.shape, path, self.config)
+        if known is None:
+            return image, None
+        if not self.network:
+            return damage_and_reconstruct(image, known, self._get())[1], None
+        return self._prepare_known(image, known)[1], known
+
+    def network_stage(self) -> "NetworkStage":
+        """The network half, for an actor (picklable; loads its weights on first use)."""
+        if not self.network:
+            raise UsageError(f"inpainter {self.config.inpainter!r} is not a network")
+        return NetworkStage(self.config.inpainter)
+
+
+class NetworkStage:
+    """The network half of a network inpainter: built once (an actor's ``__init__``), then batches.
+
+    ``stage.refine(prefilled, known, originals=None)`` takes lists of pre-filled RGB uint8 images
+    and their bool masks (any sizes; one batch per size) and returns the reconstructions; with
+    ``originals`` (the damaged images) each result takes its original's layout (grey stays grey)
+    and known pixels; without, the known pixels of the pre-fill (which are the original's).
+    """
+
+    def __init__(self, inpainter: str, *, device: str | None = None, num_threads: int | None = None, **options):
+        self.inpainter, self.device, self.num_threads, self.options = inpainter, device, num_threads, options
+        self._net = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_net": None}
+
+    def load(self):
+        """The network (built on first call: weights read once per process)."""
+        if self._net is None:
             from .inpaint import get_inpainter
 
-            self._inpainter = get_inpainter(self.config.inpainter)
-        return damage_and_reconstruct(image, known_mask(image.shape, path, self.config), self._inpainter)[1]
+            self._net = get_inpainter(self.inpainter, device=self.device, num_threads=self.num_threads, **self.options)
+        return self._net
+
+    def refine(self, prefilled, known, originals=None) -> list[np.ndarray]:
+        from .inpaint.two_stage import finish
+
+        net = self.load()
+        rgb = [p if p.ndim == 3 and p.shape[2] == 3 else np.repeat(p.reshape(p.shape[:2])[..., None], 3, axis=2)
+               for p in map(np.asarray, prefilled)]
+        refined = net.refine_batch(rgb, list(known))
+        bases = originals if originals is not None else prefilled
+        return [finish(np.asarray(b), k, r) for b, k, r in zip(bases, known, refined)]
 
 
 def apply_transform(record, transform) -> None:
@@ -126,6 +214,17 @@ def apply_transform(record, transform) -> None:
         record.image = transform(record.image, record.path)
     except Exception as exc:  # noqa: BLE001 - a per-file failure is a value, not a failed job
         record.reject(f"mask/inpaint failed: {_reason(exc)}")
+
+
+def prepare_record(record, transform) -> np.ndarray | None:
+    """The CPU half of the hook on one ok record in place (:meth:`DamageTransform.prepare`); returns its mask
+    when a network must still refine it, else None. A failure rejects the record with the reason."""
+    try:
+        record.image, known = transform.prepare(record.image, record.path)
+        return known
+    except Exception as exc:  # noqa: BLE001 - a per-file failure is a value, not a failed job
+        record.reject(f"mask/inpaint failed: {_reason(exc)}")
+        return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,11 +4,22 @@
 
     from_items(paths of the parts to describe)
       └─ map_batches(decode_batch)        CPU tasks: read, hash, decode; a status per file, never raising
-      └─ map_batches(transform_batch)     CPU tasks: the optional damage-and-reconstruct hook
+      └─ map_batches(transform_batch)     CPU tasks: the optional damage-and-reconstruct hook (a classical
+                                          inpainter whole; a network's mask, damage and classical pre-fill)
       └─ map_batches(describe_batch)      CPU tasks: the handcrafted descriptor blocks
       └─ map_batches(DeepActor)           actor pool: the backbone, loaded once per actor; 1 GPU each when
                                           the cluster has GPUs, else a CPU share that leaves room for tasks
       └─ iter_batches → driver            rows regrouped into their parts (:class:`PartResult`)
+
+With a *network* inpainter (``two-stage``) its network runs in the backbone's actors, on the
+pre-filled batch, before the backbone (``inpaint_placement="fused"``, the default), and the
+descriptors follow the actors::
+
+      decode ─ transform (mask, pre-fill) ─ DeepActor(network + backbone, keeps the image) ─ describe_batch
+
+``"separate"`` gives the network a pool of its own (:class:`InpaintActor`) between the pre-fill and
+the descriptors; with no backbone in the spec the network's pool is the only one. Classical
+inpainters never leave the CPU tasks.
 
 Consecutive CPU stages with the same resources are fused by Ray Data into one task, so a decoded
 image crosses the object store once, to the backbone actor, which drops it. The graph knows
@@ -36,7 +47,7 @@ import numpy as np
 from ..errors import PipelineError
 from ..features.spec import DEEP, Block, FeatureSpec
 from ..io import records as C
-from ..damage.hook import apply_transform
+from ..damage.hook import apply_transform, prepare_record
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile, peak_rss_mb
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, REJECTED, Record, read_record
@@ -47,7 +58,11 @@ log = logging.getLogger(__name__)
 PART = "part"  # int, index of the row's part
 POS = "pos"  # int, position of the file inside its part
 RSS = "rss_mb"  # float, peak RSS of the last worker that touched the row
-STAGES = ("decode", "inpaint", "deep", "descriptors")
+KNOWN = "known"  # object, the known-pixel mask a network still has to use (an empty array when none)
+#: ``inpaint``: the hook's CPU part (mask + classical inpainter, or a network's pre-fill); ``inpaint_net``:
+#: the network, in actors
+STAGES = ("decode", "inpaint", "inpaint_net", "deep", "descriptors")
+PLACEMENTS = ("fused", "separate")
 TASK_RETRIES = 5  # a task whose worker died is retried this often before the job fails
 ACTOR_RESTARTS = 5  # a backbone actor that died is restarted this often (its pending batches retried)
 _EMPTY_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder image of rejected rows (keeps columns aligned)
@@ -63,7 +78,9 @@ class GraphConfig:
     ``torch_threads`` sets torch's intra-op threads in each backbone actor (default: as many as the
     CPUs the actor holds); ``deep_actors`` caps the backbone actor pool (default: one per GPU, else
     2/3 of the CPUs); ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g.
-    ``{"deep": 1}`` to pin them on tagged nodes).
+    ``{"deep": 1}`` to pin them on tagged nodes). ``inpaint_placement`` says where a network
+    inpainter runs: ``"fused"`` in the backbone's actors, ``"separate"`` in a pool of its own (the
+    same resources as the backbone's; on GPUs the two pools share each GPU).
     """
 
     batch_size: int = 32
@@ -75,6 +92,11 @@ class GraphConfig:
     deep_actors: int | None = None
     deep_resources: Mapping[str, float] | None = None
     progress: bool = True
+    inpaint_placement: str = "fused"
+
+    def __post_init__(self):
+        if self.inpaint_placement not in PLACEMENTS:
+            raise PipelineError(f"inpaint_placement must be one of {PLACEMENTS}, got {self.inpaint_placement!r}")
 
 
 @dataclass
@@ -185,23 +207,105 @@ def _images(batch: dict, rows: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(col[i]) for i in rows]
 
 
+_NO_MASK = np.zeros((0, 0), bool)  # the KNOWN value of rows the network has nothing to do for
+
+
+def is_network(transform) -> bool:
+    """True when ``transform`` is a hook whose inpainter is a network (it has a CPU and a network half)."""
+    return bool(getattr(transform, "network", False))
+
+
 def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
-    """Apply the damage-and-reconstruct hook to every ok image of the batch."""
+    """Apply the damage-and-reconstruct hook to every ok image of the batch.
+
+    For a network inpainter only its CPU half runs here (:meth:`DamageTransform.prepare`): the image
+    column then holds the pre-fills and a ``known`` column the masks, for the network's actors.
+    """
     t = time.perf_counter()
     rows = _ok_rows(batch)
     images = _object_array(list(batch[C.IMAGE]))
     paths = batch[C.PATH]
     status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
+    network = is_network(transform)
+    known = _object_array([_NO_MASK] * len(paths))
     for i in rows:
         rec = Record(str(paths[i]), "", image=np.asarray(images[i]))
-        apply_transform(rec, transform)  # a per-file failure is a value, not a failed task
+        if network:
+            k = prepare_record(rec, transform)
+            if k is not None:
+                known[i] = k
+        else:
+            apply_transform(rec, transform)  # a per-file failure is a value, not a failed task
         if rec.status == REJECTED:
             status[i], error[i], images[i] = REJECTED, rec.error, _EMPTY_IMAGE
         else:
             images[i] = rec.image
     out = dict(batch)
     out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
+    if network:
+        out[KNOWN] = known
     return _stamp(out, "inpaint", time.perf_counter() - t, len(paths))
+
+
+def refine_batch(batch: dict, stage) -> dict:
+    """The network half on the batch's pre-filled rows (those with a mask), in place of their images.
+
+    One call for the whole batch (one forward per image size); if it fails, images are retried one
+    at a time and those that still fail are rejected with the reason. Drops the ``known`` column.
+    """
+    n = len(batch[C.ID])
+    known_col = batch.get(KNOWN)
+    out = {k: v for k, v in batch.items() if k != KNOWN}
+    if known_col is None:
+        return out
+    ok = np.asarray(batch[C.STATUS]) == OK
+    rows = [i for i in range(n) if ok[i] and np.asarray(known_col[i]).size]
+    if not rows:
+        return out
+    images = _object_array(list(batch[C.IMAGE]))
+    status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
+    pre = [np.asarray(images[i]) for i in rows]
+    masks = [np.asarray(known_col[i], dtype=bool) for i in rows]
+    try:
+        done = stage.refine(pre, masks)
+    except Exception:  # noqa: BLE001 - find the image that fails, keep the others
+        done = []
+        for p, m in zip(pre, masks):
+            try:
+                done.append(stage.refine([p], [m])[0])
+            except Exception as exc:  # noqa: BLE001 - a per-file failure is a value
+                done.append(exc)
+    for i, r in zip(rows, done):
+        if isinstance(r, Exception):
+            status[i], error[i], images[i] = REJECTED, f"mask/inpaint failed: {type(r).__name__}: {r}", _EMPTY_IMAGE
+        else:
+            images[i] = r
+    out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
+    return out
+
+
+def _network_stage(transform, device, torch_threads):
+    from ..damage.hook import NetworkStage
+
+    stage = transform.network_stage()
+    return NetworkStage(stage.inpainter, device=device, num_threads=torch_threads, **stage.options)
+
+
+class InpaintActor:
+    """Actor body of a network inpainter's own pool (``inpaint_placement="separate"``, or no backbone).
+
+    ``__init__`` loads the network once; ``__call__`` refines a batch's pre-filled rows under
+    ``torch.inference_mode()`` (bf16/fp16 autocast on CUDA) and keeps the image column for the descriptors.
+    """
+
+    def __init__(self, transform, *, device: str | None = None, torch_threads: int | None = None):
+        self.stage = _network_stage(transform, device, torch_threads)
+        self.stage.load()
+
+    def __call__(self, batch: dict) -> dict:
+        t = time.perf_counter()
+        out = refine_batch(batch, self.stage)
+        return _stamp(out, "inpaint_net", time.perf_counter() - t, len(batch[C.ID]))
 
 
 def describe_batch(batch: dict, *, blocks: Sequence[Block], keep_image: bool = True) -> dict:
@@ -225,25 +329,34 @@ def describe_batch(batch: dict, *, blocks: Sequence[Block], keep_image: bool = T
 class DeepActor:
     """Actor body of the backbone stage: ``__init__`` loads the model once, ``__call__`` describes a batch.
 
-    Outputs the deep block as ``feat_deep`` (zeros on non-ok rows) and drops the image column.
+    Outputs the deep block as ``feat_deep`` (zeros on non-ok rows) and drops the image column. With
+    ``inpaint`` (a network inpainter's hook, ``inpaint_placement="fused"``) the actor also loads that
+    network and first refines the batch's pre-filled rows; it then keeps the (reconstructed) images
+    for the descriptor tasks that follow it.
     """
 
     def __init__(self, block: Block, *, device: str | None = None, weights: str | None = None,
-                 batch_size: int = 32, torch_threads: int | None = None):
+                 batch_size: int = 32, torch_threads: int | None = None, inpaint=None):
         from ..features.extract import DeepFeatures
 
         self.block = block
         self.deep = DeepFeatures(block, device=device, weights=weights, batch_size=batch_size,
                                  num_threads=torch_threads)
+        self.stage = _network_stage(inpaint, device, torch_threads) if inpaint is not None else None
+        if self.stage is not None:
+            self.stage.load()
 
     def __call__(self, batch: dict) -> dict:
-        t = time.perf_counter()
         n = len(batch[C.ID])
+        if self.stage is not None:
+            t = time.perf_counter()
+            batch = _stamp(refine_batch(batch, self.stage), "inpaint_net", time.perf_counter() - t, n)
+        t = time.perf_counter()
         rows = _ok_rows(batch)
         col = np.zeros((n, self.block.dim), np.float32)
         if len(rows):
             col[rows] = self.deep(_images(batch, rows))
-        out = {k: v for k, v in batch.items() if k != C.IMAGE}
+        out = {k: v for k, v in batch.items() if k != C.IMAGE or self.stage is not None}
         out[C.block_column(DEEP)] = col
         return _stamp(out, "deep", time.perf_counter() - t, n)
 
@@ -253,7 +366,11 @@ class DeepActor:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Resources of the CPU tasks and of the backbone actor pool."""
+    """Resources of the CPU tasks, of the backbone actor pool and of a network inpainter's own pool.
+
+    ``inpaint_pool`` is 0 when the network has no pool of its own (no network, or fused into the
+    backbone's actors).
+    """
 
     task_cpus: float
     actor_cpus: float
@@ -261,9 +378,40 @@ class StagePlan:
     pool_size: int
     torch_threads: int | None
     actor_resources: Mapping[str, float] | None = None
+    inpaint_cpus: float = 0.0
+    inpaint_gpus: float = 0.0
+    inpaint_pool: int = 0
+    inpaint_threads: int | None = None
 
 
-def plan_stages(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
+def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: bool = False,
+                deep: bool = True) -> StagePlan:
+    """:func:`plan_actors` for the backbone, then room for a network inpainter (``network``) when it
+    needs a pool of its own: always without a backbone (``deep`` False, it takes the backbone's
+    plan), and with ``inpaint_placement="separate"``, when the two pools split the actors'
+    resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
+    from dataclasses import replace
+
+    plan = plan_actors(cluster, config)
+    if not network or (deep and config.inpaint_placement == "fused"):
+        return plan
+    if not deep:
+        return replace(plan, inpaint_cpus=plan.actor_cpus, inpaint_gpus=plan.actor_gpus, inpaint_pool=plan.pool_size,
+                       inpaint_threads=plan.torch_threads)
+    if plan.actor_gpus:  # both pools on every GPU node: each takes half of what one actor would
+        halved = {k: v / 2 for k, v in plan.actor_resources.items()} if plan.actor_resources else None
+        return replace(plan, actor_gpus=0.5, inpaint_cpus=plan.actor_cpus / 2, actor_cpus=plan.actor_cpus / 2,
+                       inpaint_gpus=0.5, inpaint_pool=plan.pool_size, inpaint_threads=plan.torch_threads,
+                       actor_resources=halved)
+    if plan.pool_size >= 2:
+        half = plan.pool_size // 2
+        return replace(plan, pool_size=plan.pool_size - half, inpaint_cpus=plan.actor_cpus, inpaint_pool=half,
+                       inpaint_threads=plan.torch_threads)
+    share = plan.actor_cpus / 2
+    return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
+
+
+def plan_actors(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
     """Split the cluster between CPU tasks and backbone actors so that neither can starve the other.
 
     With GPUs (and ``config.device`` not ``"cpu"``): one actor per GPU (``num_gpus=1``, one CPU to
@@ -308,6 +456,15 @@ def build_dataset(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFi
         return _build(ray, items, spec, config, plan, transform)
 
 
+def _actor_args(cpus: float, gpus: float, resources) -> dict:
+    args = dict(num_cpus=cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
+    if gpus:
+        args["num_gpus"] = gpus
+    if resources:
+        args["resources"] = dict(resources)
+    return args
+
+
 def _build(ray, items, spec, config, plan, transform):
     bs = config.batch_size
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
@@ -317,27 +474,47 @@ def _build(ray, items, spec, config, plan, transform):
                         **task_args)
     if transform is not None:
         ds = ds.map_batches(transform_batch, fn_kwargs={"transform": transform}, **task_args)
+    network = transform if is_network(transform) else None
     deep = spec.deep
     hand = [b for b in spec.blocks if b.name != DEEP]
+    fused = network is not None and deep is not None and config.inpaint_placement == "fused"
+
+    def deep_stage(ds, inpaint=None):
+        return ds.map_batches(
+            DeepActor,
+            fn_constructor_args=(deep,),
+            fn_constructor_kwargs={"device": config.device, "weights": config.weights_override,
+                                   "batch_size": bs, "torch_threads": plan.torch_threads, "inpaint": inpaint},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.pool_size),
+            batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
+            **_actor_args(plan.actor_cpus, plan.actor_gpus, plan.actor_resources),
+        )
+
+    if fused:  # the network and the backbone in one actor; the descriptors after it (they need the reconstruction)
+        ds = deep_stage(ds, inpaint=network)
+        if hand:
+            ds = ds.map_batches(describe_batch, fn_kwargs={"blocks": hand, "keep_image": False}, **task_args)
+        else:
+            ds = ds.map_batches(_drop_image, **task_args)
+        return ds
+    if network is not None:
+        ds = ds.map_batches(
+            InpaintActor, fn_constructor_args=(network,),
+            fn_constructor_kwargs={"device": config.device, "torch_threads": plan.inpaint_threads},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, plan.inpaint_pool)),
+            batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
+            **_actor_args(plan.inpaint_cpus, plan.inpaint_gpus, plan.actor_resources),
+        )
     if hand or deep is None:
         ds = ds.map_batches(describe_batch, fn_kwargs={"blocks": hand, "keep_image": deep is not None},
                             **task_args)
     if deep is not None:
-        actor_args = dict(num_cpus=plan.actor_cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
-        if plan.actor_gpus:
-            actor_args["num_gpus"] = plan.actor_gpus
-        if plan.actor_resources:
-            actor_args["resources"] = dict(plan.actor_resources)
-        ds = ds.map_batches(
-            DeepActor,
-            fn_constructor_args=(deep,),
-            fn_constructor_kwargs={"device": config.device, "weights": config.weights_override,
-                                   "batch_size": bs, "torch_threads": plan.torch_threads},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.pool_size),
-            batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
-            **actor_args,
-        )
+        ds = deep_stage(ds)
     return ds
+
+
+def _drop_image(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != C.IMAGE}
 
 
 class _PartAssembler:
@@ -395,7 +572,7 @@ def run_graph(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFile]]
     stats = stats if stats is not None else GraphStats()
     with session():
         ray.data.DataContext.get_current().enable_progress_bars = bool(config.progress)
-        plan = plan_stages(resources(), config)
+        plan = plan_stages(resources(), config, network=is_network(transform), deep=spec.deep is not None)
         log.info("ray plan: %s", plan)
         ds = build_dataset(spec, parts, config, plan, transform=transform)
         asm = _PartAssembler(parts, [C.block_column(n) for n in spec.names])

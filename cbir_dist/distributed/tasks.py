@@ -23,6 +23,34 @@ class _Done:
         self.value = value
 
 
+def _resolve(args, kwargs):
+    return ([a.value if isinstance(a, _Done) else a for a in args],
+            {k: (v.value if isinstance(v, _Done) else v) for k, v in kwargs.items()})
+
+
+def _split(value, num_returns: int):
+    if num_returns == 1:
+        return _Done(value)
+    if len(value) != num_returns:
+        raise ValueError(f"expected {num_returns} return values, got {len(value)}")
+    return [_Done(v) for v in value]
+
+
+class _LocalPool:
+    """One instance of an actor class in this process (the local executor's "actor pool")."""
+
+    def __init__(self, cls, args, kwargs):
+        self.instance = cls(*args, **kwargs)
+        self.size = 1
+
+    def submit(self, method: str, *args, num_returns: int = 1, **kwargs):
+        args, kwargs = _resolve(args, kwargs)
+        return _split(getattr(self.instance, method)(*args, **kwargs), num_returns)
+
+    def shutdown(self) -> None:
+        pass
+
+
 class LocalExecutor:
     """Runs every submission immediately in this process; for tests and small jobs."""
 
@@ -31,10 +59,15 @@ class LocalExecutor:
     def put(self, obj: Any) -> _Done:
         return _Done(obj)
 
-    def submit(self, fn: Callable, *args, num_cpus: float = 1, **kwargs) -> _Done:
-        args = [a.value if isinstance(a, _Done) else a for a in args]
-        kwargs = {k: (v.value if isinstance(v, _Done) else v) for k, v in kwargs.items()}
-        return _Done(fn(*args, **kwargs))
+    def submit(self, fn: Callable, *args, num_cpus: float = 1, num_returns: int = 1, **kwargs):
+        args, kwargs = _resolve(args, kwargs)
+        return _split(fn(*args, **kwargs), num_returns)
+
+    def actor_pool(self, cls, *args, size: int = 1, num_cpus: float = 1, num_gpus: float = 0, **kwargs) -> _LocalPool:
+        return _LocalPool(cls, args, kwargs)
+
+    def resources(self) -> dict:
+        return {}
 
     def wait_any(self, futures: Sequence[_Done]) -> tuple[list, list]:
         return list(futures[:1]), list(futures[1:])
@@ -66,11 +99,22 @@ class RayExecutor:
     def put(self, obj: Any):
         return self._ray.put(obj)
 
-    def submit(self, fn: Callable, *args, num_cpus: float = 1, **kwargs):
+    def submit(self, fn: Callable, *args, num_cpus: float = 1, num_returns: int = 1, **kwargs):
+        """A task (a list of ``num_returns`` futures when > 1: each part can be fetched or passed on alone)."""
         remote = self._remote.get(fn)
         if remote is None:
             remote = self._remote[fn] = self._ray.remote(fn)
-        return remote.options(num_cpus=num_cpus, max_retries=self.max_retries).remote(*args, **kwargs)
+        return remote.options(num_cpus=num_cpus, max_retries=self.max_retries,
+                              num_returns=num_returns).remote(*args, **kwargs)
+
+    def actor_pool(self, cls, *args, size: int = 1, num_cpus: float = 1, num_gpus: float = 0, **kwargs) -> "_RayPool":
+        """``size`` actors of ``cls`` (constructed once each with ``args``), restarted if they die."""
+        return _RayPool(self._ray, cls, args, kwargs, size=size, num_cpus=num_cpus, num_gpus=num_gpus,
+                        max_retries=self.max_retries)
+
+    def resources(self) -> dict:
+        """The cluster's total resources (``CPU``, ``GPU``, ...)."""
+        return dict(self._ray.cluster_resources())
 
     def wait_any(self, futures: Sequence) -> tuple[list, list]:
         done, pending = self._ray.wait(list(futures), num_returns=1)
@@ -82,6 +126,35 @@ class RayExecutor:
     def shutdown(self) -> None:
         if self._started:
             disconnect()
+
+
+class _RayPool:
+    """A fixed pool of Ray actors; each call goes to the actor with the fewest calls in flight."""
+
+    def __init__(self, ray, cls, args, kwargs, *, size: int, num_cpus: float, num_gpus: float, max_retries: int):
+        self._ray = ray
+        options = dict(num_cpus=num_cpus, max_restarts=max_retries, max_task_retries=max_retries)
+        if num_gpus:
+            options["num_gpus"] = num_gpus
+        remote = ray.remote(cls).options(**options)
+        self.actors = [remote.remote(*args, **kwargs) for _ in range(max(1, int(size)))]
+        self.size = len(self.actors)
+        self._in_flight: list[list] = [[] for _ in self.actors]
+
+    def submit(self, method: str, *args, num_returns: int = 1, **kwargs):
+        for calls in self._in_flight:  # forget finished calls
+            if calls:
+                done, _ = self._ray.wait(calls, num_returns=len(calls), timeout=0)
+                for ref in done:
+                    calls.remove(ref)
+        i = min(range(self.size), key=lambda j: len(self._in_flight[j]))
+        refs = getattr(self.actors[i], method).options(num_returns=num_returns).remote(*args, **kwargs)
+        self._in_flight[i].append(refs[0] if num_returns > 1 else refs)
+        return refs
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
 
 
 def make_executor(backend: str, **kwargs):

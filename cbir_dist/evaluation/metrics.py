@@ -20,6 +20,7 @@ __all__ = [
     "RetrievalConfusion",
     "average_precision",
     "bullseye_score",
+    "FsimReference",
     "fsim",
     "mean_average_precision",
     "precision_at_k",
@@ -303,3 +304,142 @@ def fsim(ref, test) -> float:
     with torch.inference_mode():
         score = piq.fsim(tensor(ref), tensor(test), data_range=1.0, chromatic=False, reduction="none")
     return float(score[0])
+
+
+class FsimReference:
+    """The reference half of :func:`fsim`, computed once: ``FsimReference(ref).score(test) == fsim(ref, test)``.
+
+    FSIM needs the phase-congruency and gradient maps of both images; the reference's are the same
+    for every reconstruction of one query (the evaluation scores each query under every frequency,
+    inpainter and repeat), so they are computed here once and reused. The result equals
+    ``piq.fsim(..., chromatic=False)`` bit for bit (the same operations of piq 0.8 in the same order,
+    ``tests/test_metrics.py``); about half the cost of :func:`fsim` per further test image.
+    Picklable (the maps are tensors), so one task can compute them for others.
+    """
+
+    _SCALES, _ORIENTATIONS, _MIN_LENGTH, _MULT, _SIGMA_F, _DELTA_THETA, _K = 4, 4, 6, 2, 0.55, 1.2, 2.0
+
+    def __init__(self, ref):
+        import torch
+
+        ref = np.asarray(ref)
+        _check_pair(ref, ref)
+        self.shape = ref.shape
+        with torch.inference_mode():
+            self.pc, self.grad = self._maps(self._luminance(ref))
+
+    @staticmethod
+    def _luminance(a: np.ndarray):
+        """piq.fsim's input path: [0, 1] tensor, back to [0, 255], average pooling, the Y of YIQ."""
+        import torch
+        from piq.functional import rgb2yiq
+
+        t = torch.from_numpy(np.array(a, dtype=np.float32)) / 255.0
+        x = t[None, None] if a.ndim == 2 else t.permute(2, 0, 1)[None]
+        x = x / float(1.0) * 255
+        kernel_size = max(1, round(min(x.shape[-2:]) / 256))
+        x = torch.nn.functional.avg_pool2d(x, kernel_size)
+        return rgb2yiq(x)[:, :1] if x.size(1) == 3 else x
+
+    @classmethod
+    def _maps(cls, lum):
+        import torch
+        from piq.functional import gradient_map, scharr_filter
+
+        pc = _phase_congruency(lum, _filter_terms(tuple(lum.shape[-2:]), lum.dtype, cls), cls._SCALES,
+                               cls._ORIENTATIONS, cls._K)
+        sch = scharr_filter(device=lum.device, dtype=lum.dtype)
+        grad = gradient_map(lum, torch.stack([sch, sch.transpose(-1, -2)]))
+        return pc, grad
+
+    def score(self, test) -> float:
+        """FSIM of ``test`` (uint8, the reference's shape) against the reference."""
+        import torch
+        from piq.functional import similarity_map
+
+        test = np.asarray(test)
+        if test.dtype != np.uint8 or test.shape != self.shape:
+            raise ValueError(f"test must be a uint8 image of shape {self.shape}, got {test.dtype} {test.shape}")
+        with torch.inference_mode():
+            pc_y, grad_y = self._maps(self._luminance(test))
+            pc_x, grad_x = self.pc, self.grad
+            t1, t2 = 0.85, 160
+            pc_sim = similarity_map(pc_x, pc_y, t1)
+            gm_sim = similarity_map(grad_x, grad_y, t2)
+            pc_max = torch.where(pc_x > pc_y, pc_x, pc_y)
+            score = gm_sim * pc_sim * pc_max
+            result = score.sum(dim=[1, 2, 3]) / pc_max.sum(dim=[1, 2, 3])
+        return float(result[0])
+
+
+_FILTER_TERMS: dict = {}
+
+
+def _filter_terms(size: tuple, dtype, p) -> dict:
+    """The image-independent part of piq's phase congruency for one image size, computed once per process.
+
+    piq recomputes these for every image (16 inverse FFTs of the log-Gabor filters and their sums);
+    the values are the same, so caching them changes no bit of the result.
+    """
+    import math
+
+    import torch
+    from piq.fsim import _construct_filters
+
+    key = (size, dtype)
+    if key not in _FILTER_TERMS:
+        if len(_FILTER_TERMS) > 64:
+            _FILTER_TERMS.clear()
+        h, w = size
+        o, sc = p._ORIENTATIONS, p._SCALES
+        filters = _construct_filters(torch.zeros(1, 1, h, w, dtype=dtype), sc, o, p._MIN_LENGTH, p._MULT, p._SIGMA_F,
+                                     p._DELTA_THETA)
+        filters_ifft = torch.fft.ifft2(filters)
+        filters_ifft = filters_ifft.real * math.sqrt(h * w)
+        em_n = (filters.view(1, o, sc, h, w)[:, :, :1, ...] ** 2).sum(dim=[-2, -1], keepdims=True)
+        filters_ifft = filters_ifft.view(1, o, sc, h, w)
+        sum_an2 = torch.sum(filters_ifft ** 2, dim=-3, keepdim=True)
+        sum_ai_aj = torch.zeros(1, o, 1, h, w, dtype=dtype)
+        for s in range(sc - 1):
+            sum_ai_aj = sum_ai_aj + (filters_ifft[:, :, s: s + 1] * filters_ifft[:, :, s + 1:]).sum(dim=-3, keepdim=True)
+        _FILTER_TERMS[key] = {"filters": filters, "em_n": em_n,
+                              "sum_an2": torch.sum(sum_an2, dim=[-1, -2], keepdim=True),
+                              "sum_ai_aj": torch.sum(sum_ai_aj, dim=[-1, -2], keepdim=True)}
+    return _FILTER_TERMS[key]
+
+
+def _phase_congruency(x, terms: dict, scales: int, orientations: int, k: float):
+    """``piq.fsim._phase_congruency`` (piq 0.8, torch >= 1.8 branch) for one image, with its
+    image-independent terms from :func:`_filter_terms`; the same operations in the same order."""
+    import math
+
+    import torch
+
+    eps = torch.finfo(x.dtype).eps
+    n, _, h, w = x.shape
+    filters = terms["filters"]
+    imagefft = torch.fft.fft2(x)
+    even_odd = torch.view_as_real(torch.fft.ifft2(imagefft * filters)).view(n, orientations, scales, h, w, 2)
+    an = torch.sqrt(torch.sum(even_odd ** 2, dim=-1))
+    sum_e = even_odd[..., 0].sum(dim=2, keepdims=True)
+    sum_o = even_odd[..., 1].sum(dim=2, keepdims=True)
+    x_energy = torch.sqrt(sum_e ** 2 + sum_o ** 2) + eps
+    mean_e = sum_e / x_energy
+    mean_o = sum_o / x_energy
+    even = even_odd[..., 0]
+    odd = even_odd[..., 1]
+    energy = (even * mean_e + odd * mean_o - torch.abs(even * mean_o - odd * mean_e)).sum(dim=2, keepdim=True)
+    abs_eo = torch.sqrt(torch.sum(even_odd[:, :, :1, ...] ** 2, dim=-1)).reshape(n, orientations, 1, 1, h * w)
+    median_e2n = torch.median(abs_eo ** 2, dim=-1, keepdim=True).values
+    mean_e2n = - median_e2n / math.log(0.5)
+    noise_power = mean_e2n / terms["em_n"]
+    noise_energy2 = 2 * noise_power * terms["sum_an2"] + 4 * noise_power * terms["sum_ai_aj"]
+    tau = torch.sqrt(noise_energy2 / 2)
+    noise_energy = tau * math.sqrt(math.pi / 2)
+    moise_energy_sigma = torch.sqrt((2 - math.pi / 2) * tau ** 2)
+    t = noise_energy + k * moise_energy_sigma
+    t = t / 1.7
+    energy = torch.max(energy - t, torch.zeros_like(t))
+    energy_all = energy.sum(dim=[1, 2]) + eps
+    an_all = an.sum(dim=[1, 2]) + eps
+    return (energy_all / an_all).unsqueeze(1)

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "inpaint", "deep", "descriptors", "write")
+#: ``inpaint``: masks and classical inpainting (a network's pre-fill); ``inpaint_net``: a network inpainter
+#: in the Ray backend's actors (the local backend counts it under ``inpaint``)
+STAGES = ("decode", "inpaint", "inpaint_net", "deep", "descriptors", "write")
 
 
 @dataclass

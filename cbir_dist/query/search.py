@@ -176,6 +176,17 @@ class _DamageByRoot:
     def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
         return self.hooks[self.roots.get(path)](image, path)
 
+    # a network inpainter runs in two halves on the Ray path (CPU tasks, then actors): the same for every root
+    @property
+    def network(self) -> bool:
+        return any(h.network for h in self.hooks.values())
+
+    def prepare(self, image: np.ndarray, path: str):
+        return self.hooks[self.roots.get(path)].prepare(image, path)
+
+    def network_stage(self):
+        return next(iter(self.hooks.values())).network_stage()
+
 
 #: ``observe(record, damaged, reconstructed)``: called for every query that reaches the search, with
 #: the images it was described from (all three the same array when the query is intact).

@@ -1,4 +1,4 @@
-"""The training history: an append-only JSONL of training and validation records, and its loss-curve plot."""
+"""The training history: an append-only JSONL of training and validation records, and its training-curve plot."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def read_metrics(path) -> list[dict]:
 
 
 class MetricsLog:
-    """Append-only JSONL of training/validation records; truncated to ``<= step`` on resume."""
+    """Append-only JSONL of training/validation records; on resume, truncated to the records ``<= step``."""
 
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = Path(path)
@@ -36,11 +36,11 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def plot_history(records: list[dict], png, references: dict[str, float] | None = None) -> None:
-    """Loss curve (train L1 terms) with validation PSNR on a second axis, saved as PNG.
+def plot_history(records: list[dict], png, title: str = "two-stage inpainter training") -> None:
+    """The training curve: the loss and the batch's hole-PSNR gain over Telea (train), and the held-out
+    validation gain over Telea (mean and worst frequency) on a second axis; saved as PNG.
 
-    ``references`` maps a label to a validation PSNR drawn as a horizontal line (e.g. Telea's on
-    the same validation pairs).
+    Reads the records of this package's loop and of the prototype's ``train.py`` (the same keys).
     """
     import matplotlib
 
@@ -48,29 +48,29 @@ def plot_history(records: list[dict], png, references: dict[str, float] | None =
     import matplotlib.pyplot as plt
 
     train = [r for r in records if r.get("kind") == "train"]
-    val = [r for r in records if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    val = [r for r in records if r.get("kind") == "val" and "dpsnr_mean" in r]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     if train:
         steps = [r["step"] for r in train]
-        ax.plot(steps, [r["l1_refined"] for r in train], label="L1 stage 2 (6·hole + valid)", lw=1)
-        ax.plot(steps, [r["l1_coarse"] for r in train], label="L1 stage 1", lw=1, alpha=0.7)
+        ax.plot(steps, [r["loss"] for r in train], lw=0.8, color="tab:blue", label="training loss (batch mean per log interval)")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean over log interval)")
-    ax.set_yscale("log")
+    ax.set_ylabel("training loss")
+    ax2 = ax.twinx()
+    if train and "db_gain" in train[0]:
+        ax2.plot(steps, [r["db_gain"] for r in train], lw=0.6, alpha=0.5, color="tab:orange",
+                 label="train: hole PSNR gain over Telea (dB)")
     if val:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", color="k", label="val PSNR")
-        ax2.plot([r["step"] for r in val], [r["val_psnr_none"] for r in val], ":", color="grey", label="val PSNR, no inpainting")
-        for (label, value), colour in zip((references or {}).items(), ("tab:red", "tab:purple", "tab:brown")):
-            ax2.axhline(value, ls="--", lw=1, color=colour, label=f"val PSNR, {label}")
-        ax2.set_ylabel("validation PSNR (dB)")
-        ax2.legend(loc="center right", fontsize=8)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("two-stage inpainter training")
+        vs = [r["step"] for r in val]
+        ax2.plot(vs, [r["dpsnr_mean"] for r in val], "o-", ms=3, color="k", label="held-out: PSNR gain over Telea, mean of 8 Hz")
+        ax2.plot(vs, [r["dpsnr_min"] for r in val], "s--", ms=3, color="tab:red", label="held-out: worst frequency")
+    ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax2.axhline(0.5, color="tab:green", lw=0.8, ls=":", label="target: +0.5 dB")
+    ax2.set_ylabel("PSNR gain over Telea (dB)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=7)
+    ax.set_title(title)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-

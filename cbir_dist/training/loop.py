@@ -2,68 +2,92 @@
 
 One loop (:func:`run_training_loop`) runs either in this process or inside every worker of a Ray
 Train ``TorchTrainer`` (:func:`worker_loop`, wired by :mod:`cbir_dist.distributed.train`:
-data-parallel, DDP over GPU workers on a cluster, one CPU worker on a laptop). Checkpoints make a
-killed run resume bit-for-bit; validation PSNR/SSIM on the held-out split go to ``metrics.jsonl``
-beside a loss-curve PNG.
+data-parallel, DDP over GPU workers on a cluster). It is a port of the prototype's ``train.py``
+(the run that produced the shipped weights): the same random draws in the same order, the same
+loss, schedule and clipping, so that on one thread it reproduces the prototype's per-step losses
+for the same seed (``tests/test_two_stage.py`` pins them). Checkpoints are written atomically
+every ``checkpoint_minutes`` (and every ``checkpoint_every`` steps when set), on SIGTERM/SIGINT
+and at the end; rerunning the same command resumes bit-for-bit from the last one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import _unwrap, load_checkpoint, save_checkpoint
+from .checkpoints import _unwrap, load_checkpoint, save_checkpoint, save_snapshot
 from .config import TrainConfig
-from .data import load_cache, resolve_split, sample_batch, to_tensors, validation_set
+from .data import load_cache, mask_tensor, resolve_split, sample_batch, to_tensor, validate, validation_set
 from .history import METRICS_NAME, PLOT_NAME, MetricsLog, plot_history
+from .losses import loss_fn
 
 log = logging.getLogger(__name__)
 
-
-def evaluate(inpaint_batch, images, masks) -> dict:
-    """Mean PSNR / SSIM (whole image, skimage) of ``inpaint_batch`` and of the masked input (``none``)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    out = {"val_psnr": [], "val_ssim": [], "val_psnr_none": []}
-    for img, m in zip(images, masks):
-        rec = inpaint_batch(img[None], m[None])[0]
-        out["val_psnr"].append(peak_signal_noise_ratio(img, rec, data_range=255))
-        out["val_ssim"].append(structural_similarity(img, rec, channel_axis=2, data_range=255))
-        out["val_psnr_none"].append(peak_signal_noise_ratio(img, img * m[..., None], data_range=255))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+SNAPSHOTS = "snapshots"
 
 
-def _lr_at(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
-    """Linear warm-up then cosine decay to ``lr · lr_final_fraction``.
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``lr · lr_final`` at ``steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    Progress is ``step / steps``, or, with a ``max_minutes`` budget, the larger of that and the
-    fraction of the budget used, so that a time-limited run still ends annealed (such a run is not
-    bit-reproducible: its learning rate depends on the wall clock).
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    if cfg.max_minutes:
-        t = max(t, min(1.0, elapsed_s / (60.0 * cfg.max_minutes)))
-    return cfg.lr * (cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+def _set_threads(n: int | None) -> None:
+    if not n:
+        return
+    import cv2
+    import torch
+
+    torch.set_num_threads(int(n))
+    try:
+        torch.set_num_interop_threads(int(n))
+    except RuntimeError:  # only settable before the first parallel work of the process
+        pass
+    cv2.setNumThreads(int(n))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag (main thread only); the loop then checkpoints and returns."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def run_training_loop(cfg: TrainConfig, *, device=None, rank: int = 0, world_size: int = 1,
                       prepare_model=None, report=None, resume_from=None) -> dict:
-    """The training loop shared by the in-process and the Ray Train paths.
+    """Train (or resume) the two-stage network as ``cfg`` says.
 
     Parameters
     ----------
     cfg : TrainConfig
-    device : torch.device, optional
+    device : torch.device or str, optional
+        Default CPU.
     rank, world_size : int
-        Data-parallel position; each rank draws its own batches (seed + rank) and only rank 0
-        writes checkpoints, logs and validation.
+        Data-parallel position; rank 0 draws from ``default_rng(seed)`` (the prototype's stream),
+        other ranks from ``default_rng([seed, rank])``; only rank 0 writes checkpoints, logs,
+        snapshots and validates.
     prepare_model : callable, optional
         Wraps the model for distributed training (``ray.train.torch.prepare_model``).
     report : callable, optional
@@ -74,155 +98,134 @@ def run_training_loop(cfg: TrainConfig, *, device=None, rank: int = 0, world_siz
     Returns
     -------
     dict
-        ``{"step": last step, "history": [...records], "val": last validation metrics}``.
+        ``{"step", "history" (rank 0's records), "val" (last validation), "checkpoint", "stopped"}``.
     """
     import torch
 
-    from ..damage.inpaint.two_stage import TwoStageInpainter, build_two_stage
-    from .losses import (
-        LossWeights,
-        build_patch_discriminator,
-        hinge_d_loss,
-        total_loss,
-        vgg_features,
-    )
+    from ..damage.inpaint.two_stage import TwoStageInpainter
+    from ..damage.inpaint.two_stage_net import build_model
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    _set_threads(cfg.num_threads)
     device = torch.device(device or "cpu")
-    t_start = time.monotonic()
+    model_cfg = cfg.full_model_config
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, rank])
-    model = build_two_stage(cfg.width).to(device)
+    rng = np.random.default_rng(cfg.seed if rank == 0 else [cfg.seed, rank])
+    model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    disc = d_opt = None
-    if cfg.adversarial:
-        disc = build_patch_discriminator().to(device)
-        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
-    weights = LossWeights(hole=cfg.hole_weight, valid=cfg.valid_weight, style=cfg.style_weight,
-                          correlation=cfg.correlation_weight,
-                          adversarial=cfg.adversarial_weight if cfg.adversarial else 0.0)
-    vgg = None
-    if cfg.style_weight > 0 or cfg.correlation_weight > 0:
-        vgg = vgg_features(cfg.vgg_weights, pretrained=cfg.vgg_pretrained).to(device)
-
-    ckpt_path = cfg.checkpoint_path  # where this run writes its checkpoints
+    ckpt_path = cfg.checkpoint_path
     load_path = Path(resume_from) if resume_from else ckpt_path
-    step = 0
-    elapsed_before = 0.0  # training seconds spent before this (re)start, for the max_minutes budget
+    step, elapsed_before = 0, 0.0
     if load_path.is_file():
-        extra = {}
-        step = load_checkpoint(load_path, model=model, optimizer=optimizer, rng=rng, discriminator=disc,
-                               d_optimizer=d_opt, extra_out=extra)
-        elapsed_before = float(extra.get("elapsed_s", 0.0))
-        if world_size > 1:  # each rank continues its own stream
+        state = load_checkpoint(load_path, model=model, optimizer=optimizer, rng=rng, config=cfg)
+        step, elapsed_before = state["step"], state["elapsed_s"]
+        if world_size > 1 and rank > 0:  # each rank continues a stream of its own
             rng = np.random.default_rng([cfg.seed, rank, step])
         log.info("resumed from %s at step %d", load_path, step)
     if prepare_model is not None:
         model = prepare_model(model)
-        if disc is not None:
-            disc = prepare_model(disc)
 
-    train_paths, val_paths = resolve_split(cfg)
-    cache = load_cache(train_paths, cfg.cache_short_side)
-    log.info("cached %d training images (short side %d) in %.1f s", len(cache), cfg.cache_short_side, time.monotonic() - t_start)
-    val_images, val_masks = ([], [])
-    if rank == 0 and val_paths:
-        val_images, val_masks = validation_set(val_paths, cfg.cache_short_side, cfg.seed, cfg.val_max_images)
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out / METRICS_NAME, resume_step=step) if rank == 0 else None
+    t0 = time.monotonic()
+    train_paths, val_paths = resolve_split(cfg)
+    cache = load_cache(train_paths, min_side=cfg.crop_max)
+    log.info("cached %d training images in %.1f s (%d parameters)", len(cache), time.monotonic() - t0,
+             sum(p.numel() for p in model.parameters()))
+    root = Path(cfg.data_root).resolve() if cfg.data_root else None
+    val_cases = []
+    if rank == 0 and cfg.val_every and val_paths:
+        from .data import data_root
 
-    def validate(at_step):
-        model.eval()
-        res = evaluate(TwoStageInpainter(_unwrap(model), device).inpaint_batch, val_images, val_masks)
-        model.train()
-        rec = {"kind": "val", "step": at_step, **res}
-        metrics.append(rec)
-        log.info("step %d validation: %s", at_step, res)
+        val_cases = validation_set(val_paths, root or data_root(cfg.images_dirs), cfg.val_images,
+                                   model_cfg["prefill"], model_cfg["prefill_radius"])
+    t_session = time.monotonic()
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t_session
+
+    def do_validate(at_step: int) -> dict:
+        net = TwoStageInpainter(_unwrap(model).eval(), device, max_side=None, mixed_precision=False)
+        res = validate(lambda p, k: np.stack(net.refine_batch(list(p), list(k))), val_cases)
+        _unwrap(model).train()
+        metrics.append({"kind": "val", "step": at_step, **res})
+        log.info("step %d validation: PSNR gain over Telea %.3f dB (worst frequency %.3f)", at_step,
+                 res["dpsnr_mean"], res["dpsnr_min"])
         return res
 
-    def checkpoint(at_step):
+    def checkpoint(at_step: int) -> None:
         save_checkpoint(ckpt_path, model=model, optimizer=optimizer, step=at_step, rng=rng, config=cfg,
-                        discriminator=disc, d_optimizer=d_opt, extra={"elapsed_s": elapsed()})
+                        elapsed_s=elapsed())
         plot_history(metrics.read(), out / PLOT_NAME)
 
-    model.train()
     acc: dict[str, list[float]] = {}
     last_val: dict = {}
-    t_loop = time.monotonic()
-
-    def elapsed():
-        return elapsed_before + time.monotonic() - t_loop
-
-    t_log = time.monotonic()
-    stopped_early = False
-    while step < cfg.steps:
-        if cfg.max_minutes and elapsed() > 60 * cfg.max_minutes:
-            log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, step)
-            stopped_early = True
-            break
-        lr_now = _lr_at(cfg, step, elapsed())
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        images, masks = sample_batch(cache, rng, cfg.batch_size, cfg.crop, cfg.fringe_probability)
-        x, m = to_tensors(images, masks, device)
-        coarse, refined, output = model(x, m)
-        use_vgg = vgg is not None and step % cfg.vgg_every == 0
-        loss, terms = total_loss(x, m, coarse, refined, output, weights=replace(weights, style=0.0, correlation=0.0))
-        if use_vgg:
-            k = min(cfg.vgg_batch, x.shape[0])
-            vgg_w = replace(weights, hole=0.0, valid=0.0, coarse=0.0, adversarial=0.0)
-            lv, tv = total_loss(x[:k], m[:k], coarse[:k], refined[:k], output[:k], weights=vgg_w, vgg=vgg)
-            loss = loss + lv
-            terms.update({k2: v for k2, v in tv.items() if k2 in ("style", "correlation")})
-        if disc is not None:
-            la, ta = total_loss(x, m, coarse, refined, output, weights=replace(weights, hole=0.0, valid=0.0, coarse=0.0), discriminator=disc)
-            loss = loss + la
-            terms["adversarial"] = ta.get("adversarial", 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if disc is not None:
-            d_loss = hinge_d_loss(disc(torch.cat([x, m], 1)), disc(torch.cat([output.detach(), m], 1)))
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
-            terms["d_loss"] = float(d_loss.detach())
-        terms["total"] = float(loss.detach())
-        for k2, v in terms.items():
-            acc.setdefault(k2, []).append(v)
-        step += 1
-
-        ckpt_written = None
-        if rank == 0:
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.monotonic()
-                rec = {"kind": "train", "step": step, "lr": lr_now, "elapsed_s": elapsed(),
-                       "sec_per_step": (now - t_log) / max(1, len(acc.get("total", [1])))}
-                rec.update({k2: float(np.mean(v)) for k2, v in acc.items()})
-                metrics.append(rec)
-                log.info("step %d %s", step, {k2: float(f"{v:.4g}") for k2, v in rec.items() if isinstance(v, float)})
-                acc, t_log = {}, now
-            if val_images and (step % cfg.val_every == 0 or step == cfg.steps):
-                last_val = validate(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint(step)
-                ckpt_written = ckpt_path
-        if report is not None and (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            # every rank reports at the same steps (Ray Train requires it); rank 0 attaches the checkpoint
-            report({"step": step, "loss": terms["total"], **last_val}, ckpt_written)
+    t_log = last_ckpt = time.monotonic()
+    start_step = step
+    stopped = None
+    unreported = None  # a checkpoint written since the last report
+    model.train()
+    with _StopFlag() as stop:
+        while step < cfg.steps:
+            if stop.set:
+                stopped = "signal"
+                break
+            if cfg.max_minutes and time.monotonic() - t_session > 60 * cfg.max_minutes:
+                stopped = "max_minutes"
+                break
+            if cfg.steps_this_session and step - start_step >= cfg.steps_this_session:
+                stopped = "steps_this_session"
+                break
+            lr = lr_at(cfg, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            tgt, pre, known = sample_batch(cache, rng, cfg.batch_size, cfg.crop_min, cfg.crop_max, cfg.fringe_prob,
+                                           model_cfg["prefill"], model_cfg["prefill_radius"])
+            x, p_in, m = to_tensor(tgt, device), to_tensor(pre, device), mask_tensor(known, device)
+            coarse, o = model(p_in, m)
+            loss, terms = loss_fn(x, m, coarse, o, p_in, loss=cfg.loss, coarse_weight=cfg.coarse_weight,
+                                  db_weight=cfg.db_weight, ssim_weight=cfg.ssim_weight, ssim_batch=cfg.ssim_batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            terms["grad_norm"] = float(gn)
+            hole = 1.0 - m  # L1 of the Telea pre-fill itself on the same holes, to read the gain off the log
+            terms["l1_telea"] = float(((p_in - x).abs() * hole).sum() / (hole.sum() * 3 + 1e-8))
+            for k, v in terms.items():
+                acc.setdefault(k, []).append(v)
+            step += 1
+            if rank == 0:
+                if step % cfg.log_every == 0:
+                    now = time.monotonic()
+                    rec = {"kind": "train", "step": step, "lr": lr, "elapsed_s": round(elapsed(), 1),
+                           "sec_per_step": (now - t_log) / len(acc["loss"])}
+                    rec.update({k: float(np.mean(v)) for k, v in acc.items()})
+                    metrics.append(rec)
+                    log.info("step %d loss %.5f db_gain %s lr %.3g", step, rec["loss"], rec.get("db_gain"), lr)
+                    acc, t_log = {}, now
+                if val_cases and step % cfg.val_every == 0:
+                    last_val = do_validate(step)
+                if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                    save_snapshot(out / SNAPSHOTS / f"step_{step:06d}.pt", model=model, config=model_cfg, step=step)
+                due = time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes
+                if due or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    checkpoint(step)
+                    last_ckpt = time.monotonic()
+                    unreported = ckpt_path
+            # every rank reports at the same steps (Ray Train requires it); rank 0 attaches its newest checkpoint
+            if report is not None and step % cfg.log_every == 0:
+                report({"step": step, "loss": terms["loss"], **last_val}, unreported)
+                unreported = None
     if rank == 0:
-        if stopped_early:
-            if val_images:
-                last_val = validate(step)
-            checkpoint(step)
-            if report is not None:
-                report({"step": step, **last_val}, ckpt_path)
-        history = metrics.read()
-    else:
-        history = []
-    return {"step": step, "history": history, "val": last_val, "checkpoint": str(ckpt_path)}
+        checkpoint(step)
+        unreported = ckpt_path
+    if report is not None:
+        report({"step": step, **last_val}, unreported)
+    history = metrics.read() if rank == 0 else []
+    if stopped:
+        log.info("stopped at step %d (%s); rerun the same command to resume", step, stopped)
+    return {"step": step, "history": history, "val": last_val, "checkpoint": str(ckpt_path), "stopped": stopped}
 
 
 def worker_loop(config: dict, worker) -> None:

@@ -3,6 +3,10 @@
 ``get_inpainter("telea", radius=3)(image, known)`` fills the missing pixels of ``image`` (``uint8``
 RGB or grey) where ``known`` (``bool``, True = known pixel) is False. Heavy libraries (cv2,
 skimage, torch) are imported only when an inpainter runs or, for "two-stage", is built.
+
+"two-stage" is a network: :func:`is_network` says so without building it, and the jobs then run
+its classical pre-fill in CPU tasks and the network in actors (``TwoStageInpainter.prefill`` /
+``refine_batch``); the classical inpainters run whole in CPU tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ __all__ = [
     "available_inpainters",
     "check_inputs",
     "get_inpainter",
+    "get_prefill",
+    "is_network",
     "paste_known",
 ]
 
@@ -43,6 +49,13 @@ def _two_stage(**kwargs) -> Inpainter:
     return module.load_two_stage(**kwargs)
 
 
+def _two_stage_prefill(**kwargs):
+    """The two-stage network's classical pre-fill, from its provenance JSON (no weights, no torch)."""
+    from .two_stage import load_prefill
+
+    return load_prefill(**kwargs)
+
+
 _REGISTRY: dict[str, Callable[..., Inpainter]] = {
     "none": ZeroFill,
     "telea": lambda **kw: OpenCVInpainter(method="telea", **kw),
@@ -50,6 +63,28 @@ _REGISTRY: dict[str, Callable[..., Inpainter]] = {
     "biharmonic": BiharmonicInpainter,
     "two-stage": _two_stage,
 }
+
+
+#: Registered inpainters that are networks (built with weights; batched in actors by the jobs).
+NETWORKS = frozenset({"two-stage"})
+
+
+def is_network(name: str) -> bool:
+    """True when the inpainter registered as ``name`` is a network (``two-stage``)."""
+    return name in NETWORKS
+
+
+_PREFILLS = {"two-stage": _two_stage_prefill}
+
+
+def get_prefill(name: str, **kwargs) -> Callable:
+    """The CPU half of the network ``name``: ``prefill(image, known) -> RGB uint8`` (its classical pre-fill).
+
+    Raises :class:`UsageError` when ``name`` is not a network (see :func:`is_network`).
+    """
+    if name not in _PREFILLS:
+        raise UsageError(f"inpainter {name!r} is not a network; networks: {', '.join(sorted(NETWORKS))}")
+    return _PREFILLS[name](**kwargs)
 
 
 def available_inpainters() -> list[str]:
@@ -65,7 +100,7 @@ def get_inpainter(name: str, **kwargs) -> Inpainter:
     name : str
         One of :func:`available_inpainters`: ``"none"`` (zero fill), ``"telea"`` and ``"ns"``
         (``radius``, default 5), ``"biharmonic"`` (``max_side``, default 512), ``"two-stage"``
-        (keyword arguments go to ``cbir_dist.inpaint.two_stage.load_two_stage``).
+        (keyword arguments go to ``cbir_dist.damage.inpaint.two_stage.load_two_stage``).
     **kwargs
         Options of that inpainter; an unknown option raises ``TypeError``.
 

@@ -1,20 +1,19 @@
-"""Two-stage coarse-to-fine inpainting network (region-wise convolutions + non-local refinement).
+"""The ``two-stage`` inpainter: a Telea pre-fill corrected by a two-stage coarse-to-fine network.
 
-After Ma et al., "Region-wise Generative Adversarial Image Inpainting for Large Missing Areas"
-(IEEE Trans. Cybernetics, 2022; arXiv:1909.12507), as Taheri et al. use it to restore fringe-masked
-CBIR queries, scaled down (~1.6 M parameters) so it trains and runs on a CPU:
+The paper's two-stage idea (Ma et al. 2022, as Taheri et al. use it for fringe-masked CBIR
+queries) — stage 1 region-wise convolutions, stage 2 non-local refinement — as a *residual* on a
+classical pre-fill; the torch modules are in :mod:`.two_stage_net`, imported only when the network
+is built, so importing this module does not import torch.
 
-* **stage 1** — an encoder of *region-wise* convolutions: every layer holds two filter banks, one
-  for existing and one for missing regions, selected per output position by the mask downsampled
-  to that layer's resolution, ``out = M ⊙ conv_known(x) + (1 − M) ⊙ conv_missing(x)``; dilated
-  convolutions at 1/8 resolution; a decoder predicting the coarse image ``Î₁``;
-* the composite ``I₁ = M ⊙ I + (1 − M) ⊙ Î₁``;
-* **stage 2** — an encoder-decoder (U-Net skips) with a non-local (self-attention) block at the
-  1/8-resolution bottleneck that refines ``I₁`` into ``Î₂``; the output is ``M ⊙ I + (1 − M) ⊙ Î₂``.
+Inference has two halves, so that a job can put each where it runs best:
 
-The network works on images in [-1, 1] whose sides are multiples of :data:`STRIDE`;
-:class:`TwoStageInpainter` pads (reflect) any uint8 image to that, runs, crops back and composites
-so that known pixels come back bit-exact.
+* :func:`prefill` — CPU only (``cv2.inpaint``): damaged image + mask -> pre-filled image. The Ray
+  graph and the evaluation job run it in CPU tasks;
+* :meth:`TwoStageInpainter.refine_batch` — the network on a batch of pre-filled images (a GPU
+  actor when the cluster has one, under bf16/fp16 autocast).
+
+``TwoStageInpainter(image, known)`` does both in one call (the :class:`~.base.Inpainter` protocol);
+:meth:`TwoStageInpainter.inpaint_batch` does both for a batch. Known pixels always come back bit-exact.
 """
 
 from __future__ import annotations
@@ -22,291 +21,159 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ...errors import WeightsError
 from ...io.files import sha256_file
+from .base import check_inputs
 
 log = logging.getLogger(__name__)
 
-STRIDE = 8  # three stride-2 downsamplings
+ARCHITECTURE = "ResidualTwoStageNet"
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "two_stage.pt"
 DEFAULT_PROVENANCE = WEIGHTS_DIR / "two_stage.json"
-DEFAULT_CONFIG = {"width": 32}
+STRIDE = 8
 
 
-def _torch():
+def prefill(image: np.ndarray, known: np.ndarray, method: str = "telea", radius: float = 5.0) -> np.ndarray:
+    """The classical pre-fill of a uint8 (H, W, 3) image: ``cv2.inpaint`` (Telea or Navier–Stokes), known pixels exact.
+
+    The values under missing pixels are never read. Nothing known: all zeros; all known: a copy.
+    """
+    import cv2
+
+    if known.all():
+        return image.copy()
+    if not known.any():
+        return np.zeros_like(image)
+    flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+    src = np.ascontiguousarray(image).copy()
+    src[~known] = 0
+    out = cv2.inpaint(src, (~known).astype(np.uint8), float(radius), flags).reshape(image.shape)
+    out[known] = image[known]
+    return out
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    return np.repeat(image.reshape(image.shape[:2])[..., None], 3, axis=2)
+
+
+def _from_rgb(rgb: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Back to ``like``'s layout: grey images get the channel mean of the three equal-input channels."""
+    if rgb.shape == like.shape:
+        return rgb
+    return np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8).reshape(like.shape)
+
+
+def autocast_dtype(device) -> "object | None":
+    """The mixed-precision dtype used on ``device``: bfloat16 where CUDA supports it, else float16; None on CPU."""
     import torch
 
-    return torch
-
-
-def build_two_stage(width: int = 32):
-    """Construct an untrained :class:`TwoStageNet` (``width`` = channels of the first layer)."""
-    return _model_classes()["TwoStageNet"](width=width)
-
-
-_CLASSES: dict = {}
-
-
-def _model_classes() -> dict:
-    """Define the torch modules on first use, so importing this module does not import torch."""
-    if _CLASSES:
-        return _CLASSES
-    torch = _torch()
-    import torch.nn.functional as F
-    from torch import nn
-
-    def downsample_mask(mask, size):
-        """Mask (N,1,H,W) in {0,1} to ``size``: a position is *known* only if its whole window is.
-
-        Min-pooling is conservative: any output position whose receptive window touches a hole is
-        handled by the missing-region filters.
-        """
-        if tuple(mask.shape[-2:]) == tuple(size):
-            return mask
-        return 1.0 - F.adaptive_max_pool2d(1.0 - mask, size)
-
-    class RegionConv2d(nn.Module):
-        """Region-wise convolution: ``M ⊙ conv_known(x) + (1 − M) ⊙ conv_missing(x)``.
-
-        ``M`` is the known-pixel mask (N, 1, H, W) in {0, 1} min-pooled to the output resolution.
-        Shapes: x (N, C_in, H, W) -> (N, C_out, H / stride, W / stride). Ma et al. (2022), Sec. III-B.
-        """
-
-        def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1):
-            super().__init__()
-            pad = dilation * (kernel_size - 1) // 2
-            kw = dict(kernel_size=kernel_size, stride=stride, padding=pad, dilation=dilation)
-            self.conv_known = nn.Conv2d(c_in, c_out, **kw)
-            self.conv_missing = nn.Conv2d(c_in, c_out, **kw)
-
-        def forward(self, x, mask):
-            a = self.conv_known(x)
-            b = self.conv_missing(x)
-            m = downsample_mask(mask, a.shape[-2:])
-            return m * a + (1.0 - m) * b
-
-    class NonLocalBlock(nn.Module):
-        """Embedded-Gaussian non-local block (Wang et al., CVPR 2018) with a residual connection.
-
-        ``y = x + W_z(softmax(θ(x)ᵀ φ(x)) g(x))`` over all spatial positions; (N, C, H, W) -> same.
-        """
-
-        def __init__(self, channels):
-            super().__init__()
-            inner = channels // 2
-            self.theta = nn.Conv2d(channels, inner, 1)
-            self.phi = nn.Conv2d(channels, inner, 1)
-            self.g = nn.Conv2d(channels, inner, 1)
-            self.out = nn.Conv2d(inner, channels, 1)
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
-            self.scale = inner**-0.5
-
-        def forward(self, x):
-            n, c, h, w = x.shape
-            q = self.theta(x).flatten(2).transpose(1, 2)  # N, HW, C'
-            k = self.phi(x).flatten(2)  # N, C', HW
-            v = self.g(x).flatten(2).transpose(1, 2)  # N, HW, C'
-            attn = torch.softmax(torch.bmm(q, k) * self.scale, dim=-1)
-            y = torch.bmm(attn, v).transpose(1, 2).reshape(n, -1, h, w)
-            return x + self.out(y)
-
-    def act():
-        return nn.LeakyReLU(0.2, inplace=True)
-
-    class UpConv(nn.Module):
-        """Nearest ×2 upsampling then a 3×3 convolution (avoids checkerboard artefacts)."""
-
-        def __init__(self, c_in, c_out):
-            super().__init__()
-            self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
-
-        def forward(self, x):
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-    class CoarseNet(nn.Module):
-        """Stage 1: region-wise-convolution encoder (to 1/8) + decoder -> coarse image Î₁ in [-1, 1]."""
-
-        def __init__(self, w):
-            super().__init__()
-            self.enc = nn.ModuleList(
-                [
-                    RegionConv2d(4, w, 5),  # 1
-                    RegionConv2d(w, 2 * w, 3, stride=2),  # 1/2
-                    RegionConv2d(2 * w, 4 * w, 3, stride=2),  # 1/4
-                    RegionConv2d(4 * w, 4 * w, 3, stride=2),  # 1/8
-                ]
-            )
-            self.mid = nn.Sequential(
-                nn.Conv2d(4 * w, 4 * w, 3, padding=2, dilation=2),
-                act(),
-                nn.Conv2d(4 * w, 4 * w, 3, padding=4, dilation=4),
-                act(),
-            )
-            self.dec = nn.Sequential(
-                UpConv(4 * w, 2 * w),
-                act(),
-                UpConv(2 * w, w),
-                act(),
-                UpConv(w, w // 2),
-                act(),
-                nn.Conv2d(w // 2, 3, 3, padding=1),
-            )
-            self.act = act()
-
-        def forward(self, x, mask):
-            for layer in self.enc:
-                x = self.act(layer(x, mask))
-            return torch.tanh(self.dec(self.mid(x)))
-
-    class RefineNet(nn.Module):
-        """Stage 2: U-Net encoder-decoder with a non-local block at 1/8 resolution -> Î₂ in [-1, 1]."""
-
-        def __init__(self, w):
-            super().__init__()
-            self.e1 = nn.Sequential(nn.Conv2d(4, w, 5, padding=2), act())
-            self.e2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act())
-            self.e3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), act())
-            self.e4 = nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), act())
-            self.nonlocal_block = NonLocalBlock(4 * w)
-            self.mid = nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, padding=2, dilation=2), act())
-            self.u3 = UpConv(4 * w, 2 * w)
-            self.d3 = nn.Sequential(nn.Conv2d(6 * w, 2 * w, 3, padding=1), act())
-            self.u2 = UpConv(2 * w, w)
-            self.d2 = nn.Sequential(nn.Conv2d(3 * w, w, 3, padding=1), act())
-            self.u1 = UpConv(w, w // 2)
-            self.d1 = nn.Sequential(nn.Conv2d(w // 2 + w, w // 2, 3, padding=1), act())
-            self.out = nn.Conv2d(w // 2, 3, 3, padding=1)
-            self.act = act()
-
-        def forward(self, x):
-            s1 = self.e1(x)
-            s2 = self.e2(s1)
-            s3 = self.e3(s2)
-            z = self.mid(self.nonlocal_block(self.e4(s3)))
-            y = self.d3(torch.cat([self.act(self.u3(z)), s3], 1))
-            y = self.d2(torch.cat([self.act(self.u2(y)), s2], 1))
-            y = self.d1(torch.cat([self.act(self.u1(y)), s1], 1))
-            return torch.tanh(self.out(y))
-
-    class TwoStageNet(nn.Module):
-        """Coarse-to-fine inpainting network; see the module docstring.
-
-        ``forward(image, mask)``: image (N, 3, H, W) in [-1, 1], mask (N, 1, H, W) in {0, 1}
-        (1 = known), H and W multiples of :data:`STRIDE`. Returns ``(coarse, refined, output)``,
-        each (N, 3, H, W): the raw stage-1 prediction Î₁, the raw stage-2 prediction Î₂ and the
-        composite ``M ⊙ I + (1 − M) ⊙ Î₂``.
-        """
-
-        def __init__(self, width=32):
-            super().__init__()
-            if width < 4 or width % 2:
-                raise ValueError(f"width must be an even integer >= 4, got {width!r}")
-            self.width = width
-            self.coarse = CoarseNet(width)
-            self.refine = RefineNet(width)
-
-        def forward(self, image, mask):
-            if image.shape[-1] % STRIDE or image.shape[-2] % STRIDE:
-                raise ValueError(
-                    f"image sides must be multiples of {STRIDE}, got {tuple(image.shape[-2:])}; "
-                    "pad with cbir_dist.inpaint.two_stage.pad_to_stride first"
-                )
-            x = image * mask
-            coarse = self.coarse(torch.cat([x, mask], 1), mask)
-            i1 = x + (1.0 - mask) * coarse
-            refined = self.refine(torch.cat([i1, mask], 1))
-            return coarse, refined, x + (1.0 - mask) * refined
-
-    _CLASSES.update(
-        RegionConv2d=RegionConv2d,
-        NonLocalBlock=NonLocalBlock,
-        CoarseNet=CoarseNet,
-        RefineNet=RefineNet,
-        TwoStageNet=TwoStageNet,
-        downsample_mask=downsample_mask,
-    )
-    return _CLASSES
-
-
-def __getattr__(name):  # lazy access: two_stage.TwoStageNet, two_stage.RegionConv2d, ...
-    if name in ("RegionConv2d", "NonLocalBlock", "CoarseNet", "RefineNet", "TwoStageNet", "downsample_mask"):
-        return _model_classes()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def pad_to_stride(x, stride: int = STRIDE):
-    """Pad a (N, C, H, W) tensor on the bottom/right to multiples of ``stride``; returns (padded, (H, W)).
-
-    Reflect padding where the side allows it (pad < side), replicate otherwise.
-    """
-    import torch.nn.functional as F
-
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 class TwoStageInpainter:
-    """The trained network behind the ``Inpainter`` protocol: ``(uint8 HxWx3, bool HxW) -> uint8 HxWx3``.
+    """The network behind the ``Inpainter`` protocol: ``(uint8 (H, W[, 3]), bool (H, W)) -> uint8``, same shape.
 
-    Known pixels (``known_mask`` True) are returned exactly; only missing pixels are predicted.
-    Any image size works: the image is reflect-padded to a multiple of :data:`STRIDE`, run, cropped.
+    Parameters
+    ----------
+    model : ResidualTwoStageNet
+        In eval mode, on ``device``.
+    device : str or torch.device
+    max_side : int or None
+        Images whose longer side exceeds this run the network at that size: the pre-fill stays at
+        full resolution and the network's *correction* is upsampled onto it. ``None``: always full size.
+    mixed_precision : bool
+        bf16 (fp16 where bf16 is unsupported) autocast on CUDA; ignored on CPU.
     """
 
     name = "two-stage"
+    network = True  # jobs run the network part in actors (see cbir_dist.damage.hook.is_network)
 
-    def __init__(self, model, device, max_side: int | None = 512):
+    def __init__(self, model, device="cpu", *, max_side: int | None = 1024, mixed_precision: bool = True,
+                 max_batch: int = 16):
+        import torch
+
         if max_side is not None and int(max_side) < 16:
             raise ValueError(f"max_side must be None or at least 16 pixels, got {max_side}")
         self.model = model
-        self.device = device
+        self.device = torch.device(device)
         self.max_side = max_side
+        self.max_batch = max(1, int(max_batch))
+        cfg = getattr(model, "config", {})
+        self.prefill_method = cfg.get("prefill", "telea")
+        self.prefill_radius = float(cfg.get("prefill_radius", 5.0))
+        self.amp_dtype = autocast_dtype(self.device) if mixed_precision else None
 
-    def inpaint_batch(self, images: np.ndarray, known_masks: np.ndarray) -> np.ndarray:
-        """Inpaint a stack of same-size images: (N, H, W, 3) uint8, (N, H, W) bool -> (N, H, W, 3) uint8."""
-        torch = _torch()
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            m = torch.from_numpy(np.ascontiguousarray(known_masks)).to(self.device).float()[:, None]
-            xp, (h, w) = pad_to_stride(x)
-            mp, _ = pad_to_stride(m)
-            _, refined, _ = self.model(xp, mp)
-            pred = ((refined[..., :h, :w] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            pred = pred.permute(0, 2, 3, 1).cpu().numpy()
-        return np.where(known_masks[..., None], images, pred)
+    # --- the CPU half ------------------------------------------------------------------------------
+    def prefill(self, image: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """The classical pre-fill this network was trained on, as RGB uint8 (H, W, 3)."""
+        image, known = check_inputs(image, known)
+        return prefill(_as_rgb(image), known, self.prefill_method, self.prefill_radius)
 
-    def __call__(self, image: np.ndarray, known_mask: np.ndarray) -> np.ndarray:
-        """Fill the missing pixels of a uint8 (H, W, 3) RGB or (H, W) / (H, W, 1) grey image.
+    # --- the network half --------------------------------------------------------------------------
+    def refine_batch(self, prefilled: Sequence[np.ndarray], known: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The network on pre-filled RGB uint8 images (each (H, W, 3), any sizes) with their bool masks.
 
-        Grey images run through the network as three equal channels; the prediction is converted
-        back with the channel mean. Known pixels are copied back exactly.
+        Images of one size run as batches of up to ``max_batch`` under ``torch.inference_mode()`` (and
+        autocast on CUDA); returns the corrected images, RGB uint8, in input order, known pixels those of
+        ``prefilled``.
         """
-        from .base import check_inputs, paste_known
+        out: list[np.ndarray | None] = [None] * len(prefilled)
+        groups: dict[tuple, list[int]] = {}
+        for i, (p, k) in enumerate(zip(prefilled, known)):
+            if p.ndim != 3 or p.shape[2] != 3 or p.dtype != np.uint8 or k.shape != p.shape[:2]:
+                raise ValueError(f"refine_batch takes uint8 (H, W, 3) images with (H, W) masks, got {p.shape} {k.shape}")
+            if k.all() or not k.any():  # nothing to correct: the pre-fill is the answer
+                out[i] = np.array(p, copy=True)
+            else:
+                groups.setdefault(p.shape, []).append(i)
+        for same in groups.values():
+            for start in range(0, len(same), self.max_batch):
+                idx = same[start : start + self.max_batch]
+                for i, r in zip(idx, self._refine_same_size([prefilled[i] for i in idx], [known[i] for i in idx])):
+                    out[i] = r
+        return out  # type: ignore[return-value]
 
-        image, known_mask = check_inputs(image, known_mask)
-        if known_mask.all():
-            return image.copy()
-        rgb = image if image.ndim == 3 and image.shape[2] == 3 else np.repeat(image.reshape(image.shape[:2])[..., None], 3, axis=2)
-        side = max(image.shape[:2])
+    def _refine_same_size(self, prefilled: list[np.ndarray], known: list[np.ndarray]) -> list[np.ndarray]:
+        h, w = known[0].shape
+        side = max(h, w)
         if self.max_side is not None and side > self.max_side:
-            filled = self._inpaint_downscaled(rgb, known_mask, self.max_side / side)
-        else:
-            filled = self.inpaint_batch(rgb[None], known_mask[None])[0]
-        if rgb is not image:
-            filled = np.round(filled.astype(np.float32).mean(axis=2)).astype(np.uint8).reshape(image.shape)
-        return paste_known(filled, image, known_mask)
+            return [self._refine_downscaled(p, k, self.max_side / side) for p, k in zip(prefilled, known)]
+        pred = self._forward(np.stack(prefilled), np.stack(known))
+        return [np.where(k[..., None], p, q) for p, k, q in zip(prefilled, known, pred)]
 
-    def _inpaint_downscaled(self, rgb: np.ndarray, known: np.ndarray, scale: float) -> np.ndarray:
-        """Run at ``scale`` (the non-local block's memory grows with the 4th power of the side), upsample back.
+    def _forward(self, prefilled: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8, (N, H, W) bool -> the network's output image, (N, H, W, 3) uint8."""
+        import contextlib
+
+        import torch
+
+        from .two_stage_net import pad_to_multiple
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(prefilled)).to(self.device)
+            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            m = torch.from_numpy(np.ascontiguousarray(known)).to(self.device).float()[:, None]
+            xp, (h, w) = pad_to_multiple(x, STRIDE)
+            mp, _ = pad_to_multiple(m, STRIDE)
+            amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                   else contextlib.nullcontext())
+            with amp:
+                _, out = self.model(xp, mp)
+            pred = ((out[..., :h, :w].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+            return pred.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _refine_downscaled(self, pre: np.ndarray, known: np.ndarray, scale: float) -> np.ndarray:
+        """The network at ``scale``; its correction (output − pre-fill) upsampled onto the full-size pre-fill.
 
         A low-resolution pixel counts as known only if every full-resolution pixel under it is.
         """
@@ -314,80 +181,149 @@ class TwoStageInpainter:
 
         h, w = known.shape
         size = (max(16, round(w * scale)), max(16, round(h * scale)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(pre, size, interpolation=cv2.INTER_AREA)
         small_known = cv2.resize(known.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.999
-        pred = self.inpaint_batch(small[None], small_known[None])[0]
-        return cv2.resize(pred, (w, h), interpolation=cv2.INTER_CUBIC)
+        if small_known.all() or not small_known.any():
+            return np.array(pre, copy=True)
+        pred = self._forward(small[None], small_known[None])[0]
+        delta = pred.astype(np.float32) - small.astype(np.float32)
+        delta = cv2.resize(delta, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
+        out = np.clip(np.rint(pre.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+        return np.where(known[..., None], pre, out)
+
+    # --- both halves -------------------------------------------------------------------------------
+    def inpaint_batch(self, images: Sequence[np.ndarray], known: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Pre-fill and refine a batch: uint8 images (RGB or grey, any sizes) and bool masks -> list, same shapes.
+
+        A stacked (N, H, W, 3) array is accepted as well as a list. Known pixels come back bit-exact.
+        """
+        checked = [check_inputs(im, k) for im, k in zip(images, known)]
+        pre = [self.prefill(im, k) for im, k in checked]
+        refined = self.refine_batch(pre, [k for _, k in checked])
+        return [finish(im, k, r) for (im, k), r in zip(checked, refined)]
+
+    def __call__(self, image: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """Fill the missing pixels of one uint8 RGB or grey image (``known`` True = known pixel)."""
+        return self.inpaint_batch([image], [known])[0]
 
 
-def load_two_stage(weights=None, device=None, *, provenance=None, check_sha256: bool = True, max_side: int | None = 512):
+def finish(image: np.ndarray, known: np.ndarray, refined_rgb: np.ndarray) -> np.ndarray:
+    """The refined RGB image in ``image``'s layout (grey: channel mean) with ``image``'s known pixels pasted back."""
+    out = _from_rgb(refined_rgb, image)
+    if out is refined_rgb:
+        out = out.copy()
+    out[known] = image[known]
+    return out
+
+
+def read_provenance(path=None) -> dict:
+    """The provenance JSON of the weights (``two_stage.json`` by default); ``{}`` when absent."""
+    path = Path(path) if path is not None else DEFAULT_PROVENANCE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class Prefill:
+    """The classical pre-fill a network was trained on, as an ``(image, known) -> RGB uint8`` callable (picklable)."""
+
+    def __init__(self, method: str = "telea", radius: float = 5.0):
+        self.method, self.radius = method, float(radius)
+
+    def __call__(self, image: np.ndarray, known: np.ndarray) -> np.ndarray:
+        image, known = check_inputs(image, known)
+        return prefill(_as_rgb(image), known, self.method, self.radius)
+
+
+def load_prefill(weights=None, *, provenance=None) -> Prefill:
+    """The pre-fill of the weights' architecture (``model.config`` of the provenance JSON), without loading them."""
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    meta = read_provenance(Path(provenance) if provenance is not None else weights.with_suffix(".json"))
+    cfg = meta.get("model", {}).get("config", {})
+    return Prefill(cfg.get("prefill", "telea"), cfg.get("prefill_radius", 5.0))
+
+
+def load_two_stage(weights=None, device=None, *, provenance=None, check_sha256: bool = True,
+                   max_side: int | None = 1024, mixed_precision: bool = True, num_threads: int | None = None
+                   ) -> TwoStageInpainter:
     """Load the two-stage inpainter.
 
     Parameters
     ----------
     weights : str or path, optional
-        A state dict saved by :func:`cbir_dist.train_inpainter.export_weights`. Default: the file
-        shipped in ``cbir_dist/weights/two_stage.pt``.
+        A float32 state dict (:func:`cbir_dist.training.checkpoints.export_weights`); default the
+        shipped ``cbir_dist/weights/two_stage.pt``.
     device : str or torch.device, optional
-        Default ``"cuda"`` when a GPU is present, else ``"cpu"``.
+        Default ``"cuda"`` when a GPU is visible, else ``"cpu"``.
     provenance : str or path, optional
-        The JSON written beside the weights (``<weights>.json`` by default); its ``sha256`` is checked
-        against the file and its ``model`` entry gives the architecture (``width``).
+        The JSON beside the weights (``<weights>.json`` by default): its ``sha256`` is checked
+        against the file and ``model.config`` gives the architecture.
     check_sha256 : bool
-        Refuse weights whose hash differs from the provenance (raise :class:`WeightsError`).
-    max_side : int or None
-        Images whose longer side exceeds this are inpainted at that size and the prediction is
-        upsampled (the non-local block's memory grows as the 4th power of the side); ``None``
-        always runs at full size.
+        Refuse weights whose hash differs from the provenance (:class:`WeightsError`).
+    max_side, mixed_precision
+        See :class:`TwoStageInpainter`.
+    num_threads : int, optional
+        ``torch.set_num_threads`` (process-wide) before loading.
 
-    Returns
-    -------
-    TwoStageInpainter
-        Callable ``(image uint8 (H, W, 3), known_mask bool (H, W)) -> uint8 (H, W, 3)``.
+    Raises
+    ------
+    WeightsError
+        Missing or corrupt weights, no provenance, a hash or architecture mismatch.
     """
-    torch = _torch()
+    import torch
+
+    from .two_stage_net import build_model
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
     weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    if provenance is None:
-        provenance = weights.with_suffix(".json")
-    provenance = Path(provenance)
+    provenance = Path(provenance) if provenance is not None else weights.with_suffix(".json")
     if not weights.is_file():
-        raise WeightsError(
-            f"{weights}: two-stage inpainter weights not found; train them with "
-            "`python jobs/train_inpainter.py --help` or reinstall cbir-dist (it ships cbir_dist/weights/two_stage.pt)"
-        )
-    config = dict(DEFAULT_CONFIG)
-    if provenance.is_file():
-        meta = json.loads(provenance.read_text())
-        config.update(meta.get("model", {}))
-        expected = meta.get("sha256")
-    else:
-        meta, expected = {}, None
+        raise WeightsError(f"{weights}: two-stage inpainter weights not found; train them with "
+                           "`cbir-dist train-inpainter --help` or reinstall cbir-dist (it ships cbir_dist/weights/two_stage.pt)")
+    meta = read_provenance(provenance)
+    if not meta:
+        raise WeightsError(f"{provenance}: no provenance JSON beside {weights} (it holds the architecture and sha256)")
+    model_meta = meta.get("model", {})
+    if model_meta.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+        raise WeightsError(f"{provenance}: weights of a {model_meta.get('architecture')!r}, not a {ARCHITECTURE}; "
+                           "this version of cbir-dist cannot load them")
     if check_sha256:
+        expected = meta.get("sha256")
         if expected is None:
-            raise WeightsError(
-                f"{provenance}: no provenance JSON with a 'sha256' entry for {weights}; "
-                "pass check_sha256=False to load unverified weights"
-            )
+            raise WeightsError(f"{provenance}: no 'sha256' entry for {weights}; pass check_sha256=False to load unverified weights")
         actual = sha256_file(weights)
         if actual != expected:
-            raise WeightsError(
-                f"{weights}: sha256 {actual} does not match {expected} recorded in {provenance}; "
-                "the file is corrupt or was replaced — restore it or retrain"
-            )
+            raise WeightsError(f"{weights}: sha256 {actual} does not match {expected} recorded in {provenance}; "
+                               "the file is corrupt or was replaced — restore it or retrain")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    model = build_two_stage(width=int(config["width"]))
     try:
+        model = build_model(model_meta.get("config"))
         state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and "model_config" in state:
+            state = state["model"]  # a training checkpoint or a prototype snapshot
         model.load_state_dict({k: v.float() for k, v in state.items()})
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        raise WeightsError(f"{weights}: not a two-stage state dict for width={config['width']} ({exc})") from exc
+    except (RuntimeError, KeyError, ValueError, TypeError, OSError, AttributeError) as exc:
+        raise WeightsError(f"{weights}: not a {ARCHITECTURE} state dict for {model_meta.get('config')} ({exc})") from exc
     model.eval().to(device)
     log.info("loaded two-stage inpainter %s on %s", weights, device)
-    return TwoStageInpainter(model, device, max_side=max_side)
+    return TwoStageInpainter(model, device, max_side=max_side, mixed_precision=mixed_precision)
 
 
-def count_parameters(model) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def from_checkpoint(path, device="cpu", **options) -> TwoStageInpainter:
+    """An inpainter from a training checkpoint or snapshot (``{"model", "model_config", ...}``), unverified.
+
+    For evaluating a run's snapshots (``benchmarks/inpainting.py --weights``); shipped weights go
+    through :func:`load_two_stage`, which checks their sha256.
+    """
+    import torch
+
+    from .two_stage_net import build_model
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise WeightsError(f"{path}: not a two-stage checkpoint or snapshot (no 'model' and 'model_config')")
+    cfg = dict(state["model_config"])
+    cfg.setdefault("half_channels", 0)  # prototype configs from before the 1/2-resolution level
+    model = build_model(cfg)
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    return TwoStageInpainter(model.eval().to(device), device, **options)

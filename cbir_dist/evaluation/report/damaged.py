@@ -148,24 +148,50 @@ def plot_quality(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+_KINDS = (("network", "tab:red"), ("pre-fill", "tab:orange"), ("reconstruct", "tab:orange"), ("quality", "tab:green"),
+          ("FSIM", "tab:grey"), ("features", "tab:blue"))
+
+
+def timeline_summary(timeline: list[dict]) -> dict:
+    """Span of the tasks, their summed busy seconds and the mean number running at once (busy / span)."""
+    if not timeline:
+        return {"span_s": 0.0, "busy_s": 0.0, "mean_concurrency": 0.0, "workers": 0}
+    span = max(t["end"] for t in timeline) - min(t["start"] for t in timeline)
+    busy = sum(t["end"] - t["start"] for t in timeline)
+    return {"span_s": round(span, 2), "busy_s": round(busy, 2), "mean_concurrency": round(busy / span, 2) if span else 0.0,
+            "workers": len({t["pid"] for t in timeline})}
+
+
 def plot_timeline(results: dict, path: Path) -> None:
-    """Gantt chart of the Ray tasks: overlapping bars show cells running concurrently."""
+    """Gantt chart of the tasks, one lane per worker process: gaps in a lane are idle time of that worker.
+
+    Colours: red the network (its actor), orange reconstruction / pre-fill, green quality metrics, grey
+    FSIM reference maps, blue features. The title gives the mean number of tasks running at once.
+    """
     plt = _plt()
     tl = sorted(results.get("timeline", []), key=lambda t: t["start"])
     if not tl:
         return
     t0 = tl[0]["start"]
     pids = _uniq(t["pid"] for t in tl)
-    fig, ax = plt.subplots(figsize=(12, 0.18 * len(tl) + 1.5))
-    for y, t in enumerate(tl):
-        color = "tab:blue" if t["task"].startswith("features") else "tab:orange"
-        ax.barh(y, t["end"] - t["start"], left=t["start"] - t0, color=color, height=0.8)
-    ax.set_yticks(range(len(tl)))
-    ax.set_yticklabels([f"{t['task']} (worker {pids.index(t['pid'])})" for t in tl], fontsize=6)
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(pids) + 1.6))
+    for t in tl:
+        color = next((c for k, c in _KINDS if t["task"].startswith(k)), "tab:purple")
+        ax.barh(pids.index(t["pid"]), t["end"] - t["start"], left=t["start"] - t0, color=color, height=0.8,
+                edgecolor="white", linewidth=0.4)
+    names = {}
+    for t in tl:  # the network's actor is the lane whose tasks are all "network ..."
+        names.setdefault(t["pid"], set()).add(t["task"].split(" ")[0])
+    ax.set_yticks(range(len(pids)))
+    ax.set_yticklabels([f"worker {i}" + (" (network actor)" if names[p] == {"network"} else "")
+                        for i, p in enumerate(pids)], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since the first task started (orange: reconstruction, blue: features)")
+    summ = timeline_summary(tl)
+    ax.set_title(f"{len(tl)} tasks on {summ['workers']} processes; mean {summ['mean_concurrency']:.2f} running at once "
+                 f"over {summ['span_s']:.0f} s", fontsize=9)
+    ax.set_xlabel("seconds since the first task started (red network, orange reconstruction, green quality, "
+                  "grey FSIM references, blue features)")
     fig.tight_layout()
-    fig.subplots_adjust(left=0.3)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
