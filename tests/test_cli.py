@@ -120,3 +120,22 @@ def test_token_comes_from_the_environment_or_a_file_not_the_command_line(tmp_pat
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert "--token-file" in sub.choices["index"].format_help()
     assert "--token " not in sub.choices["index"].format_help()
+
+
+def test_index_advises_a_server_once_when_a_lite_collection_passes_the_size(tmp_path, capsys, monkeypatch):
+    """The run that takes a lite collection past ADVICE_ROWS prints the advice; the next run does not."""
+    from cbir_dist.demo import make_dataset
+    from cbir_dist.store import lite
+
+    data = make_dataset(tmp_path / "d", per_class=2, size=48)
+    n = len(list(data.rglob("*.png")))
+    monkeypatch.setattr(lite, "ADVICE_ROWS", n // 2 + 1)
+    common = ["--db", str(tmp_path / "a.db"), "--backbone", "none", "--descriptors", "glcm"]
+    first = sorted(p.parent for p in data.rglob("*.png"))[0]  # one class folder: below the size
+    assert main(["index", str(first), "--run-dir", str(tmp_path / "r0"), *common]) == 0
+    assert "milvus-lite collection" not in capsys.readouterr().out
+    assert main(["index", str(data), "--run-dir", str(tmp_path / "r1"), *common]) == 0
+    out = capsys.readouterr().out
+    assert f"now holds {n:,} rows" in out and "--db http://HOST:19530" in out
+    assert main(["index", str(data), "--run-dir", str(tmp_path / "r2"), *common]) == 0
+    assert "milvus-lite collection" not in capsys.readouterr().out

@@ -75,6 +75,8 @@ def cmd_index(args) -> int:
                                               phase=args.phase, inpainter=args.inpainter, root=args.images_dir))
     summary = run_index(spec, cfg, transform=transform)
     print(summary.line())
+    if summary.advice:
+        print(summary.advice)
     return 0
 
 

@@ -419,6 +419,7 @@ class IndexRun:
             if missing:
                 self._withdraw(missing)
             s.stage_seconds = {k: round(v, 3) for k, v in self.clock.seconds.items()}
+            s.advice = self._lite_advice()
             S.write_tables(self, missing)
             S.write_stats(self, time.perf_counter() - self.t_start)
             self.store.record_run(S.run_record(self))
@@ -430,6 +431,15 @@ class IndexRun:
                 f"{self.config.collection!r} at {self.target.uri} after the write; they are listed in "
                 f"{self.run_dir / 'errors.parquet'} (status missing): rerun the same command to write them")
         return s
+
+    def _lite_advice(self) -> str | None:
+        """Advice to move to a server, once: in the run that takes a lite collection past the size."""
+        if not getattr(self.store, "is_local", False):
+            return None
+        from ..store.lite import advice
+
+        rows = self.store.count()
+        return advice(rows - self.summary.rows_written, rows)
 
     def _withdraw(self, missing: Mapping[int, np.ndarray]) -> None:
         """Withdraw the markers that vouched for rows the store does not have, so a rerun redoes them."""

@@ -46,6 +46,8 @@ class IndexSummary:
     rows_written: int = 0
     run_dir: str = ""
     stage_seconds: dict = field(default_factory=dict)
+    #: a one-time note for the user (a lite collection that grew past the size a server suits)
+    advice: str | None = None
 
     def line(self) -> str:
         missing = f", missing {self.missing}" if self.missing else ""

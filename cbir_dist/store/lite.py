@@ -44,6 +44,21 @@ def lite_path(uri: str) -> str | None:
 
 
 
+#: The collection size at which ``cbir-dist index`` advises moving from milvus-lite to a Milvus
+#: server (README, "Where milvus-lite ends"; figures from benchmarks/scale.py and benchmarks/query.py).
+ADVICE_ROWS = 100_000
+
+
+def advice(rows_before: int, rows_after: int) -> str | None:
+    """The one-time advice for a lite collection that grew past :data:`ADVICE_ROWS` in this run."""
+    if not rows_before < ADVICE_ROWS <= rows_after:
+        return None
+    return (f"note: this milvus-lite collection now holds {rows_after:,} rows (past {ADVICE_ROWS:,}); "
+            "one process at a time can open it and it is searched inside that process: for larger "
+            "collections, parallel writers or concurrent queries, move to a Milvus server "
+            "(--db http://HOST:19530; README, 'Where milvus-lite ends')")
+
+
 def display_uri(uri: str) -> str:
     """A server URI normalised for messages, logs and run state: scheme and host lower-cased, no
     credentials (``user:password@``), query or fragment, no trailing slash."""
