@@ -248,7 +248,7 @@ for pkg in pkgs:
     leaked = [name for name in (".venv", ".milvus-venv", ".git") if (pkg / name).exists()]
     if leaked:
         problems.append(f"the uploaded working dir holds {leaked}")
-    if not (pkg / "jobs/index.py").is_file() or not (pkg / "cbir_dist/cli.py").is_file():
+    if not (pkg / "jobs/index.py").is_file() or not (pkg / "cbir_dist/cli/__init__.py").is_file():
         problems.append("the uploaded working dir lacks jobs/ or cbir_dist/")
 if problems:
     sys.exit("check FAILED: " + "; ".join(problems))

@@ -9,6 +9,7 @@ image and a true summary, on each backend.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import pytest
 from milvus_server import SKIP_REASON, MilvusServer, available
 from PIL import Image
 
+from cbir_dist.index.run import COMMIT_SHARDS
 from cbir_dist.io.files import content_id
 from cbir_dist.store import VectorStore
 
@@ -82,49 +84,64 @@ def _wait_markers(run_dir: Path, n: int, proc, timeout=180):
     raise AssertionError(f"fewer than {n} shards done after {timeout} s")
 
 
+def _kill_server_under(proc, server) -> None:
+    """SIGKILL the server while the job's driver is frozen (SIGSTOP), then let the driver go on.
+
+    Without the freeze the race can be lost on an idle machine: the job writes its tiny shards in
+    about a second, so the next group commit could be done before the kill lands.
+    """
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        server.kill_hard()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_server_killed_mid_index_then_restarted_and_rerun(tmp_path, server, backend):
-    ids = _images(tmp_path / "data", 160)
+    # 200 shards: markers are published by group commit every COMMIT_SHARDS (64) shards, so the
+    # kill lands after the first group and at least one more group is still to come
+    ids = _images(tmp_path / "data", 400)
     run_dir = tmp_path / "run"
     args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
-            "--descriptors", "glcm,correlogram", "--shard-size", "4", "--run-dir", str(run_dir), "--backend", backend]
+            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir), "--backend", backend]
     env = {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "6", "CBIR_MILVUS_TIMEOUT_S": "5"}
     job = _index(args, env)
     _wait_markers(run_dir, 3, job)
-    server.kill_hard()
+    _kill_server_under(job, server)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 1, (out, err)
     line = [ln for ln in err.splitlines() if ln.startswith("cbir-dist index: error:")]
     assert len(line) == 1 and server.uri in line[0] and "gave up after" in line[0], err[-2000:]
     assert PASSWORD not in out + err
     done_before = len(list((run_dir / "shards").glob("*.done")))
-    assert 3 <= done_before < 40  # the job stopped part way
+    assert COMMIT_SHARDS <= done_before < 200  # the job stopped part way, after whole groups
     server.restart()  # same port and data folder
     job = _index(args, {"MILVUS_TOKEN": TOKEN})
     out, err = job.communicate(timeout=600)
     assert job.returncode == 0, err
-    assert out.strip().splitlines()[-1].startswith("indexed 160, duplicates 0, rejected 0")
-    assert _stored(server, ids) == (160, set(ids))
+    assert out.strip().splitlines()[-1].startswith("indexed 400, duplicates 0, rejected 0")
+    assert _stored(server, ids) == (400, set(ids))
 
 
 @pytest.mark.timeout(900)
 def test_server_restarted_within_the_retry_budget_the_job_carries_on(tmp_path, server):
-    ids = _images(tmp_path / "data", 120)
+    ids = _images(tmp_path / "data", 400)  # 200 shards: the kill lands between group commits (see above)
     run_dir = tmp_path / "run"
     args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
-            "--descriptors", "glcm,correlogram", "--shard-size", "4", "--run-dir", str(run_dir)]
+            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir)]
     job = _index(args, {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "240"})
     _wait_markers(run_dir, 3, job)
-    server.kill_hard()
+    _kill_server_under(job, server)
     restart = threading.Thread(target=server.restart)
     restart.start()
     out, err = job.communicate(timeout=600)
     restart.join()
     assert job.returncode == 0, err
     assert "retrying" in err  # it waited for the server instead of failing
-    assert out.strip().splitlines()[-1].startswith("indexed 120, duplicates 0, rejected 0")
-    assert _stored(server, ids) == (120, set(ids))
+    assert out.strip().splitlines()[-1].startswith("indexed 400, duplicates 0, rejected 0")
+    assert _stored(server, ids) == (400, set(ids))
 
 
 @pytest.mark.timeout(600)

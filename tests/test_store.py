@@ -297,3 +297,19 @@ def test_auto_nlist_grows_like_sqrt_and_respects_training_size():
 def test_module_import_does_not_import_pymilvus():
     code = "import sys, cbir_dist.store.milvus; assert 'pymilvus' not in sys.modules and 'milvus_lite' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("message, transient", [
+    # flush on a server restarted after a hard kill (seen in CI): the old data node's session is alive
+    ("Flush: attempt #0: rpc error: code = Unknown desc = node not match[expectedNodeID=1][actualNodeID=2]: "
+     "attempt #6: session not found->datanode-1: node not found[node=1]: unrecoverable error", True),
+    ("channel is not ready", True),
+    ("collection not found[collection=images]", False),
+    ("invalid parameter: dim", False),
+])
+def test_which_server_failures_are_retried(message, transient):
+    from pymilvus.exceptions import MilvusException
+
+    from cbir_dist.store.milvus import _transient
+
+    assert _transient(MilvusException(code=65535, message=message)) is transient

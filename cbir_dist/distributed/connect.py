@@ -34,12 +34,12 @@ def _init(ray, *, attempts: int = LOCAL_START_ATTEMPTS, wait_s: float = 2.0, **k
     from tenacity import (
         before_sleep_log,
         retry,
-        retry_if_exception_type,
+        retry_if_exception,
         stop_after_attempt,
         wait_exponential,
     )
 
-    @retry(retry=retry_if_exception_type(RuntimeError), stop=stop_after_attempt(attempts),
+    @retry(retry=retry_if_exception(_start_failed), stop=stop_after_attempt(attempts),
            wait=wait_exponential(multiplier=wait_s, max=4 * wait_s), reraise=True,
            before_sleep=before_sleep_log(log, logging.WARNING))
     def init():

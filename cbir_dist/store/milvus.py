@@ -65,7 +65,10 @@ TIMEOUT_ENV = "CBIR_MILVUS_TIMEOUT_S"  # caps every per-call timeout (tests, imp
 _TRANSIENT_STATUS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
 _TRANSIENT_TEXT = ("connection refused", "connection reset", "server unavailable", "deadline exceeded",
                    "server is busy", "rate limit", "too many requests", "socket closed", "broken pipe",
-                   "fail connecting to server", "retry timeout", "stream removed", "channel is not ready")
+                   "fail connecting to server", "retry timeout", "stream removed", "channel is not ready",
+                   # a standalone server restarted after a hard kill: its coordinator still assigns the
+                   # channels to the dead data node until that node's session expires (~30-60 s)
+                   "node not match", "node not found", "session not found")
 HNSW_BUILD_DEFAULTS = {"M": 16, "efConstruction": 200}
 # Default ef = max(HNSW_MIN_EF, 2k). benchmarks/query.py, 100k x 2304-d clustered rows, recall@10:
 # ef 64 -> 0.954, 128 -> 0.988, 256 -> 0.996 (10k rows: 0.9987 for any ef >= 64).
@@ -251,8 +254,23 @@ class VectorStore:
 
         fn = getattr(self.client, method)
         t0 = time.monotonic()
-        try:
+
+        def once():
             return self._retrying(what, lambda: fn(*args, timeout=self._timeout(kind), **kwargs))
+
+        try:
+            try:
+                return once()
+            except MilvusException as exc:
+                if not (self._loaded and _not_loaded(exc)):
+                    raise
+                # A server restarted since this store loaded the collection brings it back released
+                # (Milvus 2.3 reloads it in the background, or not at all): load it, then try again.
+                logger.warning("%s on %s: the collection is no longer loaded (the server restarted?); "
+                               "loading it again", what, self.uri)
+                self._retrying("reload after restart: load", lambda: self.client.load_collection(
+                    self.collection, timeout=self._timeout("build")))
+                return once()
         except MilvusException as exc:
             spent = time.monotonic() - t0
             tried = f" (gave up after {spent:.0f} s of retries)" if _transient(exc) and spent > 1 else ""
@@ -728,6 +746,11 @@ def _transient(exc: BaseException) -> bool:
         return True
     text = str(getattr(exc, "message", "") or exc).lower()
     return any(t in text for t in _TRANSIENT_TEXT)
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    """Whether a failure says the collection is not loaded (it was, before a server restart)."""
+    return "collection not loaded" in str(getattr(exc, "message", "") or exc).lower()
 
 
 def _redact(text: str, token: str) -> str:
