@@ -120,7 +120,7 @@ def test_the_network_ran_in_its_actor_on_telea_s_prefill(evaluated):
 
 def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
     from cbir_dist.damage.inpaint import get_inpainter
-    from cbir_dist.evaluation.damaged import NetworkActor, damaged_images, fringe_masks, reconstruct_task
+    from cbir_dist.evaluation.damaged_tasks import NetworkActor, damaged_images, fringe_masks, reconstruct_task
 
     imgs = [np.asarray(make_image(s)) for s in range(3)]
     f, ph = 2.0, 0.7

@@ -13,7 +13,8 @@ import pytest
 import ray
 from test_indexer import make_folder  # noqa: E402
 
-from cbir_dist.distributed.graph import GraphConfig, plan_stages
+from cbir_dist.distributed.graph import GraphConfig
+from cbir_dist.distributed.plan import plan_stages
 from cbir_dist.errors import PipelineError
 from cbir_dist.features.profiles import build_spec  # noqa: E402
 from cbir_dist.index import run_index

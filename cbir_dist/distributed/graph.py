@@ -17,9 +17,9 @@ descriptors follow the actors::
 
       decode ─ transform (mask, pre-fill) ─ DeepActor(network + backbone, keeps the image) ─ describe_batch
 
-``"separate"`` gives the network a pool of its own (:class:`InpaintActor`) between the pre-fill and
-the descriptors; with no backbone in the spec the network's pool is the only one. Classical
-inpainters never leave the CPU tasks.
+``"separate"`` gives the network a pool of its own (:class:`~.stages.InpaintActor`) between the
+pre-fill and the descriptors; with no backbone in the spec the network's pool is the only one.
+Classical inpainters never leave the CPU tasks.
 
 Consecutive CPU stages with the same resources are fused by Ray Data into one task, so a decoded
 image crosses the object store once, to the backbone actor, which drops it. The graph knows
@@ -30,6 +30,10 @@ order. The index job's driver (:mod:`cbir_dist.index.cluster`) finishes them in 
 Every stage measures itself: rows carry ``t_<stage>`` (the batch's seconds shared among its rows),
 the node id that ran it (``node_<stage>``) and the worker's peak RSS, summed or maxed into
 :class:`GraphStats`.
+
+This module assembles the graph and consumes its stream on the driver; the stage functions and
+actor bodies that run on the workers are in :mod:`.stages`, the split of the cluster's resources
+between them (:class:`~.plan.StagePlan`) in :mod:`.plan`.
 """
 
 from __future__ import annotations
@@ -37,38 +41,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ..errors import PipelineError
-from ..features.spec import DEEP, Block, FeatureSpec
+from ..features.spec import DEEP, FeatureSpec
 from ..io import records as C
-from ..damage.hook import apply_transform, prepare_record
-from ..io.files import DEFAULT_MAX_BYTES, ImageFile, peak_rss_mb
+from ..io.files import DEFAULT_MAX_BYTES, ImageFile
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.records import OK, REJECTED, Record, read_record
-from .connect import node_id, resources, session
+from ..io.records import OK, Record
+from .connect import resources, session
+from .plan import StagePlan, plan_stages
+from .stages import (
+    PART,
+    POS,
+    RSS,
+    STAGES,
+    DeepActor,
+    ImageTransform,
+    InpaintActor,
+    decode_batch,
+    describe_batch,
+    is_network,
+    node_column,
+    time_column,
+    transform_batch,
+)
 
 log = logging.getLogger(__name__)
 
-PART = "part"  # int, index of the row's part
-POS = "pos"  # int, position of the file inside its part
-RSS = "rss_mb"  # float, peak RSS of the last worker that touched the row
-KNOWN = "known"  # object, the known-pixel mask a network still has to use (an empty array when none)
-#: ``inpaint``: the hook's CPU part (mask + classical inpainter, or a network's pre-fill); ``inpaint_net``:
-#: the network, in actors
-STAGES = ("decode", "inpaint", "inpaint_net", "deep", "descriptors")
 PLACEMENTS = ("fused", "separate")
 TASK_RETRIES = 5  # a task whose worker died is retried this often before the job fails
 ACTOR_RESTARTS = 5  # a backbone actor that died is restarted this often (its pending batches retried)
-_EMPTY_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder image of rejected rows (keeps columns aligned)
-
-#: ``transform(image, path) -> image``: the damage-and-reconstruct hook (picklable).
-ImageTransform = Callable[[np.ndarray, str], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -119,12 +126,12 @@ class GraphStats:
         ok = np.asarray(batch[C.STATUS]) == OK
         n_ok = int(np.sum(ok))
         for s in STAGES:
-            if _t(s) in batch:
-                self.seconds[s] += float(np.sum(batch[_t(s)]))
+            if time_column(s) in batch:
+                self.seconds[s] += float(np.sum(batch[time_column(s)]))
                 self.counts[s] += n if s == "decode" else n_ok
-                self.nodes.setdefault(s, set()).update(str(x) for x in batch[_node(s)])
+                self.nodes.setdefault(s, set()).update(str(x) for x in batch[node_column(s)])
                 items, secs = self.node_items.setdefault(s, {}), self.node_seconds.setdefault(s, {})
-                for node, t, is_ok in zip(batch[_node(s)], batch[_t(s)], ok):
+                for node, t, is_ok in zip(batch[node_column(s)], batch[time_column(s)], ok):
                     node = str(node)
                     items[node] = items.get(node, 0) + int(s == "decode" or is_ok)
                     secs[node] = secs.get(node, 0.0) + float(t)
@@ -148,295 +155,6 @@ def features_of(result: PartResult, spec: FeatureSpec, todo: Sequence[Record]) -
         rows = [by_path[r.path][k] for r in todo]
         out[b.name] = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, b.dim), np.float32)
     return out
-
-
-def _t(stage: str) -> str:
-    return f"t_{stage}"
-
-
-def _node(stage: str) -> str:
-    return f"node_{stage}"
-
-
-def _rss_mb() -> float:
-    return peak_rss_mb()
-
-
-def _stamp(out: dict, stage: str, seconds: float, n: int) -> dict:
-    out[_t(stage)] = np.full(n, seconds / max(n, 1), np.float64)
-    out[_node(stage)] = np.array([node_id()] * n, dtype=object)
-    out[RSS] = np.full(n, _rss_mb(), np.float64)
-    return out
-
-
-def _object_array(items: Sequence) -> np.ndarray:
-    arr = np.empty(len(items), dtype=object)
-    arr[:] = list(items)
-    return arr
-
-
-# --- the stages (plain functions on dict[str, np.ndarray] batches) ---------------------------------
-
-
-def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
-    """Read, hash and decode the batch's files; rejected files keep a status and reason, never raise."""
-    t = time.perf_counter()
-    recs = [read_record(ImageFile(str(p), str(lab), str(why)), max_pixels=max_pixels, max_bytes=max_bytes)
-            for p, lab, why in zip(batch[C.PATH], batch[C.LABEL], batch[C.REASON])]
-    out = {
-        C.PATH: _object_array([r.path for r in recs]),
-        C.LABEL: _object_array([r.label for r in recs]),
-        PART: np.asarray(batch[PART], np.int64),
-        POS: np.asarray(batch[POS], np.int64),
-        C.SIZE: np.array([r.size for r in recs], np.int64),
-        C.MTIME: np.array([r.mtime for r in recs], np.float64),
-        C.ID: np.array([r.id for r in recs], np.int64),
-        C.STATUS: _object_array([r.status for r in recs]),
-        C.ERROR: _object_array([r.error for r in recs]),
-        C.IMAGE: _object_array([r.image if r.image is not None else _EMPTY_IMAGE for r in recs]),
-    }
-    return _stamp(out, "decode", time.perf_counter() - t, len(recs))
-
-
-def _ok_rows(batch: dict) -> np.ndarray:
-    return np.flatnonzero(np.asarray(batch[C.STATUS]) == OK)
-
-
-def _images(batch: dict, rows: np.ndarray) -> list[np.ndarray]:
-    col = batch[C.IMAGE]
-    return [np.asarray(col[i]) for i in rows]
-
-
-_NO_MASK = np.zeros((0, 0), bool)  # the KNOWN value of rows the network has nothing to do for
-
-
-def is_network(transform) -> bool:
-    """True when ``transform`` is a hook whose inpainter is a network (it has a CPU and a network half)."""
-    return bool(getattr(transform, "network", False))
-
-
-def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
-    """Apply the damage-and-reconstruct hook to every ok image of the batch.
-
-    For a network inpainter only its CPU half runs here (:meth:`DamageTransform.prepare`): the image
-    column then holds the pre-fills and a ``known`` column the masks, for the network's actors.
-    """
-    t = time.perf_counter()
-    rows = _ok_rows(batch)
-    images = _object_array(list(batch[C.IMAGE]))
-    paths = batch[C.PATH]
-    status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
-    network = is_network(transform)
-    known = _object_array([_NO_MASK] * len(paths))
-    for i in rows:
-        rec = Record(str(paths[i]), "", image=np.asarray(images[i]))
-        if network:
-            k = prepare_record(rec, transform)
-            if k is not None:
-                known[i] = k
-        else:
-            apply_transform(rec, transform)  # a per-file failure is a value, not a failed task
-        if rec.status == REJECTED:
-            status[i], error[i], images[i] = REJECTED, rec.error, _EMPTY_IMAGE
-        else:
-            images[i] = rec.image
-    out = dict(batch)
-    out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
-    if network:
-        out[KNOWN] = known
-    return _stamp(out, "inpaint", time.perf_counter() - t, len(paths))
-
-
-def refine_batch(batch: dict, stage) -> dict:
-    """The network half on the batch's pre-filled rows (those with a mask), in place of their images.
-
-    One call for the whole batch (one forward per image size); if it fails, images are retried one
-    at a time and those that still fail are rejected with the reason. Drops the ``known`` column.
-    """
-    n = len(batch[C.ID])
-    known_col = batch.get(KNOWN)
-    out = {k: v for k, v in batch.items() if k != KNOWN}
-    if known_col is None:
-        return out
-    ok = np.asarray(batch[C.STATUS]) == OK
-    rows = [i for i in range(n) if ok[i] and np.asarray(known_col[i]).size]
-    if not rows:
-        return out
-    images = _object_array(list(batch[C.IMAGE]))
-    status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
-    pre = [np.asarray(images[i]) for i in rows]
-    masks = [np.asarray(known_col[i], dtype=bool) for i in rows]
-    try:
-        done = stage.refine(pre, masks)
-    except Exception:  # noqa: BLE001 - find the image that fails, keep the others
-        done = []
-        for p, m in zip(pre, masks):
-            try:
-                done.append(stage.refine([p], [m])[0])
-            except Exception as exc:  # noqa: BLE001 - a per-file failure is a value
-                done.append(exc)
-    for i, r in zip(rows, done):
-        if isinstance(r, Exception):
-            status[i], error[i], images[i] = REJECTED, f"mask/inpaint failed: {type(r).__name__}: {r}", _EMPTY_IMAGE
-        else:
-            images[i] = r
-    out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
-    return out
-
-
-def _network_stage(transform, device, torch_threads):
-    from ..damage.hook import NetworkStage
-
-    stage = transform.network_stage()
-    return NetworkStage(stage.inpainter, device=device, num_threads=torch_threads, **stage.options)
-
-
-class InpaintActor:
-    """Actor body of a network inpainter's own pool (``inpaint_placement="separate"``, or no backbone).
-
-    ``__init__`` loads the network once; ``__call__`` refines a batch's pre-filled rows under
-    ``torch.inference_mode()`` (bf16/fp16 autocast on CUDA) and keeps the image column for the descriptors.
-    """
-
-    def __init__(self, transform, *, device: str | None = None, torch_threads: int | None = None):
-        self.stage = _network_stage(transform, device, torch_threads)
-        self.stage.load()
-
-    def __call__(self, batch: dict) -> dict:
-        t = time.perf_counter()
-        out = refine_batch(batch, self.stage)
-        return _stamp(out, "inpaint_net", time.perf_counter() - t, len(batch[C.ID]))
-
-
-def describe_batch(batch: dict, *, blocks: Sequence[Block], keep_image: bool = True) -> dict:
-    """Handcrafted descriptor blocks of the ok rows (zeros on the others) as ``feat_<block>`` columns."""
-    from ..features.extract import handcrafted_features
-
-    t = time.perf_counter()
-    n = len(batch[C.ID])
-    rows = _ok_rows(batch)
-    feats = handcrafted_features(_images(batch, rows), blocks)
-    out = {k: v for k, v in batch.items() if keep_image or k != C.IMAGE}
-    for b in blocks:
-        if b.name == DEEP:
-            continue
-        col = np.zeros((n, b.dim), np.float32)
-        col[rows] = feats[b.name]
-        out[C.block_column(b.name)] = col
-    return _stamp(out, "descriptors", time.perf_counter() - t, n)
-
-
-class DeepActor:
-    """Actor body of the backbone stage: ``__init__`` loads the model once, ``__call__`` describes a batch.
-
-    Outputs the deep block as ``feat_deep`` (zeros on non-ok rows) and drops the image column. With
-    ``inpaint`` (a network inpainter's hook, ``inpaint_placement="fused"``) the actor also loads that
-    network and first refines the batch's pre-filled rows; it then keeps the (reconstructed) images
-    for the descriptor tasks that follow it.
-    """
-
-    def __init__(self, block: Block, *, device: str | None = None, weights: str | None = None,
-                 batch_size: int = 32, torch_threads: int | None = None, inpaint=None):
-        from ..features.extract import DeepFeatures
-
-        self.block = block
-        self.deep = DeepFeatures(block, device=device, weights=weights, batch_size=batch_size,
-                                 num_threads=torch_threads)
-        self.stage = _network_stage(inpaint, device, torch_threads) if inpaint is not None else None
-        if self.stage is not None:
-            self.stage.load()
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch[C.ID])
-        if self.stage is not None:
-            t = time.perf_counter()
-            batch = _stamp(refine_batch(batch, self.stage), "inpaint_net", time.perf_counter() - t, n)
-        t = time.perf_counter()
-        rows = _ok_rows(batch)
-        col = np.zeros((n, self.block.dim), np.float32)
-        if len(rows):
-            col[rows] = self.deep(_images(batch, rows))
-        out = {k: v for k, v in batch.items() if k != C.IMAGE or self.stage is not None}
-        out[C.block_column(DEEP)] = col
-        return _stamp(out, "deep", time.perf_counter() - t, n)
-
-
-# --- resources --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """Resources of the CPU tasks, of the backbone actor pool and of a network inpainter's own pool.
-
-    ``inpaint_pool`` is 0 when the network has no pool of its own (no network, or fused into the
-    backbone's actors).
-    """
-
-    task_cpus: float
-    actor_cpus: float
-    actor_gpus: float
-    pool_size: int
-    torch_threads: int | None
-    actor_resources: Mapping[str, float] | None = None
-    inpaint_cpus: float = 0.0
-    inpaint_gpus: float = 0.0
-    inpaint_pool: int = 0
-    inpaint_threads: int | None = None
-
-
-def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: bool = False,
-                deep: bool = True) -> StagePlan:
-    """:func:`plan_actors` for the backbone, then room for a network inpainter (``network``) when it
-    needs a pool of its own: always without a backbone (``deep`` False, it takes the backbone's
-    plan), and with ``inpaint_placement="separate"``, when the two pools split the actors'
-    resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
-    from dataclasses import replace
-
-    plan = plan_actors(cluster, config)
-    if not network or (deep and config.inpaint_placement == "fused"):
-        return plan
-    if not deep:
-        return replace(plan, inpaint_cpus=plan.actor_cpus, inpaint_gpus=plan.actor_gpus, inpaint_pool=plan.pool_size,
-                       inpaint_threads=plan.torch_threads)
-    if plan.actor_gpus:  # both pools on every GPU node: each takes half of what one actor would
-        halved = {k: v / 2 for k, v in plan.actor_resources.items()} if plan.actor_resources else None
-        return replace(plan, actor_gpus=0.5, inpaint_cpus=plan.actor_cpus / 2, actor_cpus=plan.actor_cpus / 2,
-                       inpaint_gpus=0.5, inpaint_pool=plan.pool_size, inpaint_threads=plan.torch_threads,
-                       actor_resources=halved)
-    if plan.pool_size >= 2:
-        half = plan.pool_size // 2
-        return replace(plan, pool_size=plan.pool_size - half, inpaint_cpus=plan.actor_cpus, inpaint_pool=half,
-                       inpaint_threads=plan.torch_threads)
-    share = plan.actor_cpus / 2
-    return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
-
-
-def plan_actors(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
-    """Split the cluster between CPU tasks and backbone actors so that neither can starve the other.
-
-    With GPUs (and ``config.device`` not ``"cpu"``): one actor per GPU (``num_gpus=1``, one CPU to
-    feed it). Without: up to one single-threaded actor per CPU for two thirds of the CPUs (the
-    backbone usually costs more than decoding and descriptors; Ray Data grows the pool from one
-    actor as batches queue up), and never more than ``CPU - task_cpus`` CPUs together, so at least
-    one read/descriptor task can always run (an actor pool holding every CPU would leave the tasks
-    that feed it unscheduled: the job hangs without an error).
-    """
-    cpus = float(cluster.get("CPU", 0.0))
-    gpus = float(cluster.get("GPU", 0.0))
-    if cpus <= 0:
-        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
-    task_cpus = 1.0 if cpus >= 2 else 0.5
-    extra = dict(config.deep_resources) if config.deep_resources else None
-    if gpus >= 1 and (config.device is None or str(config.device).startswith("cuda")):
-        pool = config.deep_actors or int(gpus)
-        return StagePlan(task_cpus, 1.0 if cpus >= 2 else 0.0, 1.0, min(pool, int(gpus)),
-                         config.torch_threads, extra)
-    budget = cpus - task_cpus
-    actor_cpus = 1.0 if budget >= 1 else max(budget, 0.25)
-    pool = config.deep_actors or max(1, int(cpus * 2 // 3))
-    pool = max(1, min(pool, int(budget // actor_cpus)))
-    threads = config.torch_threads or max(1, int(actor_cpus))
-    return StagePlan(task_cpus, actor_cpus, 0.0, pool, threads, extra)
 
 
 # --- the graph --------------------------------------------------------------------------------------

@@ -27,19 +27,22 @@ The queries are decoded once and shared through the object store; the damaged im
 recomputed where needed (a mask and a multiplication) instead of shipped; FSIM's reference maps of
 the intact queries are computed once. A network inpainter (``two-stage``) runs as in the index and
 query jobs: its classical pre-fill in CPU tasks (Telea's own cells when it is Telea at the same
-radius: the very same images), the network in an actor pool (:class:`NetworkActor`: weights loaded
-once per actor, a cell's images as batches, one GPU per actor when the cluster has GPUs). Without
-GPUs the one actor reserves ``network_cpus`` of a CPU, by default none: its cells come in bursts
-(about a tenth of the evaluation's CPU work), and a reserved core would idle between them while
-the metric and feature tasks wait for it; the operating system shares the cores while it works.
-Progress: one line per finished cell on stderr (done/total, elapsed, ETA).
+radius: the very same images), the network in an actor pool (:class:`~.damaged_tasks.NetworkActor`:
+weights loaded once per actor, a cell's images as batches, one GPU per actor when the cluster has
+GPUs). Without GPUs the one actor reserves ``network_cpus`` of a CPU, by default none: its cells
+come in bursts (about a tenth of the evaluation's CPU work), and a reserved core would idle between
+them while the metric and feature tasks wait for it; the operating system shares the cores while it
+works. Progress: one line per finished cell on stderr (done/total, elapsed, ETA).
+
+This module is the driver (the configuration, the query draw, the work graph, indexing, the
+outputs); the tasks and the network's actor body are in :mod:`.damaged_tasks`, the search and
+scoring of the finished cells in :mod:`.damaged_results`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,13 +52,20 @@ from typing import Sequence
 import numpy as np
 
 from ..damage.masks import FRINGE_FREQUENCIES as FREQUENCIES
-from ..errors import IncompleteRunError, InputError, UsageError
+from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
 from .common import PROTOCOLS, check_collection_prefix, public_config, versions
+from .damaged_results import collect_results
+from .damaged_tasks import (
+    NetworkActor,
+    cell_features_task,
+    fsim_references_task,
+    original_features_task,
+    quality_task,
+    reconstruct_task,
+)
 
 log = logging.getLogger(__name__)
-
-STATES = ("original", "damaged", "reconstructed")
 
 
 @dataclass(frozen=True)
@@ -115,165 +125,12 @@ class EvalConfig:
         return f"{self.collection_prefix}eval_{backbone}"
 
 
-# --- tasks (pure functions of their arguments; run in Ray workers or locally) -------------------------
-
-
 def mask_phase(seed: int, frequency: float, repeat: int) -> float:
     """The mask phase of one repeat: deterministic, different per repeat (0 for the first)."""
     if repeat == 0:
         return 0.0
     rng = np.random.default_rng([seed, int(round(frequency * 1000)), repeat])
     return float(rng.uniform(0, np.pi))
-
-
-def fringe_masks(images: Sequence[np.ndarray], frequency: float, phase: float, missing_fraction: float) -> list:
-    """The known-pixel mask of every query at one (frequency, phase): the one rule of every task."""
-    from ..damage.masks import fringe_mask
-
-    return [fringe_mask(img.shape[0], img.shape[1], frequency, missing_fraction, phase=phase) for img in images]
-
-
-def damaged_images(images, frequency: float, phase: float, missing_fraction: float) -> list:
-    """The zero-filled queries (the paper's ``M ⊙ I``), recomputed where needed instead of shipped."""
-    from ..damage.masks import apply_mask
-
-    return [apply_mask(img, k) for img, k in zip(images, fringe_masks(images, frequency, phase, missing_fraction))]
-
-
-def reconstruct_task(images: Sequence[np.ndarray], frequency: float, inpainter: str, phase: float,
-                     missing_fraction: float) -> dict:
-    """Damage every query with one fringe mask and reconstruct it in this CPU task.
-
-    A classical inpainter runs whole; for a network only its CPU half runs (its classical pre-fill:
-    the network then refines it in a :class:`NetworkActor`). Returns ``{"reconstructed": [...],
-    "errors": {query index: why}, "start", "end", "pid"}``; a query whose inpainting fails is scored as
-    its damaged image and listed in ``errors``.
-    """
-    from ..damage.hook import damage_and_reconstruct
-    from ..damage.inpaint import get_inpainter, get_prefill, is_network
-
-    t0 = time.time()
-    inp = get_prefill(inpainter) if is_network(inpainter) else get_inpainter(inpainter)
-    restored, errors = [], {}
-    for j, (img, known) in enumerate(zip(images, fringe_masks(images, frequency, phase, missing_fraction))):
-        try:
-            restored.append(damage_and_reconstruct(img, known, inp)[1])
-        except Exception as exc:  # noqa: BLE001 - one image's failure is a recorded value, not a failed cell
-            restored.append(damage_and_reconstruct(img, known, get_inpainter("none"))[0])
-            errors[j] = f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
-    return {"reconstructed": restored, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
-            "task": f"reconstruct {inpainter}" if not is_network(inpainter) else f"pre-fill {inpainter}"}
-
-
-class NetworkActor:
-    """Actor body of a network inpainter in the evaluation: loads the weights once, refines whole cells.
-
-    ``refine(images, prefilled, frequency, phase, missing_fraction)`` takes the intact queries and the
-    result of the network's CPU half for one (frequency, repeat) (:func:`reconstruct_task`, or Telea's
-    own cell when the network's pre-fill is Telea with its radius: the same images) and returns the
-    reconstructions in :func:`reconstruct_task`'s format. The batch runs under
-    ``torch.inference_mode()``, one forward per image size (bf16/fp16 autocast on CUDA).
-    """
-
-    def __init__(self, inpainter: str, device: str | None = None, num_threads: int | None = 1):
-        from ..damage.hook import NetworkStage
-
-        self.name = inpainter
-        self.stage = NetworkStage(inpainter, device=device, num_threads=num_threads)
-        self.stage.load()
-
-    def refine(self, images, prefilled: dict, frequency: float, phase: float, missing_fraction: float) -> dict:
-        from ..damage.masks import apply_mask
-
-        t0 = time.time()
-        masks = fringe_masks(images, frequency, phase, missing_fraction)
-        errors = dict(prefilled.get("errors", {}))  # a failed pre-fill stays the damaged image
-        out = list(prefilled["reconstructed"])
-        rows = [j for j in range(len(images)) if j not in errors]
-        damaged = {j: apply_mask(images[j], masks[j]) for j in rows}
-        try:
-            done = self.stage.refine([out[j] for j in rows], [masks[j] for j in rows], [damaged[j] for j in rows])
-        except Exception:  # noqa: BLE001 - find the image that fails, keep the others
-            done = []
-            for j in rows:
-                try:
-                    done.append(self.stage.refine([out[j]], [masks[j]], [damaged[j]])[0])
-                except Exception as exc:  # noqa: BLE001 - scored as the damaged image, listed
-                    done.append(damaged[j])
-                    errors[j] = f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
-        for j, r in zip(rows, done):
-            out[j] = r
-        return {"reconstructed": out, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
-                "task": f"network {self.name}", "prefill": {k: prefilled[k] for k in ("start", "end", "pid", "task")}}
-
-
-def fsim_references_task(images: Sequence[np.ndarray]) -> list:
-    """The FSIM reference maps of the intact queries (:class:`~.metrics.FsimReference`), computed once for every
-    cell: ``(timing, maps)``, submitted with two returns so that the driver fetches only the timing."""
-    from .metrics import FsimReference
-
-    t0 = time.time()
-    refs = [FsimReference(img) for img in images]
-    return {"start": t0, "end": time.time(), "pid": os.getpid(), "task": f"FSIM references ({len(images)})"}, refs
-
-
-def quality_task(images: Sequence[np.ndarray], recon: dict, frequency: float, phase: float, missing_fraction: float,
-                 fig6_query: int, *fsim_refs) -> dict:
-    """SSIM, FSIM and PSNR of one cell's reconstructions against the intact queries, and its Fig. 6 images.
-
-    ``fsim_refs`` are the maps of :func:`fsim_references_task` (chunks of the query list, in order).
-    Returns only small values: the driver never fetches the reconstructed images themselves.
-    """
-    from .metrics import psnr, ssim
-
-    t0 = time.time()
-    refs = [r for chunk in fsim_refs for r in chunk]
-    restored = recon["reconstructed"]
-    q = {"ssim": [], "fsim": [], "psnr": []}
-    for img, r, ref in zip(images, restored, refs):
-        q["ssim"].append(ssim(img, r))
-        q["fsim"].append(ref.score(r))
-        q["psnr"].append(min(psnr(img, r), 100.0))
-    j = fig6_query % len(images)
-    damaged = damaged_images([images[j]], frequency, phase, missing_fraction)[0]
-    timeline = [{k: recon[k] for k in ("start", "end", "pid", "task")}]
-    if "prefill" in recon:
-        timeline.append(recon["prefill"])
-    timeline.append({"start": t0, "end": time.time(), "pid": os.getpid(), "task": "quality"})
-    return {"quality": {k: np.asarray(v) for k, v in q.items()}, "errors": recon.get("errors", {}),
-            "fig6": {"damaged": damaged, "reconstructed": restored[j]}, "timeline": timeline}
-
-
-def features_task(spec_json: str, weights: str | None, states: dict[str, list]) -> dict:
-    """Fused query vectors for each state's list of image lists (one list per repeat)."""
-    from ..features.extract import Extractor
-
-    t0 = time.time()
-    ext = Extractor(FeatureSpec.from_json(spec_json), weights=weights,
-                    num_threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    out = {state: [ext(imgs) for imgs in per_repeat] for state, per_repeat in states.items()}
-    return {"vectors": out, "start": t0, "end": time.time(), "pid": os.getpid()}
-
-
-def original_features_task(spec_json: str, weights: str | None, images: list) -> dict:
-    """Vectors of the intact queries (``images`` is a top-level argument so Ray resolves its reference)."""
-    return features_task(spec_json, weights, {"original": [images]})
-
-
-def cell_features_task(spec_json: str, weights: str | None, images: list, damage: Sequence | None,
-                       *recons: dict) -> dict:
-    """Feature cell of one (frequency, inpainter, backbone): vectors of the damaged and/or reconstructed queries.
-
-    ``damage`` is ``[(frequency, phase, missing_fraction)]`` per repeat when the damaged queries are
-    described in this cell (they are recomputed here from the intact ones); ``recons`` are the cell's
-    reconstructions per repeat (none when only the damaged state is needed).
-    """
-    states = {}
-    if damage:
-        states["damaged"] = [damaged_images(images, f, ph, mf) for f, ph, mf in damage]
-    if recons:
-        states["reconstructed"] = [r["reconstructed"] for r in recons]
-    return features_task(spec_json, weights, states)
 
 
 # --- driver -------------------------------------------------------------------------------------------
@@ -304,41 +161,6 @@ def _spec_for(cfg: EvalConfig, backbone: str) -> FeatureSpec:
     if cfg.profile:
         return profile_spec(cfg.profile, backbone=backbone)
     return build_spec(backbone=backbone, descriptors=cfg.descriptors, mode=cfg.fusion, image_size=cfg.image_size)
-
-
-def _retrieval_metrics(store, vectors: np.ndarray, queries, cfg: EvalConfig, class_sizes: dict) -> dict:
-    """Per-query P@1/5/10 and AP for one state (arrays of shape (Q,))."""
-    from ..query.search import search_vectors
-    from .metrics import average_precision, precision_at_k
-
-    k = min(cfg.map_k, store.count() - (1 if cfg.exclude_self else 0))
-    ids, _dist, _paths, labels = search_vectors(store, vectors, [r.id for r in queries], k, cfg.exclude_self)
-    short = int(np.sum((ids < 0).any(axis=1))) if ids.size else 0
-    if ids.shape[1] < k or short:  # read back: every query has its k neighbours, or the cell is not scored
-        raise IncompleteRunError(f"the store returned fewer than {k} neighbours for {short or len(queries)} of "
-                                 f"{len(queries)} queries in collection {store.collection!r}; rerun the evaluation")
-    qlabels = np.asarray([r.label for r in queries], dtype=object)
-    n_rel = np.asarray([class_sizes[r.label] - (1 if cfg.exclude_self else 0) for r in queries])
-    labels = np.asarray(labels, dtype=object)
-    return {
-        "p_at_1": precision_at_k(labels, qlabels, 1),
-        "p_at_5": precision_at_k(labels, qlabels, min(5, k)),
-        "p_at_10": precision_at_k(labels, qlabels, min(10, k)),
-        "map": average_precision(labels, qlabels, np.maximum(n_rel, 0)),
-        "_top_ids": ids[:, : cfg.k],
-        "_top_labels": labels[:, : cfg.k],
-        "_top_paths": np.asarray(_paths, dtype=object)[:, : cfg.k],
-    }
-
-
-def _summarise(per_repeat: list[dict], keys: Sequence[str], scale: float = 1.0) -> dict:
-    """Mean over queries per repeat, then mean and std over repeats."""
-    out = {}
-    for key in keys:
-        means = np.asarray([np.nanmean(m[key]) for m in per_repeat]) * scale
-        out[key] = float(np.mean(means))
-        out[f"{key}_std"] = float(np.std(means))
-    return out
 
 
 class Progress:
@@ -492,8 +314,8 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                     cell_refs[(bb, f, inp)] = ex.submit(cell_features_task, specs[bb], cfg.weights.get(bb), query_ref,
                                                         damage, *recons, num_cpus=cfg.cell_cpus)
         # 4. search and score as cells finish
-        results = _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs,
-                           [t for t, _ in fsim_parts], bar)
+        results = collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs,
+                                  [t for t, _ in fsim_parts], bar)
     finally:
         for pool in pools.values():
             pool.shutdown()
@@ -531,79 +353,6 @@ def _check_rows(store, valid: Sequence, db: str) -> None:
             f"{len(valid)} in this data set: it belongs to another run (a shared server?). Pass another "
             "--collection-prefix, or drop that collection"
         )
-
-
-def _collect(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs, fsim_timing, bar) -> dict:
-    """Wait for every quality and feature cell (one progress line each), then search and score."""
-    label = {}
-    for (f, inp, rep), ref in quality_refs.items():
-        label[id(ref)] = ("quality", (f, inp, rep), f"quality {f:g} Hz {inp} r{rep}")
-    for bb, ref in orig_refs.items():
-        label[id(ref)] = ("original", bb, f"features {bb} intact")
-    for (bb, f, inp), ref in cell_refs.items():
-        label[id(ref)] = ("features", (bb, f, inp), f"features {bb} {f:g} Hz {inp}")
-    pending = list(quality_refs.values()) + list(orig_refs.values()) + list(cell_refs.values())
-    got: dict = {"quality": {}, "original": {}, "features": {}}
-    while pending:
-        done, pending = ex.wait_any(pending)
-        for ref in done:
-            kind, key, what = label[id(ref)]
-            got[kind][key] = ex.get(ref)
-            bar.step(what)
-    recon = got["quality"]
-    orig = {bb: _retrieval_metrics(stores[bb], v["vectors"]["original"][0], queries, cfg, class_sizes)
-            for bb, v in got["original"].items()}
-    inpaint_errors = [(queries[j].path, f"inpaint failed at {f:g} Hz, {inp}, repeat {rep}: {why}")
-                      for (f, inp, rep), r in recon.items() for j, why in sorted(r.get("errors", {}).items())]
-    timeline = [dict(ex.get(ref)) for ref in fsim_timing]
-    seen = set()  # a pre-fill shared by two cells (Telea's) is one task
-    for (f, inp, rep), r in recon.items():
-        for t in r["timeline"]:
-            if (t["pid"], t["start"], t["end"]) not in seen:
-                seen.add((t["pid"], t["start"], t["end"]))
-                task = f"quality {inp}" if t["task"] == "quality" else t["task"]
-                timeline.append({**t, "task": f"{task} f={f:g} r={rep}"})
-    for bb, cell in got["original"].items():
-        timeline.append({"task": f"features {bb} intact", "start": cell["start"], "end": cell["end"], "pid": cell["pid"]})
-    done_cells = got["features"]
-    metric_keys = ("p_at_1", "p_at_5", "p_at_10", "map")
-    records, fig6 = [], {}
-    for (bb, f, inp), cell in sorted(done_cells.items(), key=lambda kv: (kv[0][0], kv[0][1], cfg.inpainters.index(kv[0][2]))):
-        timeline.append({"task": f"features {bb} f={f} {inp}", "start": cell["start"], "end": cell["end"],
-                         "pid": cell["pid"]})
-        vec = cell["vectors"]
-        damaged_vec = vec.get("damaged") or done_cells[(bb, f, cfg.inpainters[0])]["vectors"]["damaged"]
-        per_state = {
-            "original": [orig[bb]] * cfg.repeats,
-            "damaged": [_retrieval_metrics(stores[bb], v, queries, cfg, class_sizes) for v in damaged_vec],
-        }
-        per_state["reconstructed"] = (per_state["damaged"] if inp == "none" else
-                                      [_retrieval_metrics(stores[bb], v, queries, cfg, class_sizes)
-                                       for v in vec["reconstructed"]])
-        quality = [recon[(f, inp, rep)]["quality"] for rep in range(cfg.repeats)]
-        qsum = _summarise(quality, ("ssim", "fsim", "psnr"))
-        # quality of the destroyed image itself is known when "none" is one of the inpainters
-        qsum_damaged = (_summarise([recon[(f, "none", rep)]["quality"] for rep in range(cfg.repeats)],
-                                   ("ssim", "fsim", "psnr")) if "none" in cfg.inpainters else None)
-        for state in STATES:
-            rec = {"backbone": bb, "inpainter": inp, "frequency": f, "state": state, "protocol": cfg.protocol,
-                   "n_queries": len(queries), "repeats": cfg.repeats,
-                   "wall_seconds": round(cell["end"] - cell["start"], 3)}
-            rec.update(_summarise(per_state[state], metric_keys, scale=100.0))
-            if state == "reconstructed":
-                rec.update(qsum)
-            elif state == "damaged" and qsum_damaged:
-                rec.update(qsum_damaged)
-            records.append(rec)
-        if (bb, f, inp) not in fig6:
-            q = cfg.fig6_query % len(queries)
-            fig6[(bb, f, inp)] = {
-                "query": queries[q].path, "label": queries[q].label,
-                "images": dict(recon[(f, inp, 0)]["fig6"]),
-                "hits": {s: {"paths": list(per_state[s][0]["_top_paths"][q]),
-                             "labels": list(per_state[s][0]["_top_labels"][q])} for s in STATES},
-            }
-    return {"records": records, "timeline": timeline, "_fig6": fig6, "_inpaint_errors": inpaint_errors}
 
 
 def _write_errors(path: Path, records, inpaint_errors) -> None:

@@ -1,0 +1,91 @@
+"""Resource planning of the Ray Data graph (:mod:`.graph`): how the cluster is split between its stages.
+
+:func:`plan_stages` gives the CPU tasks (decode, transform, descriptors), the backbone's actor pool
+and a network inpainter's own pool (when it has one) their CPUs, GPUs and pool sizes, so that no
+stage can starve the others (:class:`StagePlan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+from ..errors import PipelineError
+
+if TYPE_CHECKING:
+    from .graph import GraphConfig
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Resources of the CPU tasks, of the backbone actor pool and of a network inpainter's own pool.
+
+    ``inpaint_pool`` is 0 when the network has no pool of its own (no network, or fused into the
+    backbone's actors).
+    """
+
+    task_cpus: float
+    actor_cpus: float
+    actor_gpus: float
+    pool_size: int
+    torch_threads: int | None
+    actor_resources: Mapping[str, float] | None = None
+    inpaint_cpus: float = 0.0
+    inpaint_gpus: float = 0.0
+    inpaint_pool: int = 0
+    inpaint_threads: int | None = None
+
+
+def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: bool = False,
+                deep: bool = True) -> StagePlan:
+    """:func:`plan_actors` for the backbone, then room for a network inpainter (``network``) when it
+    needs a pool of its own: always without a backbone (``deep`` False, it takes the backbone's
+    plan), and with ``inpaint_placement="separate"``, when the two pools split the actors'
+    resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
+    from dataclasses import replace
+
+    plan = plan_actors(cluster, config)
+    if not network or (deep and config.inpaint_placement == "fused"):
+        return plan
+    if not deep:
+        return replace(plan, inpaint_cpus=plan.actor_cpus, inpaint_gpus=plan.actor_gpus, inpaint_pool=plan.pool_size,
+                       inpaint_threads=plan.torch_threads)
+    if plan.actor_gpus:  # both pools on every GPU node: each takes half of what one actor would
+        halved = {k: v / 2 for k, v in plan.actor_resources.items()} if plan.actor_resources else None
+        return replace(plan, actor_gpus=0.5, inpaint_cpus=plan.actor_cpus / 2, actor_cpus=plan.actor_cpus / 2,
+                       inpaint_gpus=0.5, inpaint_pool=plan.pool_size, inpaint_threads=plan.torch_threads,
+                       actor_resources=halved)
+    if plan.pool_size >= 2:
+        half = plan.pool_size // 2
+        return replace(plan, pool_size=plan.pool_size - half, inpaint_cpus=plan.actor_cpus, inpaint_pool=half,
+                       inpaint_threads=plan.torch_threads)
+    share = plan.actor_cpus / 2
+    return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
+
+
+def plan_actors(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
+    """Split the cluster between CPU tasks and backbone actors so that neither can starve the other.
+
+    With GPUs (and ``config.device`` not ``"cpu"``): one actor per GPU (``num_gpus=1``, one CPU to
+    feed it). Without: up to one single-threaded actor per CPU for two thirds of the CPUs (the
+    backbone usually costs more than decoding and descriptors; Ray Data grows the pool from one
+    actor as batches queue up), and never more than ``CPU - task_cpus`` CPUs together, so at least
+    one read/descriptor task can always run (an actor pool holding every CPU would leave the tasks
+    that feed it unscheduled: the job hangs without an error).
+    """
+    cpus = float(cluster.get("CPU", 0.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    if cpus <= 0:
+        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
+    task_cpus = 1.0 if cpus >= 2 else 0.5
+    extra = dict(config.deep_resources) if config.deep_resources else None
+    if gpus >= 1 and (config.device is None or str(config.device).startswith("cuda")):
+        pool = config.deep_actors or int(gpus)
+        return StagePlan(task_cpus, 1.0 if cpus >= 2 else 0.0, 1.0, min(pool, int(gpus)),
+                         config.torch_threads, extra)
+    budget = cpus - task_cpus
+    actor_cpus = 1.0 if budget >= 1 else max(budget, 0.25)
+    pool = config.deep_actors or max(1, int(cpus * 2 // 3))
+    pool = max(1, min(pool, int(budget // actor_cpus)))
+    threads = config.torch_threads or max(1, int(actor_cpus))
+    return StagePlan(task_cpus, actor_cpus, 0.0, pool, threads, extra)
