@@ -313,3 +313,18 @@ def test_which_server_failures_are_retried(message, transient):
     from cbir_dist.store.milvus import _transient
 
     assert _transient(MilvusException(code=65535, message=message)) is transient
+
+
+def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, caplog):
+    """What a server restart does to a loaded collection (seen in the server-fault tests): the
+    next call finds it released; the store loads it again and the call succeeds."""
+    store.create(64, SPEC)
+    x = rng.standard_normal((50, 64)).astype(np.float32)
+    _fill(store, x)
+    store.flush_and_index()
+    before = store.search(x[:3], 2)
+    store.client.release_collection(store.collection)  # behind the store's back
+    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+        after = store.search(x[:3], 2)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    assert any("no longer loaded" in r.getMessage() for r in caplog.records)

@@ -749,8 +749,13 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _not_loaded(exc: BaseException) -> bool:
-    """Whether a failure says the collection is not loaded (it was, before a server restart)."""
-    return "collection not loaded" in str(getattr(exc, "message", "") or exc).lower()
+    """Whether a failure says the collection is not loaded (it was, before a server restart).
+
+    Milvus' code 101 (collection not loaded); the server says "collection not loaded", milvus-lite
+    "is in state 'released'".
+    """
+    text = str(getattr(exc, "message", "") or exc).lower()
+    return getattr(exc, "code", None) == 101 or "collection not loaded" in text or "state 'released'" in text
 
 
 def _redact(text: str, token: str) -> str:
