@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,15 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _peak_gib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # KiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    """This process's peak resident memory in GiB (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    from cbir_dist.io.files import peak_rss_mb
+
+    return peak_rss_mb() / 1024
 
 
 def step_generate(work: Path, n: int, dim: int, n_queries: int, clusters: int, intrinsic: int, seed: int) -> dict:

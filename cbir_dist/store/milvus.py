@@ -268,8 +268,7 @@ class VectorStore:
                 # (Milvus 2.3 reloads it in the background, or not at all): load it, then try again.
                 logger.warning("%s on %s: the collection is no longer loaded (the server restarted?); "
                                "loading it again", what, self.uri)
-                self._retrying("reload after restart: load", lambda: self.client.load_collection(
-                    self.collection, timeout=self._timeout("build")))
+                self._call("reload after restart: load", "build", "load_collection", self.collection)
                 return once()
         except MilvusException as exc:
             spent = time.monotonic() - t0
