@@ -3,7 +3,8 @@
     python benchmarks/query.py --sizes 10000,100000 --queries 1000,10000 --stores lite,server --k 10
 
 ``--stores server`` starts the Milvus 2.3.5 standalone server of ``scripts/milvus_server.sh`` (auth
-on) for the run and stops it afterwards.
+on) for the server's own steps of each size and stops it after them, so that it never idles beside
+the lite steps.
 
 For each size: synthetic clustered float32 vectors (``--clusters`` Gaussian clusters; each point is
 its centre plus noise in a random ``--intrinsic-dim``-d subspace of its cluster plus small isotropic
@@ -231,21 +232,18 @@ def main() -> None:
     print(f"dim={args.dim} queries={args.queries} k={args.k} clusters={args.clusters} stores={stores} "
           f"intrinsic_dim={args.intrinsic_dim} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}", flush=True)
-    server = None
-    if "server" in stores:
-        sys.path.insert(0, str(REPO / "tests"))
-        from milvus_server import MilvusServer
-
-        server = MilvusServer(data_dir=Path(args.db_dir) / "milvus").start()
-    try:
-        table, inserts = run_sizes(args, configs, stores, server)
-    finally:
-        if server is not None:
-            server.stop()
+    table, inserts = run_sizes(args, configs, stores)
     print_tables(args, table, inserts)
 
 
-def run_sizes(args, configs: list[str], stores: list[str], server) -> tuple[list[dict], list[dict]]:
+def start_server(root: Path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from milvus_server import MilvusServer
+
+    return MilvusServer(data_dir=root / "milvus").start()
+
+
+def run_sizes(args, configs: list[str], stores: list[str]) -> tuple[list[dict], list[dict]]:
     table, inserts = [], []
     for n in (int(s) for s in args.sizes.split(",")):
         work = Path(args.db_dir) / f"n{n}"
@@ -258,24 +256,31 @@ def run_sizes(args, configs: list[str], stores: list[str], server) -> tuple[list
         print(f"n={n}: data {t_data:.1f}s, numpy exact truth of {max(args.queries)} queries "
               f"{truth['seconds']:.1f}s (peak {truth['peak_gib']:.2f} GiB)", flush=True)
         for store in stores:
-            db = str(work / "bench.db") if store == "lite" else server.uri
-            env = {"MILVUS_TOKEN": server.token} if store == "server" and server.token else {}
-            ins = run_step(args, "insert", str(work), db, extra_env=env)
-            ins.update(n=n, store=store, server_gib=_server_rss_gib(server.pid) if store == "server" else None)
-            inserts.append(ins)
-            print(f"n={n} {store}: insert {ins['rows']} rows {ins['insert_s']:.1f}s "
-                  f"({ins['rows'] / ins['insert_s']:.0f} rows/s), +flush+index {ins['insert_flush_index_s']:.1f}s, "
-                  f"peak {ins['peak_gib']:.2f} GiB", flush=True)
-            for config in configs:
-                build = run_step(args, "build", str(work), db, config, extra_env=env)
-                for nq in args.queries:
-                    for row in run_step(args, "search", str(work), db, config, str(nq), extra_env=env)["rows"]:
-                        row.update(n=n, store=store, build_s=build["build_s"],
-                                   server_gib=_server_rss_gib(server.pid) if store == "server" else None)
-                        table.append(row)
-                        print(f"n={n} {store}: {row['config']} x{nq}: build {row['build_s']:.1f}s, "
-                              f"{row['qps']:.1f} queries/s, recall@{args.k} {row['recall']:.4f}, "
-                              f"peak {row['peak_gib']:.2f} GiB", flush=True)
+            # the server runs only during its own steps: an idle server beside the lite steps would
+            # take a share of the 2 cores they are timed on
+            server = start_server(Path(args.db_dir)) if store == "server" else None
+            try:
+                db = str(work / "bench.db") if store == "lite" else server.uri
+                env = {"MILVUS_TOKEN": server.token} if store == "server" and server.token else {}
+                ins = run_step(args, "insert", str(work), db, extra_env=env)
+                ins.update(n=n, store=store, server_gib=_server_rss_gib(server.pid) if store == "server" else None)
+                inserts.append(ins)
+                print(f"n={n} {store}: insert {ins['rows']} rows {ins['insert_s']:.1f}s "
+                      f"({ins['rows'] / ins['insert_s']:.0f} rows/s), +flush+index {ins['insert_flush_index_s']:.1f}s, "
+                      f"peak {ins['peak_gib']:.2f} GiB", flush=True)
+                for config in configs:
+                    build = run_step(args, "build", str(work), db, config, extra_env=env)
+                    for nq in args.queries:
+                        for row in run_step(args, "search", str(work), db, config, str(nq), extra_env=env)["rows"]:
+                            row.update(n=n, store=store, build_s=build["build_s"],
+                                       server_gib=_server_rss_gib(server.pid) if store == "server" else None)
+                            table.append(row)
+                            print(f"n={n} {store}: {row['config']} x{nq}: build {row['build_s']:.1f}s, "
+                                  f"{row['qps']:.1f} queries/s, recall@{args.k} {row['recall']:.4f}, "
+                                  f"peak {row['peak_gib']:.2f} GiB", flush=True)
+            finally:
+                if server is not None:
+                    server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return table, inserts

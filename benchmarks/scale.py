@@ -238,32 +238,37 @@ def main(argv=None) -> int:
     print(f"work dir {work}; load average {os.getloadavg()}", file=sys.stderr)
     full = make_images(Path(args.source), work / f"images_{sizes[-1]}", sizes[-1], args.seed)
     folders = {n: (full if n == sizes[-1] else subset(full, work / f"images_{n}", n)) for n in sizes}
-    server = start_server(work) if "server" in stores else None
     results = {"sizes": sizes, "backbone": args.backbone, "runs": [], "loadavg_start": os.getloadavg()}
+    lite_uri = str(work / "scale.db")
     try:
-        env = {"MILVUS_TOKEN": server.token} if server else {}
-        uris = {"lite": str(work / "scale.db"), "server": server.uri if server else None}
-        if args.insert:
-            results["insert"] = {s: insert_rates(uris[s], env.get("MILVUS_TOKEN") if s == "server" else None,
-                                                 args.insert_dim, args.insert_rows) for s in stores}
         if args.bound:
-            results["bound"] = compute_bound(folders[sizes[0]], args, uris["lite"], None)
+            results["bound"] = compute_bound(folders[sizes[0]], args, lite_uri, None)
         for store in stores:
-            for backend in backends:
-                for n in sizes:
-                    run_dir = work / "runs" / f"{store}_{backend}_{n}"
-                    if run_dir.exists():
-                        shutil.rmtree(run_dir)
-                    stats = index_once(folders[n], uris[store], f"scale_{backend}", backend, args,
-                                       env if store == "server" else {}, run_dir)
-                    stats.update(store=store, backend_=backend, n=n, loadavg=os.getloadavg())
-                    results["runs"].append(stats)
-                    print(f"{store} {backend} {n}: {stats['line']} ({stats['wall_s']:.0f} s)", file=sys.stderr)
-                if store == "lite":
-                    shutil.rmtree(uris["lite"], ignore_errors=True)
+            # The server starts just before its own runs and stops after them: an idle server
+            # (~7% of a core) must not run beside the lite runs it is compared with.
+            server = start_server(work) if store == "server" else None
+            try:
+                uri = server.uri if server else lite_uri
+                token = server.token if server else None
+                env = {"MILVUS_TOKEN": token} if server else {}
+                if args.insert:
+                    results.setdefault("insert", {})[store] = insert_rates(uri, token, args.insert_dim,
+                                                                           args.insert_rows)
+                for backend in backends:
+                    for n in sizes:
+                        run_dir = work / "runs" / f"{store}_{backend}_{n}"
+                        if run_dir.exists():
+                            shutil.rmtree(run_dir)
+                        stats = index_once(folders[n], uri, f"scale_{backend}", backend, args, env, run_dir)
+                        stats.update(store=store, backend_=backend, n=n, loadavg=os.getloadavg())
+                        results["runs"].append(stats)
+                        print(f"{store} {backend} {n}: {stats['line']} ({stats['wall_s']:.0f} s)", file=sys.stderr)
+            finally:
+                if server is not None:
+                    server.stop()
+            if store == "lite":
+                shutil.rmtree(lite_uri, ignore_errors=True)
     finally:
-        if server is not None:
-            server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["loadavg_end"] = os.getloadavg()

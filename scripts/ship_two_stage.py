@@ -6,8 +6,9 @@
 SOURCE is a checkpoint or snapshot of the prototype's ``train.py`` or of ``cbir-dist
 train-inpainter`` (both hold ``model`` and ``model_config``). The JSON records the architecture
 config (what ``load_two_stage`` builds), the step, the exact training command (``--command``;
-default: rebuilt from the checkpoint's training arguments, else the long run's ``run_long.sh``
-command), the equivalent ``cbir-dist train-inpainter`` command, the data, the held-out split
+default: rebuilt from the checkpoint's training settings — for a checkpoint of ``cbir-dist
+train-inpainter`` its own command; for a snapshot, which holds no settings, the long run's
+``run_long.sh`` command), the equivalent ``cbir-dist train-inpainter`` command, the data, the held-out split
 (name and sha256), the last validation record of ``--metrics`` at or before the step, and the
 sha256 of the weights. Replacing the two files is the whole swap: nothing else names the weights.
 """
@@ -38,6 +39,31 @@ def prototype_command(train_args: dict) -> str:
         parts += ["--" + key.replace("_", "-"), str(train_args[key])]
     parts += ["--data-dirs", *train_args["data_dirs"], "--data-root", train_args["data_root"],
               "--split-file", train_args["split_file"]]
+    return " ".join(parts)
+
+
+def package_command(settings: dict) -> str:
+    """The ``cbir-dist train-inpainter`` command of a run of this package (its checkpoint's full ``config``).
+
+    Only options that differ from the defaults are spelled out; the threads come first as the
+    environment the run had (``--threads`` sets both torch's and OpenCV's).
+    """
+    from cbir_dist.training.config import TrainConfig, default_model_config
+
+    d = TrainConfig(images_dirs=("x",), out="x")
+    threads = settings.get("num_threads") or 1
+    parts = [f"OMP_NUM_THREADS={threads} cbir-dist train-inpainter", *settings["images_dirs"],
+             "--out", shlex.quote(settings["out"])]
+    if settings.get("val_split_file"):
+        parts += ["--val-split-file", settings["val_split_file"]]
+    if {**default_model_config(), **settings["model_config"]} != default_model_config():
+        parts += ["--config", shlex.quote(json.dumps(settings["model_config"]))]
+    for key, flag in _FLAGS.items():
+        if settings[key] != getattr(d, key):
+            parts += [flag, str(settings[key])]
+    if threads != 1:
+        parts += ["--threads", str(threads)]
+    parts.append("--no-ray")
     return " ".join(parts)
 
 
@@ -78,7 +104,9 @@ def main(argv=None) -> int:
 
     state = torch.load(args.source, map_location="cpu", weights_only=True)
     train_args = json.loads(state["train_args"]) if "train_args" in state else None
-    if train_args is not None and "data_dirs" not in train_args:  # a checkpoint of this package's loop
+    # a checkpoint of this package's loop holds its whole TrainConfig (``config``); the prototype's does not
+    package = json.loads(state["config"]) if train_args is not None and "images_dirs" in train_args else None
+    if package is not None:
         train_args = None
     step = int(state["step"])
     val = None
@@ -86,17 +114,33 @@ def main(argv=None) -> int:
         vals = [json.loads(ln) for ln in Path(args.metrics).read_text().splitlines() if ln.strip()]
         vals = [r for r in vals if r.get("kind") == "val" and r.get("step", 0) <= step]
         val = vals[-1] if vals else None
-    command = args.command or (prototype_command(train_args) if train_args else "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "
-                                                                                  + PROTOTYPE_COMMAND)
     split = Path(args.split_file)
-    prov = {
-        "command": command,
-        "command_cwd": "/work/proto_inpaint (the prototype; PYTHONPATH=/work/wt-proto)" if train_args or not args.command else None,
-        "equivalent_command": equivalent_command(train_args),
-        "trained_with": "the prototype's train.py, one CPU thread (cbir_dist/training/loop.py is its port)",
-        "steps": step,
-        "schedule_steps": train_args["steps"] if train_args else 50_000,
-        "data": [Path(d).name for d in train_args["data_dirs"]] if train_args else ["wang1000", "paris6k_subset"],
+    if package is not None:
+        command = args.command or package_command(package)
+        prov = {
+            "command": command,
+            "command_cwd": "the repository root",
+            "argv": package.get("command"),
+            "equivalent_command": command,
+            "trained_with": "cbir-dist train-inpainter --no-ray (cbir_dist/training/loop.py in one process), "
+                            f"{package.get('num_threads') or 1} CPU thread(s)",
+            "steps": step,
+            "schedule_steps": package["steps"],
+            "data": [Path(d).name for d in package["images_dirs"]],
+        }
+    else:
+        command = args.command or (prototype_command(train_args) if train_args else "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "
+                                                                                      + PROTOTYPE_COMMAND)
+        prov = {
+            "command": command,
+            "command_cwd": "/work/proto_inpaint (the prototype; PYTHONPATH=/work/wt-proto)" if train_args or not args.command else None,
+            "equivalent_command": equivalent_command(train_args),
+            "trained_with": "the prototype's train.py, one CPU thread (cbir_dist/training/loop.py is its port)",
+            "steps": step,
+            "schedule_steps": train_args["steps"] if train_args else 50_000,
+            "data": [Path(d).name for d in train_args["data_dirs"]] if train_args else ["wang1000", "paris6k_subset"],
+        }
+    prov.update({
         "data_note": "every image of the data folders except the held-out split, native size",
         "split_file": split.name,
         "split_sha256": sha256_file(split),
@@ -104,7 +148,7 @@ def main(argv=None) -> int:
         "training_seconds": state.get("elapsed_s"),
         "hardware": args.hardware,
         "note": args.note,
-    }
+    })
     meta = export_weights(args.source, args.out, provenance=prov)
     print(json.dumps({k: meta[k] for k in ("step", "sha256", "command", "equivalent_command")}, indent=2))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")

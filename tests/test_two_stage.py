@@ -539,3 +539,22 @@ def test_ship_script_writes_weights_and_provenance_naming_both_commands(image_se
     assert meta["split_file"] == "two_stage_split.txt" and len(meta["split_sha256"]) == 64
     assert meta["sha256"] == two_stage.sha256_file(out)
     load_two_stage(out, device="cpu")
+
+
+def test_ship_script_on_a_checkpoint_of_this_package_names_its_own_command(image_set, tmp_path):
+    """A checkpoint of train-inpainter: the JSON's command is this package's, with its settings and threads."""
+    cfg = _cfg(image_set, tmp_path / "run", steps=2, checkpoint_every=2)
+    run_training_loop(cfg)
+    out = tmp_path / "ship" / "two_stage.pt"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_two_stage.py"), str(cfg.checkpoint_path),
+                        "--out", str(out), "--metrics", str(tmp_path / "run" / "metrics.jsonl")],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["step"] == meta["steps"] == meta["schedule_steps"] == 2
+    assert meta["command"].startswith("OMP_NUM_THREADS=1 cbir-dist train-inpainter")
+    assert "--steps 2 " in meta["command"] and meta["command"].endswith("--no-ray")
+    assert str(image_set) in meta["command"] and "train.py" not in meta["command"]
+    assert meta["trained_with"].startswith("cbir-dist train-inpainter")
+    assert meta["training_settings"]["steps"] == 2 and meta["sha256"] == two_stage.sha256_file(out)
+    load_two_stage(out, device="cpu")
