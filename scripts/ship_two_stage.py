@@ -63,6 +63,9 @@ def package_command(settings: dict) -> str:
             parts += [flag, str(settings[key])]
     if threads != 1:
         parts += ["--threads", str(threads)]
+    for key in ("steps_this_session", "max_minutes"):  # where the session stopped (not part of the trajectory)
+        if settings.get(key):
+            parts += ["--" + key.replace("_", "-"), str(settings[key])]
     parts.append("--no-ray")
     return " ".join(parts)
 
