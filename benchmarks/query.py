@@ -136,6 +136,9 @@ def step_search(work: Path, db: str, config: str, nq: int, k: int, efs: list[int
     truth_d = np.load(work / "truth_dists.npy")[:nq]
     rows = []
     with _store(db) as store:
+        # as the query job does when it opens its store (query/search.py): a store that has not seen
+        # every row indexed must assume brute force and send one query per request on 100k x 2304-d
+        store.flush_and_index()
         store.search(queries[:8], k)  # warm-up: first-call costs stay out of the timing
         settings = [None] + ([{"ef": e} for e in efs] if config == "hnsw" else [])
         for params in settings:
