@@ -42,25 +42,32 @@ def prototype_command(train_args: dict) -> str:
     return " ".join(parts)
 
 
+def _changed_options(model_config: dict, settings: dict) -> list[str]:
+    """``train-inpainter`` options for the model config and the ``_FLAGS`` settings that differ from its defaults."""
+    from cbir_dist.training.config import TrainConfig, default_model_config
+
+    d = TrainConfig(images_dirs=("x",), out="x")
+    parts = []
+    if {**default_model_config(), **model_config} != default_model_config():
+        parts += ["--config", shlex.quote(json.dumps(model_config))]
+    for key, flag in _FLAGS.items():
+        if settings[key] != getattr(d, key):
+            parts += [flag, str(settings[key])]
+    return parts
+
+
 def package_command(settings: dict) -> str:
     """The ``cbir-dist train-inpainter`` command of a run of this package (its checkpoint's full ``config``).
 
     Only options that differ from the defaults are spelled out; the threads come first as the
     environment the run had (``--threads`` sets both torch's and OpenCV's).
     """
-    from cbir_dist.training.config import TrainConfig, default_model_config
-
-    d = TrainConfig(images_dirs=("x",), out="x")
     threads = settings.get("num_threads") or 1
     parts = [f"OMP_NUM_THREADS={threads} cbir-dist train-inpainter", *settings["images_dirs"],
              "--out", shlex.quote(settings["out"])]
     if settings.get("val_split_file"):
         parts += ["--val-split-file", settings["val_split_file"]]
-    if {**default_model_config(), **settings["model_config"]} != default_model_config():
-        parts += ["--config", shlex.quote(json.dumps(settings["model_config"]))]
-    for key, flag in _FLAGS.items():
-        if settings[key] != getattr(d, key):
-            parts += [flag, str(settings[key])]
+    parts += _changed_options(settings["model_config"], settings)
     if threads != 1:
         parts += ["--threads", str(threads)]
     for key in ("steps_this_session", "max_minutes"):  # where the session stopped (not part of the trajectory)
@@ -72,19 +79,11 @@ def package_command(settings: dict) -> str:
 
 def equivalent_command(train_args: dict | None) -> str:
     """``cbir-dist train-inpainter ...`` training the same trajectory (only options that differ from its defaults)."""
-    from cbir_dist.training.config import TrainConfig, default_model_config
-
-    d = TrainConfig(images_dirs=("x",), out="x")
     dirs = train_args["data_dirs"] if train_args else ["/work/shared/data/wang1000", "/work/shared/data/paris6k_subset"]
     parts = ["OMP_NUM_THREADS=1 cbir-dist train-inpainter", *dirs, "--out runs/two_stage",
              "--val-split-file cbir_dist/weights/two_stage_split.txt"]
     if train_args:
-        cfg = json.loads(train_args["config"])
-        if {**default_model_config(), **cfg} != default_model_config():
-            parts += ["--config", shlex.quote(json.dumps(cfg))]
-        for key, flag in _FLAGS.items():
-            if train_args[key] != getattr(d, key):
-                parts += [flag, str(train_args[key])]
+        parts += _changed_options(json.loads(train_args["config"]), train_args)
     parts.append("--no-ray")
     return " ".join(parts)
 
@@ -125,8 +124,9 @@ def main(argv=None) -> int:
             "command_cwd": "the repository root",
             "argv": package.get("command"),
             "equivalent_command": command,
-            "trained_with": "cbir-dist train-inpainter --no-ray (cbir_dist/training/loop.py in one process), "
-                            f"{package.get('num_threads') or 1} CPU thread(s)",
+            # the checkpoint does not say whether Ray Train ran the loop: name only what it records
+            "trained_with": "cbir-dist train-inpainter (cbir_dist/training/loop.py), "
+                            f"{package.get('num_threads') or 1} CPU thread(s) per process",
             "steps": step,
             "schedule_steps": package["steps"],
             "data": [Path(d).name for d in package["images_dirs"]],
