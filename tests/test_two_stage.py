@@ -309,12 +309,23 @@ def _cfg(image_set, out, **kw):
 #: with the shipped settings for 3 steps: 2.0453596115112305, 2.035207509994507, 2.2015812397003174).
 PROTOTYPE_LOSSES = [2.0451107025146484, 2.1501998901367188, 2.1292552947998047, 1.505455493927002,
                     1.6177740097045898, 1.9347044229507446]
+#: How close another CPU comes to the pinned losses. The losses are float32 means of float32
+#: convolutions whose reductions each CPU orders by its own SIMD width (AVX2, AVX-512) and thread
+#: split, so one step differs in the last bits (1 ulp = 1.2e-7 relative); six steps of Adam carry
+#: that forward (an AMD EPYC with AVX-512 gave 1.9347045421600342 at step 6, 6e-8 off). 1e-5 leaves
+#: two orders of magnitude for that, and is still far below what a changed loss or schedule moves
+#: (the first step's loss changes by >1e-3 with any other setting). Equality holds only on one machine.
+PINNED_RTOL = 1e-5
+
+
+def assert_pinned_losses(losses):
+    np.testing.assert_allclose(losses, PROTOTYPE_LOSSES, rtol=PINNED_RTOL, atol=0)
 
 
 def test_training_loop_reproduces_the_pinned_prototype_losses(image_set, tmp_path):
     res = run_training_loop(_cfg(image_set, tmp_path / "run"))
     losses = [r["loss"] for r in res["history"] if r["kind"] == "train"]
-    np.testing.assert_allclose(losses, PROTOTYPE_LOSSES, rtol=1e-5)
+    assert_pinned_losses(losses)
 
 
 def test_training_reproduces_the_prototype_per_step(image_set, tmp_path):
@@ -335,7 +346,8 @@ def test_training_reproduces_the_prototype_per_step(image_set, tmp_path):
     theirs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     res = run_training_loop(_cfg(image_set, tmp_path / "pkg"))
     ours = [x for x in res["history"] if x["kind"] == "train"]
-    assert [x["loss"] for x in ours] == [x["loss"] for x in theirs] == PROTOTYPE_LOSSES
+    assert [x["loss"] for x in ours] == [x["loss"] for x in theirs]  # one machine, one thread: bit for bit
+    assert_pinned_losses([x["loss"] for x in ours])
     assert [x["grad_norm"] for x in ours] == [x["grad_norm"] for x in theirs]
     a = torch.load(out / "checkpoint.pt", weights_only=True)
     b = torch.load(res["checkpoint"], weights_only=True)
@@ -385,7 +397,9 @@ def test_resume_after_kill_is_identical_to_uninterrupted_run(image_set, tmp_path
     assert a["numpy_rng"] == b["numpy_rng"]
     la = [r["loss"] for r in full["history"] if r["kind"] == "train"]
     lb = [r["loss"] for r in resumed["history"] if r["kind"] == "train"]
-    assert la == lb == PROTOTYPE_LOSSES  # the log was truncated to the checkpoint, then continued identically
+    # the log was truncated to the checkpoint, then continued identically: bit for bit on this machine
+    assert la == lb
+    assert_pinned_losses(la)
 
 
 def test_resume_refuses_other_training_settings_but_not_other_run_settings(image_set, tmp_path):
@@ -400,7 +414,11 @@ def test_steps_this_session_stops_and_the_same_command_continues(image_set, tmp_
     first = run_training_loop(_cfg(image_set, tmp_path / "s", steps_this_session=4))
     assert first["step"] == 4 and first["stopped"] == "steps_this_session"
     again = run_training_loop(_cfg(image_set, tmp_path / "s"))
-    assert again["step"] == 6 and [r["loss"] for r in again["history"] if r["kind"] == "train"] == PROTOTYPE_LOSSES
+    assert again["step"] == 6
+    assert_pinned_losses([r["loss"] for r in again["history"] if r["kind"] == "train"])
+    full = run_training_loop(_cfg(image_set, tmp_path / "full"))  # the same six steps in one session
+    assert [r["loss"] for r in again["history"] if r["kind"] == "train"] == \
+        [r["loss"] for r in full["history"] if r["kind"] == "train"]
 
 
 def test_checkpoint_roundtrip_restores_params_optimizer_and_rng(image_set, tmp_path):

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     0 on success; 2 for a usage or input error (a bad option, a missing folder, a query asking for
     other features than the collection's: :class:`~cbir_dist.errors.UsageError`); 1 for a runtime
     failure (the store, weights, a distributed stage, missing rows: any other
-    :class:`~cbir_dist.errors.CbirError`, or an unexpected exception); 130 when interrupted.
+    :class:`~cbir_dist.errors.CbirError`, or an unexpected exception) and when part of the work could
+    not be done (``query``/``classify``: any query image not answered; ``index``: every file
+    rejected, nothing written; each command says so on stderr); 130 when interrupted.
     Errors print one line; ``-v`` adds the traceback.
     """
     parser = build_parser()

@@ -77,6 +77,10 @@ def cmd_index(args) -> int:
     print(summary.line())
     if summary.advice:
         print(summary.advice)
+    if summary.planned == 0 and summary.rejected:
+        print(f"cbir-dist index: error: every one of the {summary.files} file(s) was rejected, nothing was "
+              f"written; the reasons are in {Path(summary.run_dir) / 'errors.parquet'}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -150,7 +154,19 @@ def cmd_query(args) -> int:
                                    + ("; own original excluded" if args.exclude_self else ""), *lines])
         lines.append(f"page: {page}")
     print("\n".join(lines))
-    return 0
+    return _failed_status("query", failed, len(queries), "quer", "the error column of --out" if args.out else
+                          "each failed query's reason above" + (f" and on {args.html}" if args.html else ""))
+
+
+def _failed_status(command: str, failed: int, total: int, noun: str, where: str) -> int:
+    """Exit status 1 when any of ``total`` inputs could not be answered (the count on stderr), else 0."""
+    if not failed:
+        return 0
+    plural = f"{noun}y" if noun == "quer" else noun
+    many = f"{noun}ies" if noun == "quer" else noun + "s"
+    print(f"cbir-dist {command}: error: {failed} of {total} {many if total != 1 else plural} could not be "
+          f"answered (see {where}); exit status 1", file=sys.stderr, flush=True)
+    return 1
 
 
 def cmd_info(args) -> int:
@@ -215,7 +231,14 @@ def cmd_classify(args) -> int:
                  f"macro precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, "
                  f"specificity {100 * m['specificity']:.1f})")
     print(line + (f"; wrote {args.out}" if args.out else ""))
-    return 0
+    if res["failed"] and not args.out:  # the reasons, since no table holds them
+        bad = [(p, e) for p, e in zip(res["columns"]["path"], res["columns"]["error"]) if e]
+        for p, e in bad[:10]:
+            print(f"  failed: {p}: {e}", file=sys.stderr)
+        if len(bad) > 10:
+            print(f"  ... and {len(bad) - 10} more (--out FILE.parquet keeps every reason)", file=sys.stderr)
+    return _failed_status("classify", res["failed"], res["n"], "image",
+                          f"the error column of {args.out}" if args.out else "the reasons above")
 
 
 def cmd_train_inpainter(args) -> int:

@@ -6,7 +6,7 @@ import argparse
 
 EPILOG = """examples:
   cbir-dist demo                                      # generate, index and query a small set end to end
-  cbir-dist index ./photos --db ./cbir.db --backbone mobilenet_v2
+  cbir-dist index ./photos --db ./cbir.db --backbone mobilenet_v2   # default backbone: resnet50
   cbir-dist query photo.jpg --db ./cbir.db -k 5 --html hits.html      # images like this one, as a page
   cbir-dist query ./queries --db ./cbir.db --fringe 6 --inpainter telea --exclude-self --out hits.parquet
   cbir-dist info --db ./cbir.db --collection images   # spec, rows, index, runs, size on disk
@@ -76,11 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     _add_store_args(p)
     p.add_argument("--profile", default=None, choices=["default", "paper", "shape", "texture"],
-                   help="a named feature recipe (default: 'default' = backbone + correlogram + gabor, balanced)")
+                   help="a named feature recipe (default: 'default' = resnet50 + correlogram + gabor, balanced)")
     p.add_argument("--backbone", default=None,
-                   help="resnet50 (paper), vgg16, vgg19, mobilenet_v2, or none (descriptors only)")
+                   help="resnet50 (the paper's; the default: its ImageNet weights, ~100 MB, are downloaded on first "
+                        "use), vgg16, vgg19, mobilenet_v2 (~14 MB, fast on a CPU), or none (descriptors only)")
     p.add_argument("--weights", default=None,
-                   help="imagenet (torchvision, downloaded into $TORCH_HOME), random (tests), or a state-dict PATH")
+                   help="imagenet (the default: torchvision's, downloaded once into $TORCH_HOME), random (tests), "
+                        "or a state-dict PATH")
     p.add_argument("--weights-sha256", default=None, help="expected sha256 of --weights PATH")
     p.add_argument("--descriptors", type=_csv, default=None,
                    help="comma-separated handcrafted blocks: correlogram,gabor,glcm,fourier_shape")
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep per-block features as Parquet shards in the run dir (re-weight without recomputing)")
     p.add_argument("--overwrite", action="store_true", help="drop and rebuild the collection and the run's shards")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
-                   help="local = one process; ray = Ray Data pipeline on the current Ray cluster")
+                   help="local = one process (the default); ray = Ray Data pipeline on the Ray cluster in "
+                        "$RAY_ADDRESS, else a local one")
     _add_damage_args(p, "image")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
@@ -131,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained page: each query (damaged and reconstructed too) and its "
                         "top-k thumbnails, framed green when the label matches the query's, red when not")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
-                   help="local = one process; ray = decode, damage, inpaint and describe on the Ray pipeline "
-                        "(GPU actors when present), search in this process")
+                   help="local = one process (the default); ray = decode, damage, inpaint and describe on the Ray "
+                        "pipeline (GPU actors when present), search in this process")
     _add_model_args(p)
 
     # evaluate
@@ -153,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: none,telea,ns,biharmonic,two-stage (default none,telea)")
     p.add_argument("--descriptors", type=lambda t: tuple(_csv(t)), default=("correlogram", "gabor"),
                    help="handcrafted blocks fused with the deep features (default correlogram,gabor)")
-    p.add_argument("--fusion", default="balanced", choices=["paper", "balanced", "standardized"])
+    p.add_argument("--fusion", default="balanced", choices=["paper", "balanced", "standardized"],
+                   help="how blocks are fused: paper = plain concatenation; balanced (default) = per-block L2 + "
+                        "weights; standardized = z-scores fitted on the collection")
     p.add_argument("--profile", default=None, choices=["default", "paper", "shape", "texture"],
                    help="shape/texture run the Pande et al. evaluation (KNN, bull's-eye, affine repository)")
     p.add_argument("--weights", type=lambda t: dict(x.split("=", 1) for x in _csv(t)), default={},
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exclude-self (default): a query's own original is not a neighbour")
     p.add_argument("--missing-fraction", type=float, default=0.25, help="fraction of pixels each mask removes")
     p.add_argument("-k", type=int, default=10, help="neighbours for P@k (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: the query draw and the masks' phases; shape: the affine copies (default 0)")
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray (default): cells as Ray tasks on $RAY_ADDRESS or a local Ray; local: one process")
     p.add_argument("--network-cpus", type=float, default=None, metavar="N",

@@ -306,8 +306,12 @@ class FeatureSpec:
             b.pop("std", None)
         return d
 
-    def check_compatible(self, requested: "FeatureSpec") -> None:
-        """Raise :class:`SpecMismatchError` if ``requested`` would build vectors differently from ``self``."""
+    def check_compatible(self, requested: "FeatureSpec", *, job: str = "query") -> None:
+        """Raise :class:`SpecMismatchError` if ``requested`` would build vectors differently from ``self``.
+
+        ``job`` (``query`` or ``index``) words the advice: a query uses the collection's settings, an
+        index job can also rebuild the collection with ``--overwrite``.
+        """
         mine, theirs = self.recipe(), requested.recipe()
         if mine == theirs:
             return
@@ -323,9 +327,15 @@ class FeatureSpec:
                 for key in ("dim", "weight", "norm", "params"):
                     if a[key] != b[key]:
                         diffs.append(f"block {a['name']!r} {key}: requested {b[key]!r}, collection has {a[key]!r}")
+        found = "; ".join(diffs or ["profile differs"])
+        if job == "index":
+            raise SpecMismatchError(
+                f"the requested feature spec differs from the one the collection was built with: {found}. "
+                "Index with the collection's own settings (omit --profile/--backbone/--weights/--descriptors/"
+                "--fusion), pass --overwrite to rebuild the collection with the new ones, or give another "
+                "--collection.")
         raise SpecMismatchError(
-            "the query's feature spec differs from the collection's: "
-            + "; ".join(diffs or ["profile differs"])
+            "the query's feature spec differs from the collection's: " + found
             + ". Query with the collection's own settings (omit --backbone/--descriptors/--fusion), "
             "or re-index with the new ones into another collection."
         )

@@ -261,9 +261,19 @@ class IndexRun:
         existed = store.exists()
         if existed:
             stored = FeatureSpec.from_json(store.spec_json())
-            stored.check_compatible(spec)
-            self.spec = stored  # the stored spec wins: it may hold fitted statistics
-        else:
+            if stored.recipe() != spec.recipe() and store.count() == 0:
+                # an empty collection (a first run that failed before writing, another tool's) holds nothing
+                # that the new spec could contradict: rebuild it with the requested spec
+                log.info("collection %r is empty and was built with another feature spec: recreating it with "
+                         "the requested one", config.collection)
+                store.drop()
+                existed = False
+            else:
+                stored.check_compatible(spec, job="index")
+                self.spec = stored  # the stored spec wins: it may hold fitted statistics
+        #: whether this run created the collection: a run that fails or writes nothing drops it again
+        self.created = not existed
+        if not existed:
             self.spec = spec
             if not spec.needs_fit:
                 store.create(spec.dim, spec.to_json(), index_type=config.index_type)
@@ -424,7 +434,7 @@ class IndexRun:
             S.write_stats(self, time.perf_counter() - self.t_start)
             self.store.record_run(S.run_record(self))
         finally:
-            self.abort()
+            self.abort(failed=s.rows_written == 0)
         if s.missing:
             raise IncompleteRunError(
                 f"{s.missing} of {s.planned} images planned as ok have no row in collection "
@@ -449,8 +459,14 @@ class IndexRun:
                 (self.run_dir / "commit.json").unlink(missing_ok=True)
         log.error("%d shard(s) lacked rows in the store; their markers are withdrawn", len(missing))
 
-    def abort(self) -> None:
-        """Release the progress bar and, when this run opened it, the store (its lock, for milvus-lite)."""
+    def abort(self, *, failed: bool = True) -> None:
+        """Release the progress bar and, when this run opened it, the store (its lock, for milvus-lite).
+
+        ``failed``: the job failed, or wrote nothing. A collection that this run created and that is
+        still empty is dropped then, so that a failed first run leaves no collection behind.
+        """
+        if failed:
+            self._drop_if_created_empty()
         bar = getattr(self, "bar", None)
         if bar is not None:
             bar.close()
@@ -460,6 +476,18 @@ class IndexRun:
         if self._owns_store:
             self._owns_store = False
             self.store.close()
+
+
+    def _drop_if_created_empty(self) -> None:
+        if not getattr(self, "created", False) or self.store is None:
+            return
+        self.created = False
+        try:
+            if self.store.exists() and self.store.count() == 0:
+                self.store.drop()
+                log.info("dropped collection %r: this run created it and wrote no row", self.config.collection)
+        except Exception as exc:  # noqa: BLE001 - best effort: the job's own error is the one to report
+            log.warning("could not drop the empty collection %r this run created: %s", self.config.collection, exc)
 
 
 def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult], shards: Sequence[Shard] | None = None) -> None:

@@ -194,7 +194,7 @@ def write_page(path: str | os.PathLike, entries: Sequence[PageEntry], *, title: 
     classes = {h["label"] for e in entries for r in e.rows for h in r.hits if h["label"]}
     body = [_entry_html(n, e, thumbs, classes) for n, e in enumerate(entries, 1)]
     if thumbs.unreadable:
-        path, why = next(iter(thumbs.unreadable.items()))
+        _, why = next(iter(thumbs.unreadable.items()))  # never reuse ``path``: it names the page
         parts.append(f"<p class='summary problem'>{len(thumbs.unreadable)} neighbour image(s) cannot be read from "
                      f"here and show as grey squares: the collection keeps each image's path as the index job "
                      f"was given it (relative paths are relative to where it ran). First: {html.escape(why)}</p>")

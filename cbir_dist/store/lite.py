@@ -126,6 +126,37 @@ def quiet_grpc() -> None:
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
+class _OneListFaiss:
+    """The ``faiss`` module as milvus-lite's IVF_FLAT index sees it, but for one thing: an index of one
+    list (our exact ``FLAT``, see ``VectorStore._index_params``) trains without faiss' warning
+    "clustering N points to 1 centroids: please provide at least 39 training points", which it prints
+    to stderr for every collection under 39 rows although one centroid needs one point. The trained
+    centroid (the mean) and every search result are unchanged."""
+
+    def __init__(self, faiss):
+        self._faiss = faiss
+
+    def __getattr__(self, name):
+        return getattr(self._faiss, name)
+
+    def IndexIVFFlat(self, quantizer, dim, nlist, *args):  # noqa: N802 - faiss' name
+        index = self._faiss.IndexIVFFlat(quantizer, dim, nlist, *args)
+        if nlist == 1:
+            index.cp.min_points_per_centroid = 1
+        return index
+
+
+def quiet_faiss() -> None:
+    """Install :class:`_OneListFaiss` in milvus-lite's IVF_FLAT module (once; no-op without it)."""
+    try:
+        from milvus_lite.index import faiss_ivf_flat
+    except ImportError:  # no faiss: milvus-lite builds no IVF index, nothing warns
+        return
+    faiss = getattr(faiss_ivf_flat, "faiss", None)
+    if faiss is not None and not isinstance(faiss, _OneListFaiss):
+        faiss_ivf_flat.faiss = _OneListFaiss(faiss)
+
+
 def _engine_collection(path: str, collection: str):
     try:
         from milvus_lite.server_manager import server_manager_instance

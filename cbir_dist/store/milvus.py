@@ -182,6 +182,7 @@ class VectorStore:
         from pymilvus.exceptions import MilvusException
 
         if self._lite_path is not None:
+            lite.quiet_faiss()
             try:
                 Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -424,8 +425,11 @@ class VectorStore:
 
     def _require(self) -> None:
         if not self.exists():
+            names = self.list_collections()
+            there = (f"it holds {', '.join(repr(n) for n in names[:20])}{' ...' if len(names) > 20 else ''}: "
+                     "pick one with --collection" if names else "it holds no collection")
             raise StoreError(
-                f"collection {self.collection!r} not found in {self.uri}; "
+                f"collection {self.collection!r} not found in {self.uri} ({there}); "
                 "run `cbir-dist index ...` first (or pass the --db/--collection it was built with)"
             )
 
