@@ -173,16 +173,31 @@ def test_sigkill_at_each_phase_then_rerun(tmp_path, point):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_sigkill_at_a_random_moment_then_rerun(tmp_path, seed):
-    """Kill the index job after a random delay (seeded), rerun it: one row per valid image, a true line."""
+    """Kill the index job at a random moment of its work (seeded: after 1 to 9 of its 10 shards were
+    computed, plus a random few ms), rerun it: one row per valid image, a true line."""
     ids = make_images(tmp_path / "D", 30, seed=10 + seed)
+    run_dir = tmp_path / "r"
     args = ["index", str(tmp_path / "D"), "--db", str(tmp_path / "k.db"), "--profile", "texture",
-            "--run-dir", str(tmp_path / "r"), "--shard-size", "3"]
+            "--run-dir", str(run_dir), "--shard-size", "3"]
+    draw = random.Random(seed)
+    after_shards, extra_s = draw.randint(1, 9), draw.uniform(0, 0.02)
     t0 = time.monotonic()
     p = _cli(args)
-    time.sleep(random.Random(seed).uniform(0.8, 3.0))
+    deadline = t0 + 120
+    # a shard's manifest (shards/NNNNN.parquet) is written as soon as its features are computed
+    while p.poll() is None and time.monotonic() < deadline:
+        if len(list((run_dir / "shards").glob("?????.parquet"))) >= after_shards:
+            break
+        time.sleep(0.002)
+    time.sleep(extra_s)
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=60)
     killed_after = time.monotonic() - t0
+    computed = len(list((run_dir / "shards").glob("?????.parquet")))
+    # the kill landed mid-run: the job was alive, had computed some shards, and had not finished
+    assert p.returncode == -signal.SIGKILL, (p.returncode, killed_after)
+    assert computed >= after_shards, (computed, after_shards)
+    assert not (run_dir / "stats.json").exists(), "the job had finished before the kill"
     p = _cli(args)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err

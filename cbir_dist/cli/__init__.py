@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
+        from ..io.text import printable  # a file name in a message must not drive the terminal
+
         if isinstance(exc, CbirError):
-            print(f"cbir-dist {args.command}: error: {exc}", file=sys.stderr, flush=True)
+            print(f"cbir-dist {args.command}: error: {printable(str(exc))}", file=sys.stderr, flush=True)
             code = 2 if isinstance(exc, UsageError) else 1
         else:
-            print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {exc} "
+            print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {printable(str(exc))} "
                   "(rerun with -v for the traceback and report it)", file=sys.stderr, flush=True)
             code = 1
         shutdown_deferred()

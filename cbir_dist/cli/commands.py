@@ -153,7 +153,9 @@ def cmd_query(args) -> int:
                                    + (rebuilt or damaged or "queries intact")
                                    + ("; own original excluded" if args.exclude_self else ""), *lines])
         lines.append(f"page: {page}")
-    print("\n".join(lines))
+    from ..io.text import printable
+
+    print("\n".join(printable(line) for line in lines))
     return _failed_status("query", failed, len(queries), "quer", "the error column of --out" if args.out else
                           "each failed query's reason above" + (f" and on {args.html}" if args.html else ""))
 
@@ -233,8 +235,10 @@ def cmd_classify(args) -> int:
     print(line + (f"; wrote {args.out}" if args.out else ""))
     if res["failed"] and not args.out:  # the reasons, since no table holds them
         bad = [(p, e) for p, e in zip(res["columns"]["path"], res["columns"]["error"]) if e]
+        from ..io.text import printable
+
         for p, e in bad[:10]:
-            print(f"  failed: {p}: {e}", file=sys.stderr)
+            print(f"  failed: {printable(p)}: {printable(e)}", file=sys.stderr)
         if len(bad) > 10:
             print(f"  ... and {len(bad) - 10} more (--out FILE.parquet keeps every reason)", file=sys.stderr)
     return _failed_status("classify", res["failed"], res["n"], "image",

@@ -51,8 +51,10 @@ class IndexSummary:
 
     def line(self) -> str:
         missing = f", missing {self.missing}" if self.missing else ""
+        from ..io.text import printable
+
         return (f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected}{missing} "
-                f"(see {Path(self.run_dir) / 'errors.parquet'})")
+                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))})")
 
 
 @dataclass

@@ -81,19 +81,21 @@ def by_query(cols: dict) -> list[dict]:
 
 def format_results(cols: dict) -> str:
     """Per query, its top-k as a compact table (rank, distance, label, path); a failed query as its reason."""
+    from ..io.text import printable as t  # names as the terminal can show them (no raw escapes)
+
     groups = by_query(cols)
     lines = []
     for n, q in enumerate(groups, 1):
-        head = f"[{n}/{len(groups)}] {q['query']}" + (f"  (label {q['label']})" if q["label"] else "")
+        head = f"[{n}/{len(groups)}] {t(q['query'])}" + (f"  (label {t(q['label'])})" if q["label"] else "")
         if q["error"]:
-            lines.append(f"{head}\n  error: {q['error']}")
+            lines.append(f"{head}\n  error: {t(q['error'])}")
             continue
         if not q["hits"]:
             lines.append(f"{head}\n  no neighbours (the collection is empty)")
             continue
-        width = max(5, *(len(h["label"]) for h in q["hits"]))
+        width = max(5, *(len(t(h["label"])) for h in q["hits"]))
         rows = [f"  {'rank':>4}  {'distance':>9}  {'label':<{width}}  path"]
         for h in q["hits"]:
-            rows.append(f"  {h['rank']:>4}  {h['distance']:>9.4f}  {h['label']:<{width}}  {h['path']}")
+            rows.append(f"  {h['rank']:>4}  {h['distance']:>9.4f}  {t(h['label']):<{width}}  {t(h['path'])}")
         lines.append(head + "\n" + "\n".join(rows))
     return "\n".join(lines)
