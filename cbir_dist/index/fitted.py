@@ -10,7 +10,7 @@ shards, in phases, each of which a rerun either trusts or redoes:
    ``fit.json``; the collection is then created with it, so the statistics travel with the rows
    (a collection that exists already keeps its own: rows written with them stay comparable);
 3. **rows upserted and flushed** — a second pass fuses each shard's features and writes them
-   (``insert`` into the collection this run created, ``upsert`` otherwise), then flushes;
+   (``upsert``, idempotent by id, so a concurrent or repeated commit never doubles a row), then flushes;
 4. **commit marker** — ``commit.json``: the target, the shards it covers, the fitted spec's digest
    and the row count.
 
@@ -120,7 +120,7 @@ def commit(run: "IndexRun") -> int:
         store.create(fitted.dim, fitted.to_json(), index_type=run.config.index_type)
         created = True
         fault("collection-created")
-    n = _write(run, fitted, insert=created)
+    n = _write(run, fitted)
     store.flush()
     fault("rows-flushed")
     write_json(run.run_dir / COMMIT_MARKER, {"target": target, "shards": shards, "rows": n,
@@ -129,12 +129,11 @@ def commit(run: "IndexRun") -> int:
     return n
 
 
-def _write(run: "IndexRun", fitted: FeatureSpec, *, insert: bool) -> int:
-    """Phase 3: fuse every saved feature with the fitted spec and write it."""
-    write = run.store.insert if insert else run.store.upsert
+def _write(run: "IndexRun", fitted: FeatureSpec) -> int:
+    """Phase 3: fuse every saved feature with the fitted spec and upsert it (idempotent by id)."""
     n = 0
     for meta, feats in _feature_chunks(run, fitted.names):
-        n += write(meta[C.ID], meta[C.PATH], meta[C.LABEL], fitted.fuse(feats))
+        n += run.store.upsert(meta[C.ID], meta[C.PATH], meta[C.LABEL], fitted.fuse(feats))
         if n:
             fault("rows-written")
     return n

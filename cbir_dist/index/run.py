@@ -31,8 +31,9 @@ its shards instead of trusting them. The default run directory depends on the ta
 ``manifest.parquet``, ``errors.parquet``, ``stats.json``
     written at the end (:mod:`.summary`): every file, every file not indexed with its reason, timings.
 
-Ids are content hashes: a shard redone after a kill never duplicates rows (ids already stored are
-skipped; writes of ids not yet stored use ``insert``, every other write ``upsert``).
+Ids are content hashes: a shard redone after a kill never duplicates rows, nor do concurrent jobs
+writing into one server collection (ids already stored are skipped; every write is an ``upsert``,
+idempotent by id).
 """
 
 from __future__ import annotations
@@ -367,8 +368,10 @@ class IndexRun:
                 write_parquet(shard.features, _features_columns(todo, feats))
             if not self.fitted:
                 t = time.perf_counter()
-                write = self.store.insert if checked else self.store.upsert  # ids checked absent: insert
-                n = write([r.id for r in todo], [r.path for r in todo], [r.label for r in todo], self.spec.fuse(feats))
+                # upsert even for ids just checked absent: another job writing into the same server
+                # collection may store them in between, and a plain insert would double those rows
+                n = self.store.upsert([r.id for r in todo], [r.path for r in todo], [r.label for r in todo],
+                                      self.spec.fuse(feats))
                 self.summary.rows_written += n
                 self._group_rows += n
                 self.clock.add("write", time.perf_counter() - t, len(todo))

@@ -570,8 +570,9 @@ class VectorStore:
         """Add rows whose ids are known to be absent (cheaper than :meth:`upsert` on a server).
 
         Milvus does not check primary keys on insert: inserting an id that is already stored makes a
-        second row with it. Call this only for ids just checked absent (:meth:`existing_ids`) by the
-        single writer; otherwise use :meth:`upsert`. Same parameters and return value.
+        second row with it, and a check (:meth:`existing_ids`) does not guard against another process
+        writing the same ids in between. For bulk loads of ids known to be new (benchmarks); the index
+        job always upserts. Same parameters and return value.
         """
         return self._write("insert", ids, paths, labels, vectors)
 
