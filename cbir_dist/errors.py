@@ -46,5 +46,9 @@ class PipelineError(CbirError):
     """A job's distributed stages failed after their retries, or their output was incomplete."""
 
 
+class RunDirBusyError(CbirError):
+    """Another job holds the run directory (its lock names the holder); exit status 1."""
+
+
 class IncompleteRunError(CbirError):
     """A job finished but the store does not hold every row it planned to write (see errors.parquet)."""

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=256, help="files per resumable shard (default 256)")
     p.add_argument("--save-features", action="store_true",
                    help="also keep per-block features as Parquet shards in the run dir (re-weight without recomputing)")
-    p.add_argument("--overwrite", action="store_true", help="drop and rebuild the collection and the run's shards")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild the collection from IMAGES_DIR alone: built beside the old one, which it "
+                        "replaces only when the job succeeds (the run's shards start over)")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = one process (the default); ray = Ray Data pipeline on the Ray cluster in "
                         "$RAY_ADDRESS, else a local one")

@@ -107,7 +107,6 @@ def commit(run: "IndexRun") -> int:
                 log.info("the rows of this run were committed already (%s)", run.run_dir / COMMIT_MARKER)
                 run.spec = fitted
                 return 0
-        created = False
     else:
         marker = _valid(run.run_dir / FIT_MARKER, {"target": target, "shards": shards})
         if marker is not None:
@@ -118,7 +117,7 @@ def commit(run: "IndexRun") -> int:
                                                   "time": time.time()})
         fault("fitted")
         store.create(fitted.dim, fitted.to_json(), index_type=run.config.index_type)
-        created = True
+        target = {**target, "identity": store.identity()}  # the commit vouches for this very collection
         fault("collection-created")
     n = _write(run, fitted)
     store.flush()

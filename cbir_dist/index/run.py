@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import IncompleteRunError, InputError, PipelineError, UsageError
+from ..errors import IncompleteRunError, InputError, PipelineError, RunDirBusyError, UsageError
 from ..features.spec import FeatureSpec
 from ..io import records as C
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile, iter_images
@@ -242,6 +242,9 @@ class IndexRun:
 
             store = VectorStore(config.db, config.collection, token=config.token)
         self.store = store
+        #: with --overwrite: the collection to replace (``store`` is then the one built beside it)
+        self.final_store = None
+        self._lock = None
         try:
             self._plan(spec, progress)
         except BaseException:
@@ -249,15 +252,20 @@ class IndexRun:
             raise
 
     def _plan(self, spec: FeatureSpec, progress: bool | None) -> None:
-        config, store = self.config, self.store
-        self.run_dir = config.resolved_run_dir(store.target_uri)
+        config = self.config
+        self.run_dir = config.resolved_run_dir(self.store.target_uri)
+        self._lock = RunDirLock(self.run_dir)  # RunDirBusyError when another job holds it
         shard_dir = self.run_dir / "shards"
-        if config.overwrite:  # drop and rebuild, whatever the spec
-            store.drop()
+        if config.overwrite:
+            # build the new collection beside the old one; it replaces the old one only when this job
+            # succeeds (close), so a job that fails or writes nothing leaves the old collection whole
+            self.final_store, self.store = self.store, self.store.staging()
+            self.store.drop()  # what a killed --overwrite left
             if shard_dir.exists():
                 shutil.rmtree(shard_dir)
             for name in ("fit.json", "commit.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
+        store = self.store
         shard_dir.mkdir(parents=True, exist_ok=True)
         existed = store.exists()
         if existed:
@@ -280,7 +288,10 @@ class IndexRun:
                 store.create(spec.dim, spec.to_json(), index_type=config.index_type)
         #: specs standardised on the whole collection commit in phases (see .fitted)
         self.fitted = any(b.norm.startswith("zscore") for b in self.spec.blocks)
-        self.target = Target(store.target_uri, config.collection, spec_digest(self.spec))
+        # markers of written rows vouch for this very collection: one made anew (or swapped in by
+        # another job's --overwrite) has another identity, and they stop vouching
+        self.target = Target(store.target_uri, config.collection, spec_digest(self.spec),
+                             store.identity() if store.exists() else "")
         phase = FEATURES if self.fitted else WRITTEN
         self.listing = self.run_dir / "listing.parquet"
         planned = _write_listing(self.listing, self._entries, config.shard_size)
@@ -295,7 +306,7 @@ class IndexRun:
                     marker = read_json(s.marker)
                 except (OSError, ValueError):
                     marker = {}
-                if marker.get("target") != self.target.as_dict():
+                if not self.target.vouched_by(marker.get("target"), identity=not self.fitted):
                     foreign += 1
                 else:
                     s.done = (marker.get("key") == s.key and marker.get("phase") == phase and s.manifest.exists()
@@ -436,8 +447,12 @@ class IndexRun:
             S.write_tables(self, missing)
             S.write_stats(self, time.perf_counter() - self.t_start)
             self.store.record_run(S.run_record(self))
+            if self.final_store is not None and s.rows_written and not s.missing:
+                self.final_store.replace_with(self.store)  # --overwrite: the new collection takes the name
+                self.final_store.flush_and_index()  # loaded and searchable under its name
+                self.created = False
         finally:
-            self.abort(failed=s.rows_written == 0)
+            self.abort(failed=s.rows_written == 0 or (self.final_store is not None and self.created))
         if s.missing:
             raise IncompleteRunError(
                 f"{s.missing} of {s.planned} images planned as ok have no row in collection "
@@ -471,14 +486,19 @@ class IndexRun:
         if failed:
             self._drop_if_created_empty()
         bar = getattr(self, "bar", None)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
         if bar is not None:
             bar.close()
         if getattr(self, "_listing_file", None) is not None:
             self._listing_file.close()
             self._listing_file = None
+        if self.final_store is not None:  # --overwrite: the staging store is always this run's own
+            self.store.close()
         if self._owns_store:
             self._owns_store = False
-            self.store.close()
+            (self.final_store or self.store).close()
 
 
     def _drop_if_created_empty(self) -> None:
@@ -486,11 +506,49 @@ class IndexRun:
             return
         self.created = False
         try:
-            if self.store.exists() and self.store.count() == 0:
+            # --overwrite: the collection built beside the old one goes, whatever it holds
+            if self.store.exists() and (self.final_store is not None or self.store.count() == 0):
                 self.store.drop()
                 log.info("dropped collection %r: this run created it and wrote no row", self.config.collection)
         except Exception as exc:  # noqa: BLE001 - best effort: the job's own error is the one to report
             log.warning("could not drop the empty collection %r this run created: %s", self.config.collection, exc)
+
+
+class RunDirLock:
+    """One job at a time in a run directory: an exclusive ``flock`` on ``RUN_DIR/.lock``, held for the
+    job's life and released by the kernel when the process dies, however it dies (no stale locks).
+    The file names its holder (pid, host, start time, command) for the error a second job gets."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import socket
+        import sys
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+                   f"{holder.get('started', '?')}: {holder.get('command', '?')}") if holder else "another process"
+            raise RunDirBusyError(f"run directory {run_dir} is in use by {who}; wait for that job to end, or "
+                                  "give this one its own --run-dir") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 def run_shards_in_order(run: IndexRun, results: Iterable[ShardResult], shards: Sequence[Shard] | None = None) -> None:

@@ -16,9 +16,25 @@ class Target:
     uri: str  # normalised, without credentials
     collection: str
     spec: str  # digest of the feature spec's recipe (fitted statistics excluded)
+    #: the collection's identity (``VectorStore.identity``): "" before it exists or for one made
+    #: before identities; a collection made anew, or swapped in by ``--overwrite``, has another
+    identity: str = ""
 
     def as_dict(self) -> dict:
-        return {"uri": self.uri, "collection": self.collection, "spec": self.spec}
+        return {"uri": self.uri, "collection": self.collection, "spec": self.spec, "identity": self.identity}
+
+    def vouched_by(self, recorded, *, identity: bool = True) -> bool:
+        """Whether run state that recorded ``recorded`` (an :meth:`as_dict`) vouches for this target.
+
+        ``identity=False`` for state that vouches for computed features, not for rows of this very
+        collection (a fitted spec's shard markers). State recorded before identities counts as "".
+        """
+        if not isinstance(recorded, dict):
+            return False
+        mine, theirs = self.as_dict(), {"identity": "", **recorded}
+        if not identity:
+            mine.pop("identity"), theirs.pop("identity")
+        return mine == theirs
 
     def __str__(self) -> str:
         return f"{self.uri} / {self.collection}"

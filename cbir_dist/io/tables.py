@@ -28,6 +28,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+#: the longest file name (in bytes) of the file systems written to (NAME_MAX on Linux and macOS)
+NAME_MAX = 255
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary file beside ``path`` that :func:`atomic_path` writes: ``.NAME.PID.tmp``.
+
+    NAME is shortened (by whole characters) so that the temporary name fits in :data:`NAME_MAX`
+    bytes: a target name near the limit is legal and must not fail after the work is done.
+    """
+    path = Path(path)
+    suffix = f".{os.getpid()}.tmp"
+    name = path.name
+    while len(os.fsencode(name)) > NAME_MAX - 1 - len(suffix):
+        name = name[:-1]
+    return path.with_name(f".{name}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success, fsync it and rename it onto ``path``.
@@ -36,7 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

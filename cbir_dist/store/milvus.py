@@ -36,6 +36,7 @@ import math
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,9 @@ BRUTE_FORCE_TEMPORARIES = 2
 
 _INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
 _RUNS_KEY = "cbir_runs"  # property: JSON list of the runs that wrote the collection, newest last
+_IDENTITY_KEY = "cbir_identity"  # property: a random id given at creation; survives renames, not re-creation
+STAGING_SUFFIX = "__overwrite"  # where `index --overwrite` builds the collection that replaces one
+_REPLACED_SUFFIX = "__replaced"  # the replaced collection, for the moment of the swap
 MAX_RUNS_KEPT = 40  # a property value holds at most 64 kB
 _FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -358,6 +362,7 @@ class VectorStore:
         fields.add_field(_FIELD_VECTOR, DataType.FLOAT_VECTOR, dim=dim)
         properties = schema.spec_properties(spec_json)
         properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
+        properties[_IDENTITY_KEY] = uuid.uuid4().hex
         physical = self._index_params(index_type, index_params, n_rows=0)
         self._call("create_collection", "meta", "create_collection", self.collection, schema=fields,
                    index_params=physical, properties=properties, consistency_level="Strong")
@@ -373,6 +378,50 @@ class VectorStore:
         self._info = None
         self._loaded = False
         self._clean = False
+
+    def identity(self) -> str:
+        """The collection's identity: a random id given when it was created ("" for a collection made
+        before identities, or by another tool). It survives a rename, so run state bound to it stops
+        vouching the moment the collection is dropped and made anew, or replaced by ``--overwrite``."""
+        props = self._call("describe_collection", "meta", "describe_collection", self.collection).get("properties")
+        return str((props or {}).get(_IDENTITY_KEY) or "")
+
+    def staging(self) -> "VectorStore":
+        """A store on the same URI for the collection that will replace this one (:meth:`replace_with`)."""
+        name = self.collection + STAGING_SUFFIX
+        if len(name) > 255:
+            raise UsageError(f"collection name {self.collection!r} is too long to be replaced (--overwrite)")
+        return VectorStore(self._raw_uri, name, token=self._token or None,
+                           memory_budget_bytes=self.memory_budget_bytes)
+
+    def replace_with(self, staging: "VectorStore") -> None:
+        """Make the complete collection of ``staging`` this one, and drop the one it replaces.
+
+        The old collection is renamed aside, the new one renamed into its place, then the old one is
+        dropped; if the second rename fails the old one is renamed back, so a failure leaves either
+        the old collection or the new one under this name, never none.
+        """
+        if staging.uri != self.uri:
+            raise StoreError(f"cannot replace {self.collection!r} in {self.uri} with a collection of {staging.uri}")
+        aside = self.collection + _REPLACED_SUFFIX
+        had_old = self.exists()
+        if had_old:
+            if self._call("has_collection", "meta", "has_collection", aside):
+                self._call("drop_collection", "meta", "drop_collection", aside)
+            self._call("rename aside", "meta", "rename_collection", self.collection, aside)
+        try:
+            self._call("rename into place", "meta", "rename_collection", staging.collection, self.collection)
+        except BaseException:
+            if had_old:
+                self._call("rename back", "meta", "rename_collection", aside, self.collection)
+            raise
+        finally:
+            self._info, self._loaded, self._clean = None, False, False
+            staging._info, staging._loaded, staging._clean = None, False, False
+        if had_old:
+            self._call("drop the replaced", "meta", "drop_collection", aside)
+        logger.info("collection %s in %s replaced by the one built as %s", self.collection, self.uri,
+                    staging.collection)
 
     def list_collections(self) -> list[str]:
         """Names of every collection in this store (sorted)."""
