@@ -42,6 +42,10 @@ class StoreError(CbirError):
     """The vector store (Milvus) refused an operation or could not be reached."""
 
 
+class CollectionNotFoundError(InputError, StoreError):
+    """The store has no collection of that name (a mistyped ``--collection``): exit status 2."""
+
+
 class PipelineError(CbirError):
     """A job's distributed stages failed after their retries, or their output was incomplete."""
 

@@ -124,6 +124,6 @@ def test_a_spec_mismatch_in_index_names_the_difference_and_overwrite(indexed, tm
 def test_a_query_of_a_missing_collection_lists_those_that_exist(indexed, capsys):
     data, db = indexed
     photo = sorted(data.rglob("*.png"))[0]
-    assert main(["query", str(photo), "--db", db, "-k", "2"]) == 1  # the default collection is 'images'
+    assert main(["query", str(photo), "--db", db, "-k", "2"]) == 2  # the default collection is 'images'
     err = capsys.readouterr().err
     assert "collection 'images' not found" in err and "it holds 'c': pick one with --collection" in err

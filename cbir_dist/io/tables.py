@@ -104,6 +104,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """``fig.savefig`` atomically (a kill mid-write leaves the old file or none, never half a PNG)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **savefig_kwargs)
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, default=None, indent: int = 2, sort_keys: bool = True) -> None:
     """Write ``obj`` as JSON atomically (``default`` converts what ``json`` cannot)."""
     write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default))

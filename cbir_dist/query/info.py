@@ -65,8 +65,7 @@ def store_info(db: str, collection: str | None = None, *, token: str | None = No
     from ..store import VectorStore
 
     local = lite.lite_path(db)
-    if local is not None and not os.path.isdir(local):
-        raise InputError(f"{db}: no milvus-lite store there (a .db folder made by `cbir-dist index --db {db}`)")
+    lite.require_existing(db)
     facts: dict = {"db": db, "store": "milvus-lite" if local else "milvus server"}
     with VectorStore(db, collection or "images", token=token) as store:  # closed (lock released) on leaving
         names = store.list_collections()

@@ -200,6 +200,10 @@ class Searcher:
         from ..store import VectorStore
 
         self.config = config
+        if store is None:
+            from ..store import lite
+
+            lite.require_existing(config.db)  # a query reads: a mistyped --db creates nothing
         self.store = store or VectorStore(config.db, config.collection, token=config.token,
                                           memory_budget_bytes=config.memory_budget_bytes)
         self._owns_store = store is None

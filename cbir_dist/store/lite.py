@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ def lite_path(uri: str) -> str | None:
 #: The collection size at which ``cbir-dist index`` advises moving from milvus-lite to a Milvus
 #: server (README, "Where milvus-lite ends"; figures from benchmarks/scale.py and benchmarks/query.py).
 ADVICE_ROWS = 100_000
+
+
+def require_existing(uri: str) -> None:
+    """For jobs that only read: a milvus-lite folder that is not there is an input error (a typo),
+    not a store to create (opening one creates its folder and parents)."""
+    local = lite_path(uri)
+    if local is not None and not os.path.isdir(local):
+        raise InputError(f"{uri}: no milvus-lite store there (a .db folder made by `cbir-dist index --db {uri}`)")
 
 
 def advice(rows_before: int, rows_after: int) -> str | None:

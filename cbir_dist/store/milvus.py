@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, UsageError
+from ..errors import CollectionNotFoundError, StoreError, UsageError
 from ..io.records import ID, LABEL, PATH, VECTOR
 from . import lite, schema
 from .schema import MAX_LABEL_BYTES, MAX_PATH_BYTES, auto_nlist
@@ -477,7 +477,7 @@ class VectorStore:
             names = self.list_collections()
             there = (f"it holds {', '.join(repr(n) for n in names[:20])}{' ...' if len(names) > 20 else ''}: "
                      "pick one with --collection" if names else "it holds no collection")
-            raise StoreError(
+            raise CollectionNotFoundError(
                 f"collection {self.collection!r} not found in {self.uri} ({there}); "
                 "run `cbir-dist index ...` first (or pass the --db/--collection it was built with)"
             )

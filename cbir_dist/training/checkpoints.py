@@ -87,6 +87,9 @@ def export_weights(source, weights_path, *, provenance: dict | None = None) -> d
     import torch
 
     source = Path(source)
+    if Path(weights_path).suffix.lower() == ".json":  # the provenance goes to WEIGHTS.json beside it
+        raise UsageError(f"--weights-out {weights_path}: the provenance is written beside the weights as "
+                         f"{Path(weights_path).with_suffix('.json').name}; name the weights file e.g. two_stage.pt")
     state = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise WeightsError(f"{source}: not a training checkpoint or snapshot (no 'model' and 'model_config')")

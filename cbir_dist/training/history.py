@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io.tables import write_text
+from ..io.tables import save_figure, write_text
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -72,5 +72,5 @@ def plot_history(records: list[dict], png, title: str = "two-stage inpainter tra
     ax.set_title(title)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)

@@ -69,6 +69,9 @@ def train_inpainter(images_dirs, out, *, use_ray: bool = True, num_workers: int 
     options.setdefault("command", " ".join(sys.argv))
     cfg = TrainConfig(images_dirs=tuple(str(Path(d).resolve()) for d in images_dirs), out=str(Path(out).resolve()),
                       **options)
+    if weights_out and Path(weights_out).suffix.lower() == ".json":  # before hours of training, not after
+        raise UsageError(f"--weights-out {weights_out}: the provenance is written beside the weights as "
+                         f"{Path(weights_out).with_suffix('.json').name}; name the weights file e.g. two_stage.pt")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     stopped = None
     if use_ray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io.tables import write_json, write_text
+from ...io.tables import save_figure, write_json, write_text
 from .figures import draw_hits_row
 from .figures import plt as _plt
 from .html import json_default as _json_default
@@ -123,7 +123,7 @@ def plot_precision(results: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -144,7 +144,7 @@ def plot_quality(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -192,7 +192,7 @@ def plot_timeline(results: dict, path: Path) -> None:
     ax.set_xlabel("seconds since the first task started (red network, orange reconstruction, green quality, "
                   "grey FSIM references, blue features)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -211,7 +211,7 @@ def plot_fig6(entry: dict, title: str, path: Path) -> None:
         draw_hits_row(axes[r], qimg, state, hits["paths"], hits["labels"], entry["label"], k=k)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 

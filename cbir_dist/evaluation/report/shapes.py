@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io.tables import write_json, write_text
+from ...io.tables import save_figure, write_json, write_text
 from .figures import plt as _plt
 
 GRID_TOP = 8
@@ -158,7 +158,7 @@ def plot_per_class(results: dict, path: Path) -> None:
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(keys), frameon=False)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -178,7 +178,7 @@ def plot_ablation(results: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -195,7 +195,7 @@ def plot_grid(entries: list[dict], title: str, path: Path) -> None:
                       k=k, hit_caption=lambda rank, label, ok: f"{rank} {label}")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -211,7 +211,7 @@ def plot_affine_examples(items: list, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
