@@ -192,8 +192,9 @@ def test_the_html_page_shows_each_query_damaged_reconstructed_and_its_k_hits(ind
     page = tmp_path / "hits.html"
     pattern = str(data / "*" / "*_02.png")
     assert main(_query(db, pattern, str(bad), str(stranger), "-k", str(K), "--fringe", "6", "--inpainter", "telea",
-                       "--exclude-self", "--html", str(page), "--out", str(tmp_path / "hits.parquet"))) == 0
-    assert f"page: {page}" in capsys.readouterr().out
+                       "--exclude-self", "--html", str(page), "--out", str(tmp_path / "hits.parquet"))) == 1
+    cap = capsys.readouterr()  # exit 1: the broken query could not be answered; the page is written all the same
+    assert f"page: {page}" in cap.out and "1 of 8 queries could not be answered" in cap.err
     p = _Page()
     p.feed(page.read_text(encoding="utf-8"))
     table = pq.read_table(tmp_path / "hits.parquet").to_pydict()

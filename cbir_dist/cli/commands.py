@@ -116,7 +116,7 @@ def cmd_query(args) -> int:
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
         inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
-        max_bytes=args.max_bytes, backend=args.backend,
+        max_bytes=args.max_bytes, backend=args.backend, follow_symlinks=args.follow_symlinks,
     )
     damaged, rebuilt, row_caption = _damage_captions(args)
     views = None

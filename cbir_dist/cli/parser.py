@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     _add_damage_args(p, "query")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="also read files and folders that symlinks inside a query folder point to outside it")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop the query's own original (same content id) from its neighbours")
     p.add_argument("--out", default=None, metavar="FILE",

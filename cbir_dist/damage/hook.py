@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..io.text import os_path
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.nd
     base = Path(config.masks_dir)
     for candidate in (base / rel, base / rel.with_suffix(".png"), base / Path(rel.name).with_suffix(".png"),
                       base / rel.name):
+        candidate = Path(os_path(str(candidate)))  # the text form of a non-UTF-8 name back to the file's
         if candidate.exists() and not candidate.is_dir():  # a FIFO is found, then refused by load_mask
             return load_mask(candidate, shape=(h, w))
     raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")

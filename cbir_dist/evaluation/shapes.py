@@ -60,6 +60,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..io.records import block_column
+from ..io.text import os_path
 from ..io.tables import read_json, read_parquet, write_json
 from .ablation import block_ablation, shape_ablation
 from .affine import VARIANTS as AFFINE_VARIANTS
@@ -272,7 +273,8 @@ def _affine_key(cfg: ShapeEvalConfig) -> dict:
     from ..io.files import list_images
 
     files = list_images(cfg.dataset)
-    listing = "\n".join(f"{f.path}\t{os.stat(f.path).st_size}\t{os.stat(f.path).st_mtime_ns}" for f in files)
+    stats = [os.stat(os_path(f.path)) for f in files]
+    listing = "\n".join(f"{f.path}\t{st.st_size}\t{st.st_mtime_ns}" for f, st in zip(files, stats))
     return {"dataset": str(Path(cfg.dataset).resolve()), "seed": cfg.seed, "files": len(files),
             "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
 

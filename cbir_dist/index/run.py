@@ -56,6 +56,7 @@ from ..io import records as C
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile, iter_images
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.records import OK, Record, manifest_columns, mark_duplicates
+from ..io.text import os_path
 from ..io.tables import atomic_path, read_json, read_parquet, rows, write_json, write_parquet
 from . import summary as S
 from .faults import fault
@@ -139,7 +140,7 @@ def _key_digest(files: Sequence[ImageFile]) -> str:
     key = []
     for f in files:
         try:
-            st = os.stat(f.path)
+            st = os.stat(os_path(f.path))
             key.append([f.path, st.st_size, st.st_mtime])
         except OSError:
             key.append([f.path, -1, 0.0])

@@ -7,6 +7,9 @@ ever opened that could block. Symlinked directories inside the root are followed
 link to the same folder, or a cycle, is rejected with a reason); outside the root they are rejected
 unless ``follow_symlinks``.
 
+Paths and labels come out in the text form of :func:`~cbir_dist.io.text.path_text` (any name the
+file system can hold, UTF-8 or not, as storable text); :func:`read_file` takes that form back.
+
 A content id is a hash of a file's bytes, so re-indexing a file is an idempotent upsert and a
 byte-identical copy under another path maps onto the same row.
 """
@@ -20,10 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .text import os_path, path_text, reserved_reason
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+#: the longest path and label (bytes of UTF-8, in text form) a stored row holds; longer ones are
+#: rejected with a reason when listed (a non-UTF-8 byte takes 4 bytes in text form)
+MAX_PATH_BYTES = 4096
+MAX_LABEL_BYTES = 512
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: no genuine image is larger; a bigger file is rejected before it is read
 
 
@@ -98,12 +106,28 @@ def iter_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_
     yield from _walk(root, root, real_root, extensions, follow_symlinks, visited)
 
 
+def _file(path: Path, label: str, reason: str) -> ImageFile:
+    """An entry in text form (:func:`~cbir_dist.io.text.path_text`), rejected if its name is ambiguous there."""
+    text, label = path_text(str(path)), path_text(label)
+    if not reason:
+        reason = reserved_reason(str(path)) or too_long_reason(text, label)
+    return ImageFile(text, label, path_text(reason))
+
+
+def too_long_reason(path: str, label: str) -> str:
+    """Why a path or label (text form) is too long to be stored, or ""."""
+    if len(path.encode()) > MAX_PATH_BYTES:
+        return f"the path is {len(path.encode())} bytes long, over the {MAX_PATH_BYTES} a stored path holds"
+    if len(label.encode()) > MAX_LABEL_BYTES:
+        return f"the folder name (label) is {len(label.encode())} bytes long, over the {MAX_LABEL_BYTES} a label holds"
+    return ""
+
+
 def _walk(folder: Path, root: Path, real_root: str, extensions, follow_symlinks: bool, visited: dict):
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
-        yield ImageFile(str(folder), _label(folder.relative_to(root).parent),
-                        f"unreadable folder: {exc.strerror or exc}")
+        yield _file(folder, _label(folder.relative_to(root).parent), f"unreadable folder: {exc.strerror or exc}")
         return
     plan = []  # (sort key, kind, entry): a folder sorts as "name/", so full paths come out sorted
     for e in entries:
@@ -114,18 +138,17 @@ def _walk(folder: Path, root: Path, real_root: str, extensions, follow_symlinks:
         elif e.is_symlink() and os.path.isdir(p):
             real = os.path.realpath(p)
             if not follow_symlinks and not _inside(real, real_root):
-                plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
+                plan.append((e.name, "file", _file(p, _label(rel.parent),
                              f"symlinked folder leaves the input root (points to {real}); "
-                             "pass --follow-symlinks to index it")))
+                             "pass --follow-symlinks to read it")))
             elif real in visited:
-                plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
+                plan.append((e.name, "file", _file(p, _label(rel.parent),
                              f"symlinked folder already listed as {visited[real]} (a second link or a cycle)")))
             else:
                 visited[real] = str(p)
                 plan.append((e.name + "/", "dir", p))
         elif Path(e.name).suffix.lower() in extensions:
-            plan.append((e.name, "file", ImageFile(str(p), _label(rel.parent),
-                                                   _entry_reason(p, real_root, follow_symlinks))))
+            plan.append((e.name, "file", _file(p, _label(rel.parent), _entry_reason(p, real_root, follow_symlinks))))
     for _key, kind, item in sorted(plan, key=lambda t: t[0]):
         if kind == "dir":
             yield from _walk(item, root, real_root, extensions, follow_symlinks, visited)
@@ -138,10 +161,10 @@ def _entry_reason(p: Path, real_root: str, follow_symlinks: bool) -> str:
     try:
         if p.is_symlink():
             if not p.exists():
-                return f"broken symlink (points to {os.readlink(p)})"
+                return symlink_reason(p)
             real = os.path.realpath(p)
             if not follow_symlinks and not _inside(real, real_root):
-                return f"symlink leaves the input root (points to {real}); pass --follow-symlinks to index it"
+                return f"symlink leaves the input root (points to {real}); pass --follow-symlinks to read it"
         st = p.stat()
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
@@ -150,13 +173,25 @@ def _entry_reason(p: Path, real_root: str, follow_symlinks: bool) -> str:
     return ""
 
 
+def symlink_reason(p: str | os.PathLike) -> str:
+    """Why a symlink that leads nowhere cannot be read: a loop, or a target that is not there."""
+    import errno
+
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop (points to {os.readlink(p)}, which leads back to itself)"
+    return f"broken symlink (points to {os.readlink(p)})"
+
+
 def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, os.stat_result]:
     """The bytes and ``stat`` of a regular file, never blocking on a FIFO or device swapped in after listing.
 
     Raises ``OSError`` (unreadable) and ``ValueError`` (not a regular file, or over ``max_bytes``
     — checked before reading) with messages fit for ``errors.parquet``.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(os_path(os.fspath(path)), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

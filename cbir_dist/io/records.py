@@ -17,8 +17,9 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import ImageDecodeError
-from .files import DEFAULT_MAX_BYTES, ImageFile, content_id, read_file
+from .files import DEFAULT_MAX_BYTES, ImageFile, content_id, read_file, symlink_reason
 from .images import DEFAULT_MAX_PIXELS, decode_image
+from .text import os_path, path_text
 
 # --- column names ------------------------------------------------------------------------------------
 ID = "id"  # int64 content id (hash of the file bytes), the Milvus primary key
@@ -110,8 +111,9 @@ def read_record(f: ImageFile, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes
     try:
         data, st = read_file(f.path, max_bytes=max_bytes)
     except OSError as exc:
-        if os.path.islink(f.path) and not os.path.exists(f.path):
-            rec.status, rec.error = REJECTED, f"broken symlink (points to {os.readlink(f.path)})"
+        where = os_path(f.path)
+        if os.path.islink(where) and not os.path.exists(where):
+            rec.status, rec.error = REJECTED, path_text(symlink_reason(where))
         else:
             rec.status, rec.error = REJECTED, f"unreadable: {exc.strerror or exc}"
         return rec

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from ..io.files import IMAGE_EXTENSIONS, ImageFile, list_images
+from ..io.files import IMAGE_EXTENSIONS, ImageFile, list_images, too_long_reason
+from ..io.text import path_text, reserved_reason
 
 _MAGIC = ("*", "?", "[")
 
@@ -50,18 +51,25 @@ def file_label(path: str | os.PathLike) -> str:
     return Path(os.path.abspath(path)).parent.name
 
 
+def _file(path: str) -> ImageFile:
+    """A query file named on the command line, in the text form listings give (``io.text.path_text``)."""
+    text, label = path_text(path), path_text(file_label(path))
+    return ImageFile(text, label, reserved_reason(path) or too_long_reason(text, label))
+
+
 def _is_pattern(text: str) -> bool:
     return any(c in text for c in _MAGIC)
 
 
-def _add_folder(qs: QuerySet, folder: str, what: str) -> int:
-    files = list_images(folder)
+def _add_folder(qs: QuerySet, folder: str, what: str, follow_symlinks: bool = False) -> int:
+    files = list_images(folder, follow_symlinks=follow_symlinks)
     if not files:
         raise InputError(f"{what}: no image files in it (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return sum(qs.add(f, folder) for f in files)
 
 
-def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> QuerySet:
+def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                    follow_symlinks: bool = False) -> QuerySet:
     """The query files named by ``inputs`` (folders, files and glob patterns), labelled; see the module doc.
 
     Raises :class:`~cbir_dist.errors.InputError` naming the first argument that gives nothing.
@@ -75,9 +83,9 @@ def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> 
         text = os.fspath(item)
         p = Path(text)
         if p.is_dir():
-            _add_folder(qs, text, text)
+            _add_folder(qs, text, text, follow_symlinks)
         elif p.exists() or p.is_symlink():  # a broken link gets its error row, as in index
-            qs.add(ImageFile(text, file_label(text)), None)
+            qs.add(_file(text), None)
         elif _is_pattern(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
@@ -85,12 +93,12 @@ def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> 
             images = 0
             for m in matches:
                 if os.path.isdir(m):
-                    for f in list_images(m):
+                    for f in list_images(m, follow_symlinks=follow_symlinks):
                         images += 1
                         qs.add(f, m)
                 elif Path(m).suffix.lower() in IMAGE_EXTENSIONS:
                     images += 1
-                    qs.add(ImageFile(m, file_label(m)), None)
+                    qs.add(_file(m), None)
             if not images:
                 raise InputError(
                     f"{text}: the pattern matches {len(matches)} path(s) but no image file "

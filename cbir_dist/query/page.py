@@ -11,7 +11,9 @@ The markup is meant to be read by programs too: one ``<section class="query">`` 
 ``data-query``, ``data-label``, ``data-status`` (``ok`` or ``error``) and ``data-hits``; inside it
 ``<img class="view" data-view="query|damaged|reconstructed">``, one ``<div class="hits">`` per row
 of neighbours and one ``<img class="hit" data-rank data-label data-distance data-same>`` per
-neighbour; a failed query has ``<p class="error">`` with the reason.
+neighbour; a failed query has ``<p class="error">`` with the reason. Names and paths appear as
+:func:`~cbir_dist.io.text.printable` shows them (control characters and bytes that are not UTF-8 as
+backslash escapes; every ordinary name as it is).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import ImageDecodeError
 from ..io.images import read_image
 from ..io.records import Record
 from ..io.tables import write_text
+from ..io.text import printable
 from ..io.thumbnails import jpeg_data_uri, placeholder
 
 VIEW_PX = 128  # the query's own thumbnails
@@ -114,7 +117,14 @@ def entries_from_results(cols: dict, views: QueryViews | None, caption: str) -> 
 
 
 def _attr(value) -> str:
-    return html.escape(str(value), quote=True)
+    """An attribute value: names as :func:`~cbir_dist.io.text.printable` shows them (no raw control
+    characters, which HTML forbids), then HTML-escaped."""
+    return html.escape(printable(str(value)), quote=True)
+
+
+def _esc(value) -> str:
+    """Element text, likewise."""
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[str]) -> str:
@@ -127,9 +137,9 @@ def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[s
             f"data-rank='{int(hit['rank'])}' data-label='{_attr(hit['label'])}' "
             f"data-distance='{float(hit['distance']):.6g}' data-path='{_attr(hit['path'])}' data-same='{same}' "
             f"style='border-color:{colour}'><figcaption><b>{int(hit['rank'])}</b> · {float(hit['distance']):.3f}"
-            f"<br><span class='lbl' style='color:{colour}'>{html.escape(hit['label'] or '(no label)')}</span>"
-            f"<br><span class='name'>{html.escape(name)}</span>"
-            + (f"<br><span class='problem'>{html.escape(problem)}</span>" if problem else "")
+            f"<br><span class='lbl' style='color:{colour}'>{_esc(hit['label'] or '(no label)')}</span>"
+            f"<br><span class='name'>{_esc(name)}</span>"
+            + (f"<br><span class='problem'>{_esc(problem)}</span>" if problem else "")
             + "</figcaption></figure>")
 
 
@@ -138,20 +148,20 @@ def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) 
     hits = sum(len(r.hits) for r in e.rows)
     head = (f"<section class='query {status}' data-query='{_attr(e.query)}' data-label='{_attr(e.label)}' "
             f"data-status='{status}' data-hits='{hits}'>"
-            f"<h2>{n}. {html.escape(e.query)}"
-            + (f" <span class='qlabel'>label: {html.escape(e.label)}</span>" if e.label else "") + "</h2>")
+            f"<h2>{n}. {_esc(e.query)}"
+            + (f" <span class='qlabel'>label: {_esc(e.label)}</span>" if e.label else "") + "</h2>")
     parts = [head]
     if e.error:
-        parts.append(f"<p class='error'>could not be searched: {html.escape(e.error)}</p>")
+        parts.append(f"<p class='error'>could not be searched: {_esc(e.error)}</p>")
     if e.views:
         parts.append("<div class='views'>")
         for kind, caption, uri in e.views:
             parts.append(f"<figure class='view'><img class='view' data-view='{kind}' src='{uri}' "
-                         f"alt='{_attr(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+                         f"alt='{_attr(caption)}'><figcaption>{_esc(caption)}</figcaption></figure>")
         parts.append("</div>")
     for row in e.rows:
         parts.append(f"<div class='hits' data-searched='{_attr(row.caption)}'><p class='caption'>"
-                     f"{html.escape(row.caption)}</p><div class='thumbs'>")
+                     f"{_esc(row.caption)}</p><div class='thumbs'>")
         if not row.hits:
             parts.append("<p class='none'>no neighbours (the collection is empty)</p>")
         parts.extend(_hit_html(h, e.label, thumbs, classes) for h in row.hits)
@@ -184,9 +194,9 @@ def write_page(path: str | os.PathLike, entries: Sequence[PageEntry], *, title: 
     """Write the page (atomically) and return its path. ``summary`` lines go under the title."""
     thumbs = thumbs or HitThumbnails()
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    parts.extend(f"<p class='summary'>{html.escape(line)}</p>" for line in summary)
+             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>"]
+    parts.extend(f"<p class='summary'>{_esc(line)}</p>" for line in summary)
     parts.append(f"<p class='summary legend'>frame:<span style='background:{SAME}'></span>same label as the query"
                  f"<span style='background:{OTHER}'></span>another label"
                  f"<span style='background:{UNKNOWN}'></span>the query's label (its folder's name) is no "
@@ -197,7 +207,7 @@ def write_page(path: str | os.PathLike, entries: Sequence[PageEntry], *, title: 
         _, why = next(iter(thumbs.unreadable.items()))  # never reuse ``path``: it names the page
         parts.append(f"<p class='summary problem'>{len(thumbs.unreadable)} neighbour image(s) cannot be read from "
                      f"here and show as grey squares: the collection keeps each image's path as the index job "
-                     f"was given it (relative paths are relative to where it ran). First: {html.escape(why)}</p>")
+                     f"was given it (relative paths are relative to where it ran). First: {_esc(why)}</p>")
     parts.extend(body)
     parts.append("</body></html>\n")
     out = Path(path)

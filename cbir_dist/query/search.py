@@ -50,6 +50,7 @@ class QueryConfig:
     device: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    follow_symlinks: bool = False  # query folders: also read files that symlinks point to outside them
     memory_budget_bytes: int = 1 << 30
     backend: str = "local"
     progress: bool = True
@@ -378,7 +379,7 @@ def run_query(queries, config: QueryConfig, *, store=None, out: str | None = Non
     """
     if out:
         check_out_path(out)
-    qs = _query_set(queries)
+    qs = _query_set(queries, follow_symlinks=config.follow_symlinks)
     searcher = Searcher(config, store=store)
     try:
         if config.backend == "ray":
@@ -395,13 +396,13 @@ def run_query(queries, config: QueryConfig, *, store=None, out: str | None = Non
     return cols
 
 
-def _query_set(queries) -> QuerySet:
+def _query_set(queries, *, follow_symlinks: bool = False) -> QuerySet:
     if isinstance(queries, QuerySet):
         qs = queries
     elif isinstance(queries, (str, os.PathLike)) or (
         isinstance(queries, Sequence) and all(isinstance(q, (str, os.PathLike)) for q in queries)
     ):
-        qs = resolve_queries(queries)
+        qs = resolve_queries(queries, follow_symlinks=follow_symlinks)
     else:
         qs = QuerySet()
         for f in queries:

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
+from ..io.files import MAX_LABEL_BYTES, MAX_PATH_BYTES  # noqa: F401 - the row contract's limits, re-exported
 
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")
 MAX_DIM = 32768  # Milvus' limit for FLOAT_VECTOR
-MAX_PATH_BYTES = 4096
-MAX_LABEL_BYTES = 512
 SPEC_KEY = "cbir_spec"  # property keys: cbir_spec_parts = N, cbir_spec_0 ... cbir_spec_{N-1}
 SPEC_PART_CHARS = 16384  # <= 64 kB of UTF-8 per property value
 
