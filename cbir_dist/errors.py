@@ -46,6 +46,10 @@ class CollectionNotFoundError(InputError, StoreError):
     """The store has no collection of that name (a mistyped ``--collection``): exit status 2."""
 
 
+class OutputError(CbirError):
+    """An output (a file, a run or out folder) cannot be written there: read-only, full, not a folder (exit 1)."""
+
+
 class PipelineError(CbirError):
     """A job's distributed stages failed after their retries, or their output was incomplete."""
 

@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, CbirError):
             print(f"cbir-dist {args.command}: error: {printable(str(exc))}", file=sys.stderr, flush=True)
             code = 2 if isinstance(exc, UsageError) else 1
+        elif isinstance(exc, OSError):  # the machine said no (a full or read-only disk): no bug of ours
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"cbir-dist {args.command}: error: cannot write or read {printable(where)}"
+                  f"{exc.strerror or exc} (check the disk and the folder's permissions)", file=sys.stderr, flush=True)
+            code = 1
         else:
             print(f"cbir-dist {args.command}: internal error: {type(exc).__name__}: {printable(str(exc))} "
                   "(rerun with -v for the traceback and report it)", file=sys.stderr, flush=True)

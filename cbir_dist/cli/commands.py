@@ -54,8 +54,18 @@ def _spec_from_args(args):
     )
 
 
+def _writable(path, what: str) -> None:
+    """An output's folder can be written: checked before the job's work, not after it."""
+    from ..io.tables import check_writable
+
+    check_writable(path, what)
+
+
 def cmd_index(args) -> int:
     from ..index import IndexConfig, run_index
+
+    if args.run_dir:
+        _writable(args.run_dir, "--run-dir")
 
     spec = _spec_from_args(args)
     cfg = IndexConfig(
@@ -109,8 +119,10 @@ def cmd_query(args) -> int:
 
     if args.out:
         check_out_path(args.out)  # before the job runs, so its results are not lost at the end
+        _writable(args.out, "--out")
     if args.html:
         _check_page_path(args.html)
+        _writable(args.html, "--html")
     cfg = QueryConfig(
         db=args.db, collection=args.collection, token=_token(args), k=args.k, fringe=args.fringe,
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
@@ -182,6 +194,7 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from ..demo import format_table, run_demo
 
+    _writable(args.out, "--out")
     result = run_demo(args.out, images=args.images, backbone=args.backbone, weights=args.weights,
                       per_class=args.per_class, queries_per_class=args.queries)
     print(result.summary.line())
@@ -193,7 +206,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    queries = None if str(args.queries).lower() == "all" else int(args.queries)
+    from ..errors import UsageError
+
+    try:
+        queries = None if str(args.queries).lower() == "all" else int(args.queries)
+    except ValueError:
+        raise UsageError(f"--queries {args.queries}: a number of queries per class, or 'all'") from None
+    if queries is not None and queries < 1:
+        raise UsageError(f"--queries must be >= 1 or 'all', got {queries}")
+    _writable(args.out, "--out")
     if args.profile in ("shape", "texture"):
         from ..evaluation.shapes import ShapeEvalConfig, run_shape_evaluate
 
@@ -223,6 +244,8 @@ def cmd_evaluate(args) -> int:
 def cmd_classify(args) -> int:
     from ..query.classify import run_classify
 
+    if args.out:
+        _writable(args.out, "--out")
     res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=_token(args),
                        out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
                        device=args.device, max_pixels=args.max_pixels)

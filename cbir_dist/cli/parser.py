@@ -33,12 +33,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-override", dest="weights_override", default=None, metavar="WEIGHTS",
                    help="load the deep block's weights from here instead of what the collection's spec names "
                         "(a state-dict PATH, imagenet, or random); the spec is unchanged")
-    p.add_argument("--device", default=None, help="torch device for the backbone (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per backbone batch (default: 32)")
-    p.add_argument("--max-pixels", type=int, default=100_000_000,
+    p.add_argument("--device", default=None, type=_device, help="torch device for the backbone (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=_int_in(1), default=32, help="images per backbone batch (default: 32)")
+    p.add_argument("--max-pixels", type=_int_in(1), default=100_000_000,
                    help="reject images with more pixels than this (decompression bombs; default 1e8); "
                         "the one pixel limit: no other check rejects an image this allows")
-    p.add_argument("--max-bytes", type=int, default=1 << 30,
+    p.add_argument("--max-bytes", type=_int_in(1), default=1 << 30,
                    help="reject files larger than this before reading them (default 1 GiB)")
 
 
@@ -53,6 +53,33 @@ def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--angle", type=float, default=0.0, help="fringe: orientation in degrees (default 0)")
     p.add_argument("--inpainter", default="none",
                    help=f"reconstruct damaged {what}s with: none (zero fill), telea, ns, biharmonic, two-stage")
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (a bad value is a usage error, exit 2, before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {lo}" + (f" to {hi}" if hi else " or more"))
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device name (checked by its form; whether it exists, when it is used)."""
+    import re
+
+    if not re.fullmatch(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no torch device: use cpu, cuda, cuda:N or mps")
+    return text
+
+
+#: the most neighbours one search returns (Milvus' limit)
+MAX_K = 16384
 
 
 def _csv(text: str) -> list[str]:
@@ -97,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one per store URI and collection; markers record the target they vouch for either way)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="also index files and folders that symlinks inside IMAGES_DIR point to outside it")
-    p.add_argument("--shard-size", type=int, default=256, help="files per resumable shard (default 256)")
+    p.add_argument("--shard-size", type=_int_in(1), default=256, help="files per resumable shard (default 256)")
     p.add_argument("--save-features", action="store_true",
                    help="also keep per-block features as Parquet shards in the run dir (re-weight without recomputing)")
     p.add_argument("--overwrite", action="store_true",
@@ -107,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local = one process (the default); ray = Ray Data pipeline on the Ray cluster in "
                         "$RAY_ADDRESS, else a local one")
     _add_damage_args(p, "image")
-    p.add_argument("--torch-threads", type=int, default=None,
+    p.add_argument("--torch-threads", type=_int_in(1), default=None,
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
-    p.add_argument("--deep-actors", type=int, default=None,
+    p.add_argument("--deep-actors", type=_int_in(1), default=None,
                    help="ray: number of backbone actors (default: one per GPU, else what the CPUs allow)")
     p.add_argument("--deep-resource", action="append", default=[], metavar="NAME=AMOUNT",
                    help="ray: custom resource each backbone actor asks for, e.g. deep=1 to pin them to tagged nodes")
@@ -126,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image file, a folder of images or a glob pattern")
     _add_store_args(p)
     _add_damage_args(p, "query")
-    p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("-k", type=_int_in(1, MAX_K), default=10, help=f"neighbours per query (default 10, at most {MAX_K})")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="also read files and folders that symlinks inside a query folder point to outside it")
     p.add_argument("--exclude-self", action="store_true",
@@ -167,12 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shape/texture run the Pande et al. evaluation (KNN, bull's-eye, affine repository)")
     p.add_argument("--weights", type=lambda t: dict(x.split("=", 1) for x in _csv(t)), default={},
                    metavar="NAME=W,...", help="per-backbone weights overrides, e.g. vgg16=/models/vgg16.pth")
-    p.add_argument("--repeats", type=int, default=1, help="mask phases per frequency (std is over repeats)")
+    p.add_argument("--repeats", type=_int_in(1), default=1, help="mask phases per frequency (std is over repeats)")
     p.add_argument("--queries", default="100", help="number of queries drawn per class evenly, or 'all' (100)")
     p.add_argument("--protocol", default="exclude-self", choices=["exclude-self", "include-self"],
                    help="exclude-self (default): a query's own original is not a neighbour")
     p.add_argument("--missing-fraction", type=float, default=0.25, help="fraction of pixels each mask removes")
-    p.add_argument("-k", type=int, default=10, help="neighbours for P@k (default 10)")
+    p.add_argument("-k", type=_int_in(1, MAX_K), default=10, help="neighbours for P@k (default 10)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed: the query draw and the masks' phases; shape: the affine copies (default 0)")
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
@@ -224,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="folder for the images, the collection and results (demo_out)")
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone (default mobilenet_v2; none = descriptors only)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict PATH")
-    p.add_argument("--per-class", type=int, default=12, help="generated images per class (default 12)")
-    p.add_argument("--queries", type=int, default=12, metavar="N",
+    p.add_argument("--per-class", type=_int_in(1), default=12, help="generated images per class (default 12)")
+    p.add_argument("--queries", type=_int_in(1), default=12, metavar="N",
                    help="queries per class, spread evenly over each class (default 12)")
 
     # classify
@@ -236,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "accuracy when the images sit in class folders.")
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     _add_store_args(p)
-    p.add_argument("-k", type=int, default=5, help="neighbours voting (default 5)")
+    p.add_argument("-k", type=_int_in(1, MAX_K), default=5, help="neighbours voting (default 5)")
     p.add_argument("--out", default=None, metavar="FILE.parquet", help="write one row per image here")
     _add_model_args(p)
 

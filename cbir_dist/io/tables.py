@@ -104,6 +104,32 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Fail before the work when ``path`` (a file or folder to be written) could not be written.
+
+    Probes the nearest existing folder on the way (a temporary file made and removed at once), so a
+    read-only or full file system is an :class:`~cbir_dist.errors.OutputError` (exit 1), and a file
+    where a folder is needed a :class:`~cbir_dist.errors.UsageError` (exit 2), now rather than after
+    hours of work.
+    """
+    import tempfile
+
+    from ..errors import OutputError, UsageError
+
+    target = Path(path)
+    probe = target if target.is_dir() else target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():  # the path itself is wrong: a usage error
+        raise UsageError(f"{what} {path}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cbir-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {probe} ({exc.strerror or exc})") from exc
+
+
 def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
     """``fig.savefig`` atomically (a kill mid-write leaves the old file or none, never half a PNG)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"

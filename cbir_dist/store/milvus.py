@@ -202,6 +202,12 @@ class VectorStore:
                                           grpc_options=lite.GRPC_OPTIONS)
             except MilvusException as exc:
                 cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
+                if any(t in str(cause) for t in ("Read-only file system", "Permission denied", "[Errno 13]",
+                                                   "[Errno 30]")):
+                    raise StoreError(
+                        f"cannot open the local store {self.uri} ({cause}): milvus-lite writes its folder (a "
+                        "lock, its log) even to read it; give this user write access, or copy the folder "
+                        "somewhere writable and pass that path") from exc
                 raise StoreError(
                     f"cannot open the local store {self.uri} ({cause}): a local store can be open in "
                     "one process at a time; stop the other process using it, pass another path, or "
@@ -275,11 +281,20 @@ class VectorStore:
                                "loading it again", what, self.uri)
                 self._call("reload after restart: load", "build", "load_collection", self.collection)
                 return once()
-        except MilvusException as exc:
+        except Exception as exc:  # noqa: BLE001 - pymilvus' errors, and gRPC's that it lets through
+            if not (isinstance(exc, MilvusException) or _is_rpc_error(exc)):
+                raise
+            if schema.grpc_status(exc) in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                raise StoreError(
+                    f"{what} on collection {self.collection!r}: Milvus at {self.uri} rejected the credentials "
+                    f"({schema.grpc_status(exc).lower().replace('_', ' ')}; the token was changed or revoked "
+                    "during the job?). Pass a valid one with MILVUS_TOKEN or --token-file and rerun: the job "
+                    "resumes") from exc
             spent = time.monotonic() - t0
             tried = f" (gave up after {spent:.0f} s of retries)" if _transient(exc) and spent > 1 else ""
+            message = getattr(exc, "message", None) or (exc.details() if _is_rpc_error(exc) else str(exc))
             raise StoreError(f"{what} on collection {self.collection!r} in {self.uri} failed{tried}: "
-                             f"{_redact(exc.message, self._token)}") from exc
+                             f"{_redact(str(message), self._token)}") from exc
 
     def close(self) -> None:
         """Close the connection; the last store closed on a local folder releases its lock."""
@@ -799,6 +814,15 @@ def _transient(exc: BaseException) -> bool:
         return True
     text = str(getattr(exc, "message", "") or exc).lower()
     return any(t in text for t in _TRANSIENT_TEXT)
+
+
+def _is_rpc_error(exc: BaseException) -> bool:
+    """A gRPC call error (``grpc.RpcError``, e.g. ``_InactiveRpcError``) that pymilvus did not wrap."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - pymilvus depends on grpcio
+        return False
+    return isinstance(exc, grpc.RpcError) and callable(getattr(exc, "details", None))
 
 
 def _not_loaded(exc: BaseException) -> bool:
