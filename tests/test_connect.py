@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cbir_dist.distributed.connect import _init
@@ -55,3 +57,38 @@ def test_a_head_that_timed_out_during_startup_is_retried():
     ray = Slow(fail=0)
     _init(ray, attempts=3, wait_s=0.0)
     assert ray.calls == 2 and ray.shutdowns == 1
+
+
+def test_a_failed_start_leaves_no_process_behind():
+    """What a head that timed out during startup had started (its GCS, its raylet) is stopped."""
+    import subprocess
+    import time
+
+    from cbir_dist.distributed.connect import _child_pids, _stop_new_children
+
+    before = _child_pids()
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"])  # a process and its own child
+    deadline = time.monotonic() + 10
+    while len(_child_pids() - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_child_pids() - before) >= 2
+    _stop_new_children(before)
+    assert not (_child_pids() - before)
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ray_workers_do_not_inherit_the_store_token(monkeypatch):
+    """Only the driver talks to the store: a local Ray instance starts without $MILVUS_TOKEN."""
+    import ray
+
+    from cbir_dist.distributed.connect import session
+
+    monkeypatch.setenv("MILVUS_TOKEN", "root:not-for-workers")
+    with session(num_cpus=1):
+        @ray.remote
+        def seen():
+            return os.environ.get("MILVUS_TOKEN")
+
+        assert ray.get(seen.remote()) is None
+    assert os.environ["MILVUS_TOKEN"] == "root:not-for-workers"  # the driver keeps it

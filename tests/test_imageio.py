@@ -88,3 +88,23 @@ def test_list_images_labels_by_parent_and_records(tmp_path, rgb_image):
 def test_list_images_missing_dir(tmp_path):
     with pytest.raises(InputError):
         list_images(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_is_applied(orientation):
+    """A phone photo stored sideways with an EXIF orientation is decoded upright, as viewers show it."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[:5, :10] = 255  # a white corner shows which way is up
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", exif=exif)
+    got = decode_image(buf.getvalue())
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+    assert np.array_equal(got, want)
+    assert got.shape == ((30, 20, 3) if orientation in (6, 8) else (20, 30, 3))

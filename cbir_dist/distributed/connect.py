@@ -43,13 +43,77 @@ def _init(ray, *, attempts: int = LOCAL_START_ATTEMPTS, wait_s: float = 2.0, **k
            wait=wait_exponential(multiplier=wait_s, max=4 * wait_s), reraise=True,
            before_sleep=before_sleep_log(log, logging.WARNING))
     def init():
+        before = _child_pids()
         try:
-            ray.init(**_INIT_KWARGS, **kwargs)
+            with _without_secrets():
+                ray.init(**_INIT_KWARGS, **kwargs)
         except Exception:
             ray.shutdown()
+            _stop_new_children(before)  # a head that failed its start leaves its processes behind
             raise
 
     init()
+
+
+#: environment variables Ray's processes must not inherit: they hold credentials, and only this
+#: process (the single writer) talks to the store
+SECRET_ENV = ("MILVUS_TOKEN",)
+
+
+@contextlib.contextmanager
+def _without_secrets() -> Iterator[None]:
+    """Start a local Ray instance without the store's token in its environment: its raylet, and every
+    worker the raylet starts, inherit this process's environment as it is when ``ray.init`` runs."""
+    saved = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _child_pids() -> set[int]:
+    """This process's descendants, from ``/proc`` (Linux; elsewhere none are known)."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return set()
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and fields[0] != b"Z":  # a zombie is gone already, only not yet reaped
+            parents[int(name)] = int(fields[1])
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _stop_new_children(before: set[int], grace_s: float = 5.0) -> None:
+    """Stop the processes this process started since ``before`` (a failed Ray start's GCS and raylet)."""
+    import signal
+    import time
+
+    new = _child_pids() - before
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in new:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and time.monotonic() < deadline and (_child_pids() & new):
+            time.sleep(0.1)
+        new &= _child_pids()
+        if not new:
+            break
+    if new:
+        log.warning("could not stop %d process(es) left by a Ray start that failed", len(new))
 
 
 def connect(*, num_cpus: int | None = None) -> bool:

@@ -29,7 +29,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     """Decode image bytes to a ``uint8`` array of shape ``(H, W, 3)`` in RGB order.
 
     Grey, palette, RGBA (composited on white), CMYK, 16-bit and float images are converted; animated
-    GIF/TIFF use their first frame. Raises :class:`ImageDecodeError` for empty, corrupt, truncated or
+    GIF/TIFF use their first frame; an EXIF orientation is applied (the image upright, as viewers show it). Raises :class:`ImageDecodeError` for empty, corrupt, truncated or
     non-image data, for images with a side under 16 px, and for images over ``max_pixels`` pixels
     (decompression bombs; raise the limit with ``--max-pixels`` if the file is genuine).
     """
@@ -51,7 +51,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
                 )
             im.seek(0)
             im.load()
-            arr = _pil_to_rgb(im)
+            arr = _pil_to_rgb(_upright(im))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -64,6 +64,18 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
             f"{name}: image is {arr.shape[1]}x{arr.shape[0]} px, smaller than the minimum side of {MIN_SIDE} px"
         )
     return arr
+
+
+def _upright(im):
+    """The image as it is meant to be seen: a phone photo's EXIF orientation (tag 0x0112) applied, so
+    a rotated shot is described upright, as every viewer shows it."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block is no orientation, not a bad image
+        return im
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
 
 
 def _pil_to_rgb(im) -> np.ndarray:
