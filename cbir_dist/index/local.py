@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..damage.hook import apply_transform
+from ..errors import PipelineError
 from ..features.extract import Extractor
 from ..features.spec import FeatureSpec
 from ..io.files import ImageFile
@@ -22,8 +23,19 @@ from .run import (
 )
 
 
+def _pixels(image: np.ndarray) -> int:
+    return int(image.shape[0]) * int(image.shape[1])
+
+
 class ShardProcessor:
-    """Reads, decodes, damages (optional hook) and describes one shard's files in this process."""
+    """Reads, decodes, damages (optional hook) and describes one shard's files in this process.
+
+    Memory is bounded by ``config.pixel_budget``, not by the shard: :meth:`read` keeps decoded images
+    only while their pixels fit in the budget (the rest are decoded to be checked, then dropped),
+    and :meth:`describe` works through the shard in chunks that fit in it, decoding a dropped image
+    again when its chunk comes and releasing every image once its features exist. Typical shards
+    (256 photos of a few hundred pixels a side) fit whole and are decoded once.
+    """
 
     def __init__(self, spec: FeatureSpec, config: IndexConfig, *, transform: ImageTransform | None = None,
                  clock: StageClock | None = None):
@@ -33,18 +45,65 @@ class ShardProcessor:
         self.clock = clock or StageClock()
         self.extractor = Extractor(spec, device=config.device, weights=config.weights_override,
                                    batch_size=config.batch_size, num_threads=config.torch_threads)
+        self._pixels: dict[int, int] = {}  # id(record) -> its image's pixels, for records whose image was dropped
 
     def read(self, files: Sequence[ImageFile]) -> list[Record]:
-        t = time.perf_counter()
-        recs = [read_record(f, max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes) for f in files]
-        self.clock.add("decode", time.perf_counter() - t, len(recs))
-        if self.transform is not None:
-            t = time.perf_counter()
-            ok = [r for r in recs if r.status == OK]
-            for r in ok:
-                apply_transform(r, self.transform)
-            self.clock.add("inpaint", time.perf_counter() - t, len(ok))
+        recs, held, budget = [], 0, self.config.pixel_budget
+        for f in files:
+            rec = self._load(f)
+            if rec.status == OK:
+                pixels = _pixels(rec.image)
+                if held + pixels > budget and held:  # over the budget: decoded (so checked), not kept
+                    self._pixels[id(rec)] = pixels
+                    rec.image = None
+                else:
+                    held += pixels
+            recs.append(rec)
         return recs
+
+    def _load(self, f: ImageFile) -> Record:
+        t = time.perf_counter()
+        rec = read_record(f, max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes)
+        self.clock.add("decode", time.perf_counter() - t, 1)
+        if self.transform is not None and rec.status == OK:
+            t = time.perf_counter()
+            apply_transform(rec, self.transform)
+            self.clock.add("inpaint", time.perf_counter() - t, 1)
+        return rec
+
+    def describe(self, todo: Sequence[Record]) -> dict[str, np.ndarray]:
+        """The features of ``todo`` (ok records of the last :meth:`read`), chunk by chunk within the budget."""
+        parts: list[dict[str, np.ndarray]] = []
+        for chunk in self._chunks(todo):
+            images = [r.image if r.image is not None else self._reload(r) for r in chunk]
+            parts.append(self.features(images))
+            del images
+            for r in chunk:
+                r.image = None  # released as soon as its features exist
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _chunks(self, todo: Sequence[Record]):
+        chunk, pixels = [], 0
+        for r in todo:
+            n = _pixels(r.image) if r.image is not None else self._pixels.get(id(r), 0)
+            if chunk and pixels + n > self.config.pixel_budget:
+                yield chunk
+                chunk, pixels = [], 0
+            chunk.append(r)
+            pixels += n
+        if chunk:
+            yield chunk
+
+    def _reload(self, rec: Record) -> np.ndarray:
+        again = self._load(ImageFile(rec.path, rec.label))
+        self._pixels.pop(id(rec), None)
+        if again.status != OK or again.id != rec.id:
+            raise PipelineError(f"{rec.path} changed while it was being indexed (read again for its features, it "
+                                f"{'failed: ' + again.error if again.status != OK else 'has other content'}); "
+                                "rerun the same command: the job resumes")
+        return again.image
 
     def features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return self.extractor.blocks(images, timer=self.clock.add)
@@ -63,7 +122,7 @@ def _results(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
             opened.append(factory(run.spec, config, transform=transform, clock=run.clock))
         processor = opened[0]
         recs = processor.read(run.files_of(shard))
-        yield shard.index, recs, (lambda todo, p=processor: p.features([r.image for r in todo]))
+        yield shard.index, recs, processor.describe
 
 
 def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: ImageTransform | None = None,

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 WRITTEN, FEATURES = "written", "features"  # marker phases
+DEFAULT_PIXEL_BUDGET = 64_000_000  # decoded pixels the local backend holds at once (see .local)
 COMMIT_SHARDS = 64  # group commit: flush and publish markers after this many shards,
 COMMIT_ROWS = 32768  # ... this many rows written,
 COMMIT_SECONDS = 60.0  # ... or this long since the last commit, whichever comes first (a server flush
@@ -111,6 +112,8 @@ class IndexConfig:
     deep_actors: int | None = None
     deep_resources: Mapping[str, float] | None = None
     window_files: int = 8192  # ray backend: pending files per Ray Dataset (the driver's memory bound)
+    #: local backend: decoded pixels held at once (64 M = 192 MB of RGB), whatever the shard size
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET
 
     def __post_init__(self):
         if self.shard_size < 1 or self.batch_size < 1:
@@ -125,6 +128,8 @@ class IndexConfig:
             raise UsageError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.deep_actors is not None and self.deep_actors < 1:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
+        if self.pixel_budget < 1:
+            raise UsageError(f"pixel_budget must be >= 1, got {self.pixel_budget}")
         if self.window_files < 1:
             raise UsageError(f"window_files must be >= 1, got {self.window_files}")
 

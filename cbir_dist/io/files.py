@@ -199,14 +199,20 @@ def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
         if st.st_size > max_bytes:
             raise ValueError(f"file is {st.st_size} bytes, over the limit of {max_bytes} (--max-bytes); "
                              "raise it if the file is genuine")
-        chunks, left = [], st.st_size + 1  # read one byte more than stat said: a file growing past the limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 22))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
+        # one read of the whole file (one buffer of its size: chunks joined would hold it twice), plus
+        # one byte more than stat said, to see a file growing past the limit; a short read goes on
+        want = st.st_size + 1
+        data = os.read(fd, want)
+        if 0 < len(data) < want:
+            chunks = [data]
+            left = want - len(data)
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 30))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks) if len(chunks) > 1 else data
         if len(data) > max_bytes:
             raise ValueError(f"file grew past the limit of {max_bytes} bytes (--max-bytes) while being read")
         return data, st

@@ -95,10 +95,36 @@ def _border_deficit(h: int, w: int, d: int) -> tuple[np.ndarray, np.ndarray]:
         i = np.arange(n)
         return np.minimum(i + r, n - 1) - np.maximum(i - r, 0) + 1
 
-    inside = np.outer(n_within(h, d), n_within(w, d)) - np.outer(n_within(h, d - 1), n_within(w, d - 1))
-    deficit = (8 * d - inside).ravel()
-    idx = np.flatnonzero(deficit)
-    return idx, deficit[idx].astype(np.float64)
+    # only the band of width d along the border can have a deficit: build its pixels alone (the
+    # whole h x w products would cost 8 bytes a pixel each on a large photo)
+    ys, xs = np.arange(h), np.arange(w)
+    band_y = (ys < d) | (ys >= h - d)
+    band_x = xs[(xs < d) | (xs >= w - d)]
+    yy = np.concatenate([np.repeat(ys[band_y], w), np.repeat(ys[~band_y], band_x.size)])
+    xx = np.concatenate([np.tile(xs, int(band_y.sum())), np.tile(band_x, int((~band_y).sum()))])
+    inside = n_within(h, d)[yy] * n_within(w, d)[xx] - n_within(h, d - 1)[yy] * n_within(w, d - 1)[xx]
+    deficit = 8 * d - inside
+    flat = yy * w + xx
+    order = np.argsort(flat, kind="stable")
+    flat, deficit = flat[order], deficit[order]
+    keep = deficit != 0
+    return flat[keep], deficit[keep].astype(np.float64)
+
+
+#: pixels per np.bincount call: bincount makes an 8-byte index (and an 8-byte weight) per element of
+#: its input, so whole-image calls cost 16 bytes a pixel; in chunks the image's own arrays dominate
+_BINCOUNT_CHUNK = 1 << 20
+
+
+def _chunked_bincount(values: np.ndarray, weights: np.ndarray | None, minlength: int) -> np.ndarray:
+    """``np.bincount(values, weights, minlength)`` over chunks, summed: the same numbers (counts are
+    integers and weighted sums here add small integers, exact in float64), in bounded memory."""
+    total = None
+    for start in range(0, values.size, _BINCOUNT_CHUNK):
+        stop = start + _BINCOUNT_CHUNK
+        part = np.bincount(values[start:stop], None if weights is None else weights[start:stop], minlength)
+        total = part if total is None else total + part
+    return total if total is not None else np.zeros(minlength, np.float64 if weights is not None else np.intp)
 
 
 def color_autocorrelogram(
@@ -163,8 +189,7 @@ def color_autocorrelogram(
     padded[:h, :w] = q
     flat = padded.ravel()
     n = flat.size
-    index = flat.astype(np.intp)
-    hist = np.bincount(index, minlength=n_colors + 1)[:n_colors].astype(np.float64)
+    hist = _chunked_bincount(flat, None, n_colors + 1)[:n_colors].astype(np.float64)
     counter_dtype = np.uint8 if 4 * pad <= 255 else np.int32
     same = np.empty(n, counter_dtype)
     out = np.zeros((n_colors, len(distances)), np.float64)
@@ -175,7 +200,7 @@ def color_autocorrelogram(
             if shift < n:
                 same[: n - shift] += flat[: n - shift] == flat[shift:]
         # same-colour pairs (p, p + o) and (p + o, p) are equally many: count one, double it
-        numerator = 2.0 * np.bincount(index, weights=same, minlength=n_colors + 1)[:n_colors]
+        numerator = 2.0 * _chunked_bincount(flat, same, n_colors + 1)[:n_colors]
         idx, deficit = _border_deficit(h, w, d)
         denominator = 8 * d * hist - np.bincount(q.ravel()[idx], weights=deficit, minlength=n_colors)
         np.divide(numerator, denominator, out=out[:, k], where=denominator > 0)
