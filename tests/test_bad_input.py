@@ -175,3 +175,28 @@ def test_max_pixels_is_the_one_limit(rng):
 
     with pytest.raises(ImageDecodeError, match="exceeds the limit of 90000000"):
         decode_image(buf.getvalue(), max_pixels=90_000_000)
+
+
+def test_every_bad_entry_as_a_query_gets_its_reason(tmp_path, rng, capsys):
+    """The same folder of bad entries through `query`: each one is an error row with its reason, the
+    valid images are answered, nothing blocks, and the exit status says some could not be answered."""
+    from cbir_dist.cli import main
+
+    expected, reasons = make_bad_folder(tmp_path, rng)
+    db = str(tmp_path / "q.db")
+    assert main(["index", str(tmp_path / "data" / "good"), "--db", db, "--collection", "q", "--run-dir",
+                 str(tmp_path / "run"), "--backbone", "none", "--descriptors", "glcm,correlogram"]) == 0
+    out = tmp_path / "hits.jsonl"
+    rc = main(["query", str(tmp_path / "data"), "--db", db, "--collection", "q", "-k", "2", "--max-pixels", "200000",
+               "--max-bytes", str(MAX_BYTES), "--out", str(out)])
+    assert rc == 1
+    import json
+
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    errors = {os.path.basename(r["query"]): r["error"] for r in rows if r["error"]}
+    assert set(errors) == set(reasons)
+    for name, pattern in reasons.items():
+        assert re.search(pattern, errors[name]), (name, errors[name])
+    answered = {os.path.basename(r["query"]) for r in rows if not r["error"]}
+    assert len(answered) == expected["indexed"] + expected["duplicates"]
+    assert f"{len(reasons)} of {len(reasons) + len(answered)} queries could not be answered" in capsys.readouterr().err
