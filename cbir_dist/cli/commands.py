@@ -168,17 +168,15 @@ def cmd_query(args) -> int:
     from ..io.text import printable
 
     print("\n".join(printable(line) for line in lines))
-    return _failed_status("query", failed, len(queries), "quer", "the error column of --out" if args.out else
+    return _failed_status("query", failed, len(queries), ("query", "queries"), "the error column of --out" if args.out else
                           "each failed query's reason above" + (f" and on {args.html}" if args.html else ""))
 
 
-def _failed_status(command: str, failed: int, total: int, noun: str, where: str) -> int:
+def _failed_status(command: str, failed: int, total: int, nouns: tuple[str, str], where: str) -> int:
     """Exit status 1 when any of ``total`` inputs could not be answered (the count on stderr), else 0."""
     if not failed:
         return 0
-    plural = f"{noun}y" if noun == "quer" else noun
-    many = f"{noun}ies" if noun == "quer" else noun + "s"
-    print(f"cbir-dist {command}: error: {failed} of {total} {many if total != 1 else plural} could not be "
+    print(f"cbir-dist {command}: error: {failed} of {total} {nouns[total != 1]} could not be "
           f"answered (see {where}); exit status 1", file=sys.stderr, flush=True)
     return 1
 
@@ -264,7 +262,7 @@ def cmd_classify(args) -> int:
             print(f"  failed: {printable(p)}: {printable(e)}", file=sys.stderr)
         if len(bad) > 10:
             print(f"  ... and {len(bad) - 10} more (--out FILE.parquet keeps every reason)", file=sys.stderr)
-    return _failed_status("classify", res["failed"], res["n"], "image",
+    return _failed_status("classify", res["failed"], res["n"], ("image", "images"),
                           f"the error column of {args.out}" if args.out else "the reasons above")
 
 

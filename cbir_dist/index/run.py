@@ -506,7 +506,6 @@ class IndexRun:
             self._owns_store = False
             (self.final_store or self.store).close()
 
-
     def _drop_if_created_empty(self) -> None:
         if not getattr(self, "created", False) or self.store is None:
             return
@@ -515,7 +514,8 @@ class IndexRun:
             # --overwrite: the collection built beside the old one goes, whatever it holds
             if self.store.exists() and (self.final_store is not None or self.store.count() == 0):
                 self.store.drop()
-                log.info("dropped collection %r: this run created it and wrote no row", self.config.collection)
+                log.info("dropped collection %r: this run created it and %s", self.store.collection,
+                         "did not finish" if self.final_store is not None else "wrote no row")
         except Exception as exc:  # noqa: BLE001 - best effort: the job's own error is the one to report
             log.warning("could not drop the empty collection %r this run created: %s", self.config.collection, exc)
 
@@ -545,8 +545,12 @@ class RunDirLock:
                    f"{holder.get('started', '?')}: {holder.get('command', '?')}") if holder else "another process"
             raise RunDirBusyError(f"run directory {run_dir} is in use by {who}; wait for that job to end, or "
                                   "give this one its own --run-dir") from None
+        argv = ["--token=***" if a.startswith("--token=") else a for a in sys.argv]
+        for i, a in enumerate(argv[:-1]):
+            if a == "--token":  # the hidden, discouraged option: never into a file
+                argv[i + 1] = "***"
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
