@@ -7,7 +7,9 @@ on a free 127.0.0.1 port, with its own data directory and (by default) authentic
     server = MilvusServer().start()          # or: with MilvusServer() as server: ...
     VectorStore(server.uri, "images", token=server.token)
     server.kill_hard()                       # SIGKILL of the server's process group, data dir kept
+    server.kill_server_process_only()        # SIGKILL of the `milvus` process alone (the wrapper follows it)
     server.restart()                         # the same port and data dir: rows flushed before survive
+    server.status()                          # `milvus_server.sh status`: returncode 0 only when it serves
     server.stop()                            # SIGINT, then SIGKILL what is left; cleanup() also removes the data
 
 ``tests/conftest.py`` starts one for the whole session (the ``milvus_server`` fixture); a test that
@@ -70,18 +72,39 @@ def _group_alive(pgid: int) -> bool:
                for g, st in (line.split() for line in out.splitlines() if line.strip()))
 
 
+def _server_pids(data_dir: Path) -> list[int]:
+    """The live ``milvus`` binaries serving ``data_dir``: the milvus-server wrapper runs the binary it
+    unpacked into the data dir, as ``DATA/bin/milvus run standalone`` (a dead one is a zombie with no
+    command line)."""
+    want = [str(data_dir / "bin" / "milvus").encode(), b"run", b"standalone"]
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "cmdline").read_bytes().split(b"\0")[:-1] == want:
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
 class MilvusServer:
     """One Milvus standalone server on ``127.0.0.1:port`` with a private data directory.
 
     ``data_dir`` defaults to a new temporary directory (removed by :meth:`cleanup`); ``auth`` turns
-    on authentication, so :attr:`token` is ``root:Milvus`` (``None`` without auth).
+    on authentication, so :attr:`token` is ``root:Milvus`` (``None`` without auth). ``env`` is added
+    to the environment of the script's runs (e.g. a private ``XDG_STATE_HOME``).
     """
 
-    def __init__(self, *, port: int | None = None, data_dir: str | Path | None = None, auth: bool = True):
+    def __init__(self, *, port: int | None = None, data_dir: str | Path | None = None, auth: bool = True,
+                 env: dict[str, str] | None = None):
         self.port = port or free_port()
         self._own_data = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cbir-milvus-test-"))
+        # absolute, as the script makes it: the server's processes are found by this path
+        self.data_dir = Path(os.path.abspath(data_dir or tempfile.mkdtemp(prefix="cbir-milvus-test-")))
         self.auth = auth
+        self.env = dict(env or {})
         self.started_s: float | None = None  # seconds the last start took
         self.failed_starts: list[str] = []  # why the restarts' failed attempts failed
 
@@ -103,7 +126,14 @@ class MilvusServer:
         except (OSError, ValueError):
             return None
 
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the live ``milvus`` binary (the server itself, a child of the wrapper), if any."""
+        pids = _server_pids(self.data_dir)
+        return pids[0] if pids else None
+
     def alive(self) -> bool:
+        """Anything of the server left (its process group): see :meth:`status` for whether it serves."""
         pid = self.pid
         return pid is not None and _group_alive(pid)
 
@@ -116,16 +146,22 @@ class MilvusServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def _script(self, cmd: str, *extra: str, timeout: float) -> subprocess.CompletedProcess:
+    def script(self, cmd: str, *extra: str, timeout: float) -> subprocess.CompletedProcess:
+        """Run ``milvus_server.sh CMD --port P --data DIR EXTRA...`` (output captured, never raises on its status)."""
         return subprocess.run(["bash", str(SCRIPT), cmd, "--port", str(self.port), "--data", str(self.data_dir),
-                               *extra], capture_output=True, text=True, timeout=timeout)
+                               *extra], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env} if self.env else None)
+
+    def status(self) -> subprocess.CompletedProcess:
+        """``milvus_server.sh status``: returncode 0 only when the milvus process is alive and serving."""
+        return self.script("status", timeout=60)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> MilvusServer:
         """Start the server and wait until it serves; raises RuntimeError with the logs' tails if it does not."""
         if not available():
             raise RuntimeError(SKIP_REASON)
         t0 = time.monotonic()
-        proc = self._script("start", *(["--auth"] if self.auth else []), "--timeout", str(int(timeout)),
+        proc = self.script("start", "--auth" if self.auth else "--no-auth", "--timeout", str(int(timeout)),
                             timeout=timeout + 60)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines or lines[-1] != self.uri:
@@ -136,7 +172,7 @@ class MilvusServer:
 
     def stop(self) -> None:
         """Stop the server (SIGINT to its process group, SIGKILL after 10 s); the data directory stays."""
-        self._script("stop", timeout=90)
+        self.script("stop", timeout=90)
 
     def kill_hard(self) -> None:
         """SIGKILL the server's whole process group (the wrapper and the milvus binary) at once: a crash.
@@ -159,6 +195,24 @@ class MilvusServer:
         # the binary's id files in /tmp/milvus would pile up, so those go
         for p in members:
             Path(f"/tmp/milvus/server_id_{p}").unlink(missing_ok=True)
+
+    def kill_server_process_only(self) -> int:
+        """SIGKILL the ``milvus`` binary alone (not its wrapper, not the process group): the server dies.
+
+        The wrapper is left to notice (the script's wrapper exits when its binary does; the stock one
+        would keep the slot). Returns the killed pid once it is gone.
+        """
+        pid = self.server_pid
+        if pid is None:
+            raise RuntimeError(f"no milvus server process of {self.data_dir} to kill")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pid in _server_pids(self.data_dir):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"milvus process {pid} survived SIGKILL for 30 s")
+            time.sleep(0.1)
+        Path(f"/tmp/milvus/server_id_{pid}").unlink(missing_ok=True)
+        return pid
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> MilvusServer:
         """Start again on the same port and data directory (after :meth:`stop` or :meth:`kill_hard`).

@@ -10,7 +10,14 @@ tests against a server of your own instead.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +200,202 @@ def test_rows_flushed_before_a_crash_survive_a_restart(rng):
             assert vs.count() == 30
             assert vs.search(vectors[:3], 1).ids[:, 0].tolist() == ids[:3].tolist()
     assert not srv.data_dir.exists()
+
+
+# ------------------------------------------------------------------ scripts/milvus_server.sh: crashes and restarts
+
+
+def _script_env(tmp_path) -> dict[str, str]:
+    """A private XDG_STATE_HOME (the per-port pointer files) and TMPDIR (new data dirs) for the script."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {"XDG_STATE_HOME": str(tmp_path / "state"), "TMPDIR": str(tmp_path / "tmp")}
+
+
+def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
+    from milvus_server import _group_alive
+
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.timeout(600)
+def test_a_server_whose_milvus_process_died_is_not_running_and_restarts_on_its_data(rng, tmp_path):
+    """SIGKILL of the `milvus` process alone (its wrapper survives it): `status` says not running,
+    the wrapper does not keep the slot, and `restart` brings the flushed rows back on the same port."""
+    from milvus_server import START_TIMEOUT_S, MilvusServer, available
+
+    from cbir_dist.store import VectorStore
+
+    if not available():
+        pytest.skip("the server venv is absent")
+    ids, paths, labels, vectors = _rows(rng, 40)
+    srv = MilvusServer(data_dir=tmp_path / "milvus", env=_script_env(tmp_path))
+    try:
+        srv.start()
+        with VectorStore(srv.uri, "c", token=srv.token) as vs:
+            vs.create(DIM, SPEC)
+            vs.upsert(ids, paths, labels, vectors)
+            vs.flush()
+            assert vs.count() == 40
+        st = srv.status()
+        assert st.returncode == 0 and st.stdout.startswith("running"), st.stdout + st.stderr
+        wrapper = srv.pid
+        killed = srv.kill_server_process_only()
+        assert srv.server_pid is None
+        st = srv.status()
+        assert st.returncode == 3 and st.stdout.startswith("not running"), st.stdout + st.stderr
+        assert _group_gone(wrapper), "the wrapper outlived its milvus process"
+
+        proc = srv.script("restart", "--auth", "--timeout", str(START_TIMEOUT_S), timeout=START_TIMEOUT_S + 120)
+        assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == srv.uri, proc.stdout + proc.stderr
+        st = srv.status()
+        assert st.returncode == 0 and st.stdout.startswith("running"), st.stdout + st.stderr
+        assert srv.server_pid not in (None, killed) and srv.pid != wrapper
+        with VectorStore(srv.uri, "c", token=srv.token) as vs:  # reloading the collection takes ~20 s
+            assert vs.count() == 40
+            assert vs.existing_ids(ids) == set(ids.tolist())
+    finally:
+        srv.cleanup()
+    assert not list((tmp_path / "state").rglob("*.data"))  # --data never writes the port's pointer
+
+
+@pytest.mark.timeout(900)
+def test_start_without_data_reuses_the_ports_last_store_and_fresh_makes_a_new_one(rng, tmp_path):
+    """`start` without --data after a crash serves the port's last data dir again (the pointer is not
+    overwritten), also when the crashed server's wrapper is still there, and keeps its authentication;
+    `--fresh` makes a new empty store and only then moves the pointer."""
+    from milvus_server import SCRIPT, START_TIMEOUT_S, MilvusServer, available, free_port
+
+    from cbir_dist.store import VectorStore
+
+    if not available():
+        pytest.skip("the server venv is absent")
+    env = _script_env(tmp_path)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    pointer = tmp_path / "state" / "cbir_dist" / f"milvus-{port}.data"
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), *args, "--port", str(port), "--timeout", str(START_TIMEOUT_S)],
+                              capture_output=True, text=True, timeout=START_TIMEOUT_S + 120, env={**os.environ, **env})
+
+    def started(proc: subprocess.CompletedProcess) -> bool:
+        return proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == uri
+
+    ids, paths, labels, vectors = _rows(rng, 25)
+    servers: list[MilvusServer] = []
+    try:
+        first = script("start", "--auth")
+        assert started(first), first.stdout + first.stderr
+        assert "reusing" not in first.stderr
+        data = Path(pointer.read_text().strip())
+        assert data.parent == tmp_path / "tmp" and data.is_dir()
+        srv = MilvusServer(port=port, data_dir=data, env=env)  # to address and kill it
+        servers.append(srv)
+        with VectorStore(uri, "c", token=srv.token) as vs:
+            vs.create(DIM, SPEC)
+            vs.upsert(ids, paths, labels, vectors)
+            vs.flush()
+
+        # a crash that leaves the wrapper behind (as the stock milvus-server wrapper does): the wrapper
+        # is stopped, then the milvus process alone is killed
+        wrapper = srv.pid
+        os.kill(wrapper, signal.SIGSTOP)
+        srv.kill_server_process_only()
+        st = script("status")
+        assert st.returncode == 3 and st.stdout.startswith("not running") and f"wrapper, pid {wrapper}" in st.stdout
+
+        again = script("start")  # neither --data nor --auth
+        assert started(again), again.stdout + again.stderr
+        assert (f"reusing the data of the last server on port {port}: {data}; pass --data DIR or --fresh "
+                "for a new one") in again.stderr
+        assert f"is dead but its wrapper (pid {wrapper}) is alive" in again.stderr
+        assert "authentication stays on" in again.stderr
+        assert _group_gone(wrapper)
+        assert pointer.read_text().strip() == str(data)
+        assert script("status").returncode == 0
+        with VectorStore(uri, "c", token=srv.token) as vs:
+            assert vs.count() == 25
+        with pytest.raises(StoreError, match="rejected the credentials"):
+            VectorStore(uri, "c", token="root:not-the-password")
+
+        stop = script("stop")
+        assert stop.returncode == 0 and stop.stdout.startswith("stopped")
+        assert script("status").returncode == 3
+        fresh = script("start", "--fresh")
+        assert started(fresh), fresh.stdout + fresh.stderr
+        assert "reusing" not in fresh.stderr
+        new = Path(pointer.read_text().strip())
+        assert new != data and new.parent == tmp_path / "tmp"
+        servers.append(MilvusServer(port=port, data_dir=new, auth=False, env=env))
+        with VectorStore(uri, "c") as vs:  # a new, empty store (without authentication)
+            assert vs.list_collections() == [] and not vs.exists()
+        assert (data / "data").is_dir()  # the old store is still there
+    finally:
+        for s in servers:
+            s.stop()
+        script("stop")
+        shutil.rmtree(tmp_path / "tmp", ignore_errors=True)
+
+
+def test_status_and_stop_see_through_a_wrapper_whose_server_is_dead(tmp_path):
+    """No real server: a stand-in wrapper (its command line names the data dir) whose milvus process
+    is gone is "not running" (exit 3) once it got as far as starting the binary, "starting" (exit 1)
+    before, and `stop` ends it."""
+    from milvus_server import SCRIPT, free_port
+
+    env = {**os.environ, **_script_env(tmp_path)}
+    data = tmp_path / "milvus"
+    (data / "logs").mkdir(parents=True)
+    port = free_port()
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), *args, "--port", str(port), "--data", str(data)],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "milvus-server", "--data",
+                             str(data), "--extra-config", "proxy.port=1"], start_new_session=True)
+    try:
+        (data / "server.pid").write_text(f"{fake.pid}\n")
+        st = script("status")
+        assert st.returncode == 1 and st.stdout.startswith("starting"), st.stdout + st.stderr
+        time.sleep(0.05)
+        (data / "logs" / "milvus-stdout.log").write_text("")  # the wrapper opens it as it starts the binary
+        st = script("status")
+        assert st.returncode == 3 and st.stdout.startswith("not running"), st.stdout + st.stderr
+        assert f"wrapper, pid {fake.pid}" in st.stdout
+        stop = script("stop")
+        assert stop.returncode == 0 and stop.stdout.strip() == f"stopped (pid {fake.pid})", stop.stdout + stop.stderr
+        fake.wait(timeout=15)
+        assert not (data / "server.pid").exists()
+        assert script("status").returncode == 3 and script("stop").stdout.strip() == "not running"
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()
+
+
+def test_restart_needs_a_store_and_fresh_does_not_go_with_data(tmp_path):
+    from milvus_server import SCRIPT, free_port
+
+    env = {**os.environ, **_script_env(tmp_path)}
+    port = str(free_port())
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60, env=env)
+
+    proc = script("restart", "--port", port)
+    assert proc.returncode == 1 and "nothing to restart" in proc.stderr
+    proc = script("restart", "--port", port, "--data", str(tmp_path / "absent"))
+    assert proc.returncode == 1 and "nothing to restart" in proc.stderr
+    proc = script("start", "--port", port, "--fresh", "--data", str(tmp_path / "d"))
+    assert proc.returncode == 2 and "--fresh" in proc.stderr
+    proc = script("stop", "--port", port, "--fresh")
+    assert proc.returncode == 2
+    assert not (tmp_path / "d").exists() and not list((tmp_path / "state").rglob("*"))
+    assert script("status", "--port", port).returncode == 3
