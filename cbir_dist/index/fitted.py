@@ -116,7 +116,8 @@ def commit(run: "IndexRun") -> int:
             write_json(run.run_dir / FIT_MARKER, {"target": target, "shards": shards, "spec": fitted.to_json(),
                                                   "time": time.time()})
         fault("fitted")
-        store.create(fitted.dim, fitted.to_json(), index_type=run.config.index_type)
+        if store.create(fitted.dim, fitted.to_json(), index_type=run.config.index_type):
+            run.created = store.identity()  # dropped again if the run fails before its rows are in
         target = {**target, "identity": store.identity()}  # the commit vouches for this very collection
         fault("collection-created")
     n = _write(run, fitted)

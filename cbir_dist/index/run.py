@@ -286,12 +286,13 @@ class IndexRun:
             else:
                 stored.check_compatible(spec, job="index")
                 self.spec = stored  # the stored spec wins: it may hold fitted statistics
-        #: whether this run created the collection: a run that fails or writes nothing drops it again
-        self.created = not existed
+        #: the identity of the collection this run created ("" when it did not): a run that fails or
+        #: writes nothing drops it again, and only it (concurrent jobs may race to create it)
+        self.created = ""
         if not existed:
             self.spec = spec
-            if not spec.needs_fit:
-                store.create(spec.dim, spec.to_json(), index_type=config.index_type)
+            if not spec.needs_fit and store.create(spec.dim, spec.to_json(), index_type=config.index_type):
+                self.created = store.identity()
         #: specs standardised on the whole collection commit in phases (see .fitted)
         self.fitted = any(b.norm.startswith("zscore") for b in self.spec.blocks)
         # markers of written rows vouch for this very collection: one made anew (or swapped in by
@@ -456,9 +457,9 @@ class IndexRun:
             if self.final_store is not None and s.rows_written and not s.missing:
                 self.final_store.replace_with(self.store)  # --overwrite: the new collection takes the name
                 self.final_store.flush_and_index()  # loaded and searchable under its name
-                self.created = False
+                self.created = ""
         finally:
-            self.abort(failed=s.rows_written == 0 or (self.final_store is not None and self.created))
+            self.abort(failed=s.rows_written == 0 or (self.final_store is not None and bool(self.created)))
         if s.missing:
             raise IncompleteRunError(
                 f"{s.missing} of {s.planned} images planned as ok have no row in collection "
@@ -507,12 +508,14 @@ class IndexRun:
             (self.final_store or self.store).close()
 
     def _drop_if_created_empty(self) -> None:
-        if not getattr(self, "created", False) or self.store is None:
+        created, self.created = getattr(self, "created", ""), ""
+        if not created or self.store is None:
             return
-        self.created = False
         try:
-            # --overwrite: the collection built beside the old one goes, whatever it holds
-            if self.store.exists() and (self.final_store is not None or self.store.count() == 0):
+            # only the very collection this run created (not one another job made under the name);
+            # with --overwrite the one built beside the old one goes whatever it holds, else only empty
+            if (self.store.exists() and self.store.identity() == created
+                    and (self.final_store is not None or self.store.count() == 0)):
                 self.store.drop()
                 log.info("dropped collection %r: this run created it and %s", self.store.collection,
                          "did not finish" if self.final_store is not None else "wrote no row")

@@ -67,6 +67,9 @@ _TRANSIENT_STATUS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "
 _TRANSIENT_TEXT = ("connection refused", "connection reset", "server unavailable", "deadline exceeded",
                    "server is busy", "rate limit", "too many requests", "socket closed", "broken pipe",
                    "fail connecting to server", "retry timeout", "stream removed", "channel is not ready",
+                   # a standalone server whose components are (re)starting or starved answers
+                   # "service not ready[standalone=1]: Abnormal" for a while
+                   "service not ready",
                    # a standalone server restarted after a hard kill: its coordinator still assigns the
                    # channels to the dead data node until that node's session expires (~30-60 s)
                    "node not match", "node not found", "session not found")
@@ -341,8 +344,10 @@ class VectorStore:
         index_type: str = "FLAT",
         index_params: dict | None = None,
         overwrite: bool = False,
-    ) -> None:
-        """Create the collection for ``dim``-d vectors built with the FeatureSpec ``spec_json``.
+    ) -> bool:
+        """Create the collection for ``dim``-d vectors built with the FeatureSpec ``spec_json``;
+        True when this call created it (False when it existed already, also when another process
+        created it a moment before: concurrent jobs may race to create one collection).
 
         ``index_type`` is ``FLAT`` (exact, the default), ``HNSW`` (``M=16, efConstruction=200``
         unless given) or ``IVF_FLAT`` (``nlist`` about ``4 sqrt(n)`` for ``n`` rows unless given,
@@ -361,7 +366,7 @@ class VectorStore:
                 info = self._describe()
                 if info.dim == dim and schema.same_spec(info.spec_json, spec_json):
                     logger.debug("collection %s already exists with the same dim and spec", self.collection)
-                    return
+                    return False
                 what = f"dim {info.dim}" if info.dim != dim else "a different feature spec"
                 raise StoreError(
                     f"collection {self.collection!r} in {self.uri} already exists with {what} "
@@ -379,12 +384,24 @@ class VectorStore:
         properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
         properties[_IDENTITY_KEY] = uuid.uuid4().hex
         physical = self._index_params(index_type, index_params, n_rows=0)
-        self._call("create_collection", "meta", "create_collection", self.collection, schema=fields,
-                   index_params=physical, properties=properties, consistency_level="Strong")
+        try:
+            self._call("create_collection", "meta", "create_collection", self.collection, schema=fields,
+                       index_params=physical, properties=properties, consistency_level="Strong")
+        except StoreError:
+            self._info = None
+            if not self.exists():
+                raise
+            # another process created it between our check and our call: fine if it is the same
+            info = self._describe()
+            if info.dim == dim and schema.same_spec(info.spec_json, spec_json):
+                logger.debug("collection %s was created by another process meanwhile", self.collection)
+                return False
+            raise
         self._info = None
         self._loaded = False
         self._clean = False
         logger.info("created collection %s (%d-d, %s) in %s", self.collection, dim, index_type, self.uri)
+        return True
 
     def drop(self) -> None:
         """Drop the collection and its rows (no-op when absent)."""
