@@ -400,7 +400,9 @@ class VectorStore:
         self._info = None
         self._loaded = False
         self._clean = False
-        logger.info("created collection %s (%d-d, %s) in %s", self.collection, dim, index_type, self.uri)
+        staging = self.collection.endswith(STAGING_SUFFIX)
+        logger.info("created collection %s (%d-d, %s) in %s%s", self.collection, dim, index_type, self.uri,
+                    f", to replace {self.collection[:-len(STAGING_SUFFIX)]!r} when the job succeeds" if staging else "")
         return True
 
     def drop(self) -> None:
