@@ -49,6 +49,7 @@ class ShardProcessor:
 
     def read(self, files: Sequence[ImageFile]) -> list[Record]:
         recs, held, budget = [], 0, self.config.pixel_budget
+        self._pixels.clear()  # a shard at a time: the last shard's records are finished
         for f in files:
             rec = self._load(f)
             if rec.status == OK:
