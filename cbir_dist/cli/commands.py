@@ -119,7 +119,6 @@ def cmd_query(args) -> int:
 
     if args.out:
         check_out_path(args.out)  # before the job runs, so its results are not lost at the end
-        _writable(args.out, "--out")
     if args.html:
         _check_page_path(args.html)
         _writable(args.html, "--html")

@@ -106,11 +106,12 @@ def iter_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_
     yield from _walk(root, root, real_root, extensions, follow_symlinks, visited)
 
 
-def _file(path: Path, label: str, reason: str) -> ImageFile:
-    """An entry in text form (:func:`~cbir_dist.io.text.path_text`), rejected if its name is ambiguous there."""
-    text, label = path_text(str(path)), path_text(label)
+def text_entry(path: str | os.PathLike, label: str, reason: str = "") -> ImageFile:
+    """An entry in text form (:func:`~cbir_dist.io.text.path_text`) from a path as ``os`` gives it;
+    rejected when its name is ambiguous in that form or too long to be stored."""
+    text, label = path_text(os.fspath(path)), path_text(label)
     if not reason:
-        reason = reserved_reason(str(path)) or too_long_reason(text, label)
+        reason = reserved_reason(os.fspath(path)) or too_long_reason(text, label)
     return ImageFile(text, label, path_text(reason))
 
 
@@ -127,7 +128,7 @@ def _walk(folder: Path, root: Path, real_root: str, extensions, follow_symlinks:
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
-        yield _file(folder, _label(folder.relative_to(root).parent), f"unreadable folder: {exc.strerror or exc}")
+        yield text_entry(folder, _label(folder.relative_to(root).parent), f"unreadable folder: {exc.strerror or exc}")
         return
     plan = []  # (sort key, kind, entry): a folder sorts as "name/", so full paths come out sorted
     for e in entries:
@@ -138,17 +139,17 @@ def _walk(folder: Path, root: Path, real_root: str, extensions, follow_symlinks:
         elif e.is_symlink() and os.path.isdir(p):
             real = os.path.realpath(p)
             if not follow_symlinks and not _inside(real, real_root):
-                plan.append((e.name, "file", _file(p, _label(rel.parent),
+                plan.append((e.name, "file", text_entry(p, _label(rel.parent),
                              f"symlinked folder leaves the input root (points to {real}); "
                              "pass --follow-symlinks to read it")))
             elif real in visited:
-                plan.append((e.name, "file", _file(p, _label(rel.parent),
+                plan.append((e.name, "file", text_entry(p, _label(rel.parent),
                              f"symlinked folder already listed as {visited[real]} (a second link or a cycle)")))
             else:
                 visited[real] = str(p)
                 plan.append((e.name + "/", "dir", p))
         elif Path(e.name).suffix.lower() in extensions:
-            plan.append((e.name, "file", _file(p, _label(rel.parent), _entry_reason(p, real_root, follow_symlinks))))
+            plan.append((e.name, "file", text_entry(p, _label(rel.parent), _entry_reason(p, real_root, follow_symlinks))))
     for _key, kind, item in sorted(plan, key=lambda t: t[0]):
         if kind == "dir":
             yield from _walk(item, root, real_root, extensions, follow_symlinks, visited)

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from ..io.files import IMAGE_EXTENSIONS, ImageFile, list_images, too_long_reason
-from ..io.text import path_text, reserved_reason
+from ..io.files import IMAGE_EXTENSIONS, ImageFile, list_images, text_entry
 
 _MAGIC = ("*", "?", "[")
 
@@ -49,12 +48,6 @@ class QuerySet:
 def file_label(path: str | os.PathLike) -> str:
     """The label of a query given as a file: the name of the folder holding it."""
     return Path(os.path.abspath(path)).parent.name
-
-
-def _file(path: str) -> ImageFile:
-    """A query file named on the command line, in the text form listings give (``io.text.path_text``)."""
-    text, label = path_text(path), path_text(file_label(path))
-    return ImageFile(text, label, reserved_reason(path) or too_long_reason(text, label))
 
 
 def _is_pattern(text: str) -> bool:
@@ -85,7 +78,7 @@ def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         if p.is_dir():
             _add_folder(qs, text, text, follow_symlinks)
         elif p.exists() or p.is_symlink():  # a broken link gets its error row, as in index
-            qs.add(_file(text), None)
+            qs.add(text_entry(text, file_label(text)), None)
         elif _is_pattern(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
@@ -98,7 +91,7 @@ def resolve_queries(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
                         qs.add(f, m)
                 elif Path(m).suffix.lower() in IMAGE_EXTENSIONS:
                     images += 1
-                    qs.add(_file(m), None)
+                    qs.add(text_entry(m, file_label(m)), None)
             if not images:
                 raise InputError(
                     f"{text}: the pattern matches {len(matches)} path(s) but no image file "

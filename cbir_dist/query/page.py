@@ -116,14 +116,9 @@ def entries_from_results(cols: dict, views: QueryViews | None, caption: str) -> 
     return out
 
 
-def _attr(value) -> str:
-    """An attribute value: names as :func:`~cbir_dist.io.text.printable` shows them (no raw control
-    characters, which HTML forbids), then HTML-escaped."""
-    return html.escape(printable(str(value)), quote=True)
-
-
 def _esc(value) -> str:
-    """Element text, likewise."""
+    """Element text or an attribute value: names as :func:`~cbir_dist.io.text.printable` shows them
+    (no raw control characters, which HTML forbids), then HTML-escaped."""
     return html.escape(printable(str(value)), quote=True)
 
 
@@ -133,9 +128,9 @@ def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[s
     colour = {"true": SAME, "false": OTHER}.get(same, UNKNOWN)
     name = os.path.basename(hit["path"]) or hit["path"]
     tip = hit["path"] + (f" ({problem})" if problem else "")
-    return (f"<figure class='hit'><img class='hit' src='{uri}' alt='{_attr(name)}' title='{_attr(tip)}' "
-            f"data-rank='{int(hit['rank'])}' data-label='{_attr(hit['label'])}' "
-            f"data-distance='{float(hit['distance']):.6g}' data-path='{_attr(hit['path'])}' data-same='{same}' "
+    return (f"<figure class='hit'><img class='hit' src='{uri}' alt='{_esc(name)}' title='{_esc(tip)}' "
+            f"data-rank='{int(hit['rank'])}' data-label='{_esc(hit['label'])}' "
+            f"data-distance='{float(hit['distance']):.6g}' data-path='{_esc(hit['path'])}' data-same='{same}' "
             f"style='border-color:{colour}'><figcaption><b>{int(hit['rank'])}</b> · {float(hit['distance']):.3f}"
             f"<br><span class='lbl' style='color:{colour}'>{_esc(hit['label'] or '(no label)')}</span>"
             f"<br><span class='name'>{_esc(name)}</span>"
@@ -146,7 +141,7 @@ def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[s
 def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) -> str:
     status = "error" if e.error else "ok"
     hits = sum(len(r.hits) for r in e.rows)
-    head = (f"<section class='query {status}' data-query='{_attr(e.query)}' data-label='{_attr(e.label)}' "
+    head = (f"<section class='query {status}' data-query='{_esc(e.query)}' data-label='{_esc(e.label)}' "
             f"data-status='{status}' data-hits='{hits}'>"
             f"<h2>{n}. {_esc(e.query)}"
             + (f" <span class='qlabel'>label: {_esc(e.label)}</span>" if e.label else "") + "</h2>")
@@ -157,10 +152,10 @@ def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) 
         parts.append("<div class='views'>")
         for kind, caption, uri in e.views:
             parts.append(f"<figure class='view'><img class='view' data-view='{kind}' src='{uri}' "
-                         f"alt='{_attr(caption)}'><figcaption>{_esc(caption)}</figcaption></figure>")
+                         f"alt='{_esc(caption)}'><figcaption>{_esc(caption)}</figcaption></figure>")
         parts.append("</div>")
     for row in e.rows:
-        parts.append(f"<div class='hits' data-searched='{_attr(row.caption)}'><p class='caption'>"
+        parts.append(f"<div class='hits' data-searched='{_esc(row.caption)}'><p class='caption'>"
                      f"{_esc(row.caption)}</p><div class='thumbs'>")
         if not row.hits:
             parts.append("<p class='none'>no neighbours (the collection is empty)</p>")

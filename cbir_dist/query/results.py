@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..io.tables import write_csv, write_jsonl, write_parquet
+from ..io.tables import check_writable, write_csv, write_jsonl, write_parquet
 
 RESULT_COLUMNS = ("query", "query_id", "query_label", "rank", "id", "path", "label", "distance", "error")
 RESULT_TYPES = {"query_id": "int64", "rank": "int32", "id": "int64", "distance": "float32"}
@@ -27,11 +27,7 @@ def check_out_path(out: str) -> str:
                          f"end the name in {', '.join(RESULT_FORMATS)}")
     if Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name ending in {', '.join(RESULT_FORMATS)}")
-    parent = Path(out).parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is not a folder")
+    check_writable(out, "--out")  # its folder: a usage error if not one, an OutputError if not writable
     return suffix
 
 
