@@ -20,7 +20,8 @@ from cbir_dist.errors import PipelineError
 from cbir_dist.features.profiles import build_spec
 from cbir_dist.index import run_index
 from cbir_dist.index.local import ShardProcessor
-from cbir_dist.index.run import IndexConfig, IndexRun, run_shards_in_order
+from cbir_dist.index.run import IndexConfig, IndexRun
+from cbir_dist.index.writer import ComputedShard
 from cbir_dist.io.records import DUPLICATE, OK, REJECTED
 from cbir_dist.store import VectorStore
 
@@ -52,9 +53,9 @@ class CountingProcessor(ShardProcessor):
         type(self).created += 1
         super().__init__(*args, **kwargs)
 
-    def read(self, files):
+    def read(self, files, stored=None):
         type(self).shards_read += 1
-        return super().read(files)
+        return super().read(files, stored)
 
     def features(self, images):
         type(self).images_described += len(images)
@@ -130,12 +131,14 @@ def test_resume_skips_finished_shards(tmp_path, folder, counting):
     assert third.already_present > 0 and third.indexed == 24
 
 
-def test_rerun_keeps_one_row_per_image(tmp_path, folder):
+def test_rerun_keeps_one_row_per_image(tmp_path, folder, counting):
     cfg = _cfg(tmp_path, folder)
     run_index(descriptor_spec(), cfg)
     shutil.rmtree(tmp_path / "run")  # lose the run dir: every shard is redone, the store deduplicates by id
-    s = run_index(descriptor_spec(), cfg)
+    s = run_index(descriptor_spec(), cfg, processor_factory=counting)
     assert s.already_present == 24 and s.rows_written == 0
+    # the stored ids reached the backend before any compute: every shard read, no image described
+    assert counting.shards_read == 4 and counting.images_described == 0
     count, rows, ids = _all_rows(cfg)
     assert count == 24 and len(set(rows["id"].tolist())) == 24
 
@@ -166,13 +169,14 @@ def test_shards_finish_in_order_whatever_order_results_arrive(tmp_path, folder):
     run = IndexRun(spec, cfg)
     proc = ShardProcessor(run.spec, cfg)
 
-    def results():
-        for shard in reversed(run.pending):
-            recs = proc.read(run.files_of(shard))
-            images = {r.path: r.image for r in recs}
-            yield shard.index, recs, lambda todo, images=images: proc.features([images[r.path] for r in todo])
+    def computed():
+        for shard in reversed(run.plan.pending):
+            recs = proc.read(run.plan.files_of(shard))
+            ok = [r for r in recs if r.status == OK]  # duplicates included: the writer picks the original
+            yield ComputedShard(shard.index, recs, np.asarray([r.id for r in ok], np.int64),
+                                proc.features([r.image for r in ok]))
 
-    run_shards_in_order(run, results())
+    run.write(computed())
     s = run.close()
     assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
     man = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pydict()
@@ -181,11 +185,54 @@ def test_shards_finish_in_order_whatever_order_results_arrive(tmp_path, folder):
     assert Path(man["path"][dup]).name == "zz_copy_of_dots.png"
 
 
+def test_the_writer_takes_computed_shards_as_values_and_marks_them_only_when_flushed(tmp_path, folder):
+    """The writer alone: shards in as values, rows and manifests out, markers only at the group commit."""
+    from cbir_dist.index.summary import StageClock
+    from cbir_dist.index.writer import ShardWriter
+
+    cfg = _cfg(tmp_path, folder)
+    run = IndexRun(descriptor_spec(), cfg)
+    try:
+        proc = ShardProcessor(run.spec, cfg)
+
+        class Bar:
+            n = 0
+
+            def update(self, k):
+                self.n += k
+
+        bar = Bar()
+        writer = ShardWriter(run.plan.store, run.spec, run.plan.target, fitted=False, save_features=False,
+                             clock=StageClock(), bar=bar)
+        shard = run.plan.shards[0]
+        recs = proc.read(run.plan.files_of(shard))
+        ok = [r for r in recs if r.status == OK]
+        feats = proc.features([r.image for r in ok])
+        # described in another order than the records': the writer picks each row by id
+        order = np.arange(len(ok))[::-1]
+        writer.write(shard, ComputedShard(shard.index, recs, np.asarray([ok[j].id for j in order], np.int64),
+                                          {n: a[order] for n, a in feats.items()}))
+        assert shard.manifest.exists() and not shard.marker.exists()  # written, not yet flushed: no marker
+        writer.commit(force=True)
+        assert shard.marker.exists() and bar.n == shard.count
+        w = writer.written
+        assert (w.planned, w.rows_written, w.already_present) == (len(ok), len(ok), 0)
+        stored = run.plan.store.fetch([r.id for r in ok])
+        np.testing.assert_allclose(stored["vector"], run.spec.fuse(feats), rtol=1e-6)
+
+        nxt = run.plan.shards[1]
+        recs = proc.read(run.plan.files_of(nxt))
+        with pytest.raises(PipelineError, match="without the features of"):
+            writer.write(nxt, ComputedShard(nxt.index, recs, np.zeros(0, np.int64), {}))
+    finally:
+        run.abort()
+
+
 def test_stream_ending_early_is_a_job_error(tmp_path, folder):
     run = IndexRun(descriptor_spec(), _cfg(tmp_path, folder))
     try:
         with pytest.raises(PipelineError, match="ended before shard 0"):
-            run_shards_in_order(run, iter(()))
+            run.write(iter(()))
     finally:
         run.abort()
 

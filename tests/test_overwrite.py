@@ -14,7 +14,7 @@ import pytest
 from cbir_dist.cli import main
 from cbir_dist.demo import make_dataset
 from cbir_dist.errors import RunDirBusyError
-from cbir_dist.index.run import RunDirLock
+from cbir_dist.index.plan import RunDirLock
 from cbir_dist.store import VectorStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,17 +53,17 @@ def test_overwrite_with_only_bad_files_leaves_the_old_collection_whole(built, tm
 def test_overwrite_that_fails_midway_leaves_the_old_collection_whole(built, tmp_path, monkeypatch):
     data, db = built
     other = make_dataset(tmp_path / "other", per_class=3, size=40, seed=5)
-    import cbir_dist.index.run as run_mod
+    from cbir_dist.index.writer import ShardWriter
 
-    real_finish, calls = run_mod.IndexRun.finish, []
+    real_write, calls = ShardWriter.write, []
 
-    def finish_then_fail(self, *a, **k):
+    def write_then_fail(self, *a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk full (injected)")
-        return real_finish(self, *a, **k)
+        return real_write(self, *a, **k)
 
-    monkeypatch.setattr(run_mod.IndexRun, "finish", finish_then_fail)
+    monkeypatch.setattr(ShardWriter, "write", write_then_fail)
     assert _index(other, db, tmp_path / "r2", "--overwrite", "--shard-size", "4") == 1
     monkeypatch.undo()
     assert _rows(db) == (12, ["c"])
@@ -100,7 +100,7 @@ def test_a_second_job_in_the_same_run_dir_is_refused_naming_the_holder(tmp_path)
 
 
 def test_the_lock_of_a_killed_job_is_free(tmp_path):
-    code = ("import sys,time; sys.path.insert(0, %r); from cbir_dist.index.run import RunDirLock; "
+    code = ("import sys,time; sys.path.insert(0, %r); from cbir_dist.index.plan import RunDirLock; "
             "RunDirLock(__import__('pathlib').Path(%r)); print('held', flush=True); time.sleep(60)"
             % (str(REPO), str(tmp_path / "run")))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -175,6 +175,9 @@ def test_ray_rerun_resumes_and_keeps_one_row_per_image(tmp_path, folder, local_r
     assert s.already_present == shard1["status"].count("ok") > 0
     assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2)
     assert _stored(cfg)[1] == 24
+    # the stored ids went with the graph's decode tasks: the redone shard's images were read, not described
+    assert stats["stage_items"]["decode"] == shard1["status"].count("ok") + shard1["status"].count("rejected") \
+        + shard1["status"].count("duplicate") and stats["stage_items"]["descriptors"] == 0
 
 
 def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):

@@ -22,7 +22,7 @@ import pytest
 from milvus_server import SKIP_REASON, MilvusServer, available
 from PIL import Image
 
-from cbir_dist.index.run import COMMIT_SHARDS
+from cbir_dist.index.writer import COMMIT_SHARDS
 from cbir_dist.io.files import content_id
 from cbir_dist.store import VectorStore
 

@@ -206,6 +206,18 @@ def test_existing_ids(store, rng):
     assert store.existing_ids([]) == set()
 
 
+def test_stored_ids_lists_every_id_sorted_across_pages(store, rng, monkeypatch):
+    import cbir_dist.store.milvus as milvus
+
+    store.create(8, SPEC)
+    assert store.stored_ids().tolist() == []
+    ids = rng.permutation(np.arange(10, 10 + 3 * 37, 3))[:30]  # unordered, sparse
+    store.upsert(ids, [f"p{i}" for i in ids], ["c"] * 30, rng.standard_normal((30, 8)).astype(np.float32))
+    monkeypatch.setattr(milvus, "ID_PAGE", 7)  # several pages, the last one short
+    got = store.stored_ids()
+    assert got.dtype == np.int64 and got.tolist() == sorted(ids.tolist())
+
+
 def test_hnsw_recall_at_10_vs_numpy(store, rng):
     store.create(64, SPEC, index_type="HNSW")
     centres = rng.standard_normal((20, 64)) * 3

@@ -161,8 +161,9 @@ def features_of(result: PartResult, spec: FeatureSpec, todo: Sequence[Record]) -
 
 
 def build_dataset(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFile]]], config: GraphConfig,
-                  plan: StagePlan, *, transform: ImageTransform | None = None):
-    """The lazy Ray Dataset computing every block of ``spec`` for the files of ``parts``."""
+                  plan: StagePlan, *, transform: ImageTransform | None = None, stored: np.ndarray | None = None):
+    """The lazy Ray Dataset computing every block of ``spec`` for the files of ``parts``; files whose
+    ids are among the sorted ``stored`` come back ``stored`` (see :func:`~.stages.decode_batch`)."""
     import ray
 
     items = [{C.PATH: f.path, C.LABEL: f.label, C.REASON: f.reason, PART: index, POS: j}
@@ -171,7 +172,7 @@ def build_dataset(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFi
         # Ray 2.60 deprecates passing max_retries/max_restarts/max_task_retries through map_batches'
         # **ray_remote_args but has no named parameter for them yet; we want them explicit and finite.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return _build(ray, items, spec, config, plan, transform)
+        return _build(ray, items, spec, config, plan, transform, stored)
 
 
 def _actor_args(cpus: float, gpus: float, resources) -> dict:
@@ -183,13 +184,13 @@ def _actor_args(cpus: float, gpus: float, resources) -> dict:
     return args
 
 
-def _build(ray, items, spec, config, plan, transform):
+def _build(ray, items, spec, config, plan, transform, stored):
     bs = config.batch_size
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
     task_args = dict(batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
                      num_cpus=plan.task_cpus, max_retries=TASK_RETRIES)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
-                        **task_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes,
+                                                 "stored": stored}, **task_args)
     if transform is not None:
         ds = ds.map_batches(transform_batch, fn_kwargs={"transform": transform}, **task_args)
     network = transform if is_network(transform) else None
@@ -276,10 +277,11 @@ class _PartAssembler:
 
 @contextlib.contextmanager
 def run_graph(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFile]]], config: GraphConfig, *,
-              transform: ImageTransform | None = None, stats: GraphStats | None = None
-              ) -> Iterator[Iterator[PartResult]]:
+              transform: ImageTransform | None = None, stats: GraphStats | None = None,
+              stored: np.ndarray | None = None) -> Iterator[Iterator[PartResult]]:
     """Connect to Ray (:mod:`.connect`), build the graph for ``parts`` and hand over a stream of
-    :class:`PartResult`, each yielded as soon as all of its rows are back (in any order).
+    :class:`PartResult`, each yielded as soon as all of its rows are back (in any order). Files whose
+    ids are among the sorted ``stored`` come back with status ``stored`` and no features.
 
     Stage timings, nodes and the workers' peak RSS accumulate into ``stats``. The stream raises
     :class:`~cbir_dist.errors.PipelineError` when the graph ends with a part incomplete. Disconnects
@@ -292,7 +294,7 @@ def run_graph(spec: FeatureSpec, parts: Sequence[tuple[int, Sequence[ImageFile]]
         ray.data.DataContext.get_current().enable_progress_bars = bool(config.progress)
         plan = plan_stages(resources(), config, network=is_network(transform), deep=spec.deep is not None)
         log.info("ray plan: %s", plan)
-        ds = build_dataset(spec, parts, config, plan, transform=transform)
+        ds = build_dataset(spec, parts, config, plan, transform=transform, stored=stored)
         asm = _PartAssembler(parts, [C.block_column(n) for n in spec.names])
 
         def stream() -> Iterator[PartResult]:

@@ -22,7 +22,7 @@ from ..damage.hook import apply_transform, prepare_record
 from ..features.spec import DEEP, Block
 from ..io import records as C
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile, peak_rss_mb
-from ..io.records import OK, REJECTED, Record, read_record
+from ..io.records import OK, REJECTED, Record, mark_stored, read_record
 from .connect import node_id
 
 PART = "part"  # int, index of the row's part
@@ -68,11 +68,17 @@ def _object_array(items: Sequence) -> np.ndarray:
 # --- the stages (plain functions on dict[str, np.ndarray] batches) ---------------------------------
 
 
-def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
-    """Read, hash and decode the batch's files; rejected files keep a status and reason, never raise."""
+def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                 stored: np.ndarray | None = None) -> dict:
+    """Read, hash and decode the batch's files; rejected files keep a status and reason, never raise.
+
+    Files whose ids are among the sorted ``stored`` ids get status ``stored`` and no image: the
+    later stages, which work on ``ok`` rows only, pass them by."""
     t = time.perf_counter()
     recs = [read_record(ImageFile(str(p), str(lab), str(why)), max_pixels=max_pixels, max_bytes=max_bytes)
             for p, lab, why in zip(batch[C.PATH], batch[C.LABEL], batch[C.REASON])]
+    for r in recs:
+        mark_stored(r, stored)
     out = {
         C.PATH: _object_array([r.path for r in recs]),
         C.LABEL: _object_array([r.label for r in recs]),

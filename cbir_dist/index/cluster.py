@@ -2,13 +2,16 @@
 
 The graph (:mod:`cbir_dist.distributed.graph`) decodes, damages and describes the pending shards'
 files on the cluster and hands each shard back once all of its rows are in; this driver is the
-single writer and finishes them in order with the same :class:`~.run.IndexRun` as the local
-backend, so both backends write the same rows.
+single writer: each shard goes to the same :class:`~.run.IndexRun` writer as the local backend's,
+as a value (:class:`~.writer.ComputedShard`), so both backends write the same rows. The ids the
+plan found stored travel with the graph's decode tasks, which mark them so no later stage works on them.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
+
+import numpy as np
 
 from ..distributed.graph import (
     GraphConfig,
@@ -18,14 +21,9 @@ from ..distributed.graph import (
     run_graph,
 )
 from ..features.spec import FeatureSpec
-from .run import (
-    ImageTransform,
-    IndexConfig,
-    IndexRun,
-    IndexSummary,
-    ShardResult,
-    run_shards_in_order,
-)
+from ..io.records import OK
+from .run import ImageTransform, IndexConfig, IndexRun, IndexSummary, WorkerStats
+from .writer import ComputedShard
 
 
 def graph_config(config: IndexConfig) -> GraphConfig:
@@ -36,16 +34,18 @@ def graph_config(config: IndexConfig) -> GraphConfig:
                        deep_resources=config.deep_resources, progress=config.progress)
 
 
-def _shard_results(stream: Iterator[PartResult], spec: FeatureSpec) -> Iterator[ShardResult]:
+def _computed(stream: Iterator[PartResult], spec: FeatureSpec) -> Iterator[ComputedShard]:
     for result in stream:
-        yield result.index, result.records, (lambda todo, r=result: features_of(r, spec, todo))
+        ok = [r for r in result.records if r.status == OK]
+        yield ComputedShard(result.index, result.records, np.asarray([r.id for r in ok], np.int64),
+                            features_of(result, spec, ok))
 
 
 def windows(run: IndexRun, max_files: int) -> Iterator[list]:
     """The run's shards cut into consecutive windows holding at most ``max_files`` pending files each
     (at least one pending shard per window); done shards ride along with the window they fall in."""
     window, n = [], 0
-    for shard in run.shards:
+    for shard in run.plan.shards:
         if not shard.done and n and n + shard.count > max_files:
             yield window
             window, n = [], 0
@@ -67,26 +67,20 @@ def run_index_ray(spec: FeatureSpec, config: IndexConfig, *, store=None,
     from ..distributed.connect import session
 
     run = IndexRun(spec, config, store=store, progress=False)
+    stats = GraphStats()
     try:
-        if run.pending:
-            stats = GraphStats()
-            try:
-                with session():
-                    for window in windows(run, config.window_files):
-                        parts = [(s.index, run.files_of(s)) for s in window if not s.done]
-                        with run_graph(run.spec, parts, graph_config(config), transform=transform,
-                                       stats=stats) as stream:
-                            run_shards_in_order(run, _shard_results(stream, run.spec), shards=window)
-            finally:
-                for stage, secs in stats.seconds.items():
-                    run.clock.add(stage, secs, stats.counts[stage])
-                run.nodes = stats.nodes
-                run.node_items, run.node_seconds = stats.node_items, stats.node_seconds
-                run.worker_peak_rss_mb = stats.worker_peak_rss_mb
+        if run.plan.pending:
+            with session():
+                for window in windows(run, config.window_files):
+                    parts = [(s.index, run.plan.files_of(s)) for s in window if not s.done]
+                    with run_graph(run.spec, parts, graph_config(config), transform=transform, stats=stats,
+                                   stored=run.plan.stored) as stream:
+                        run.write(_computed(stream, run.spec), shards=window)
         else:
-            for shard in run.shards:
-                run.load_done(shard)
+            run.write(())
     except BaseException:
         run.abort()
         raise
-    return run.close()
+    return run.close(WorkerStats(seconds=stats.seconds, counts=stats.counts, nodes=stats.nodes,
+                                 node_items=stats.node_items, node_seconds=stats.node_seconds,
+                                 peak_rss_mb=stats.worker_peak_rss_mb))

@@ -37,7 +37,7 @@ from .faults import fault
 from .target import spec_digest
 
 if TYPE_CHECKING:
-    from .run import IndexRun
+    from .plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ COMMIT_MARKER = "commit.json"
 WRITE_BATCH = 4096  # rows fused and written per request group
 
 
-def _shards_digest(run: "IndexRun") -> str:
+def _shards_digest(run: "RunPlan") -> str:
     keys = json.dumps([s.key for s in run.shards], sort_keys=True)
     return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
@@ -59,7 +59,7 @@ def _valid(path, expect: dict) -> dict | None:
     return marker if all(marker.get(k) == v for k, v in expect.items()) else None
 
 
-def _feature_chunks(run: "IndexRun", names: list[str]) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+def _feature_chunks(run: "RunPlan", names: list[str]) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
     """``(rows {id, path, label}, block name -> (n, dim))`` per shard, each id once over the whole run."""
     seen: set[int] = set()
     for shard in run.shards:
@@ -74,7 +74,7 @@ def _feature_chunks(run: "IndexRun", names: list[str]) -> Iterator[tuple[dict, d
         yield meta, {n: np.asarray([t[C.block_column(n)][j] for j in keep], np.float32) for n in names}
 
 
-def fit(run: "IndexRun") -> FeatureSpec:
+def fit(run: "RunPlan") -> FeatureSpec:
     """Phase 2's pass: the spec with statistics fitted on every saved feature, streamed shard by shard."""
     spec = run.spec
     fitters = spec.standardizers()
@@ -90,13 +90,17 @@ def fit(run: "IndexRun") -> FeatureSpec:
     return spec.with_fitted(fitters)
 
 
-def commit(run: "IndexRun") -> int:
-    """Phases 2–4 for a fitted spec (phase 1 is the shard loop); returns the rows written (0 when the
-    commit marker shows they were written already). Sets ``run.spec`` to the fitted spec."""
+def commit(run: "RunPlan") -> tuple[int, FeatureSpec, str]:
+    """Phases 2–4 for a fitted spec (phase 1 is the shard loop) of the run planned as ``run``.
+
+    Returns the rows written (0 when the commit marker shows they were written already), the fitted
+    spec, and the identity of the collection it created ("" when it existed): a run that fails before
+    its rows are in drops that collection again."""
     store, target = run.store, run.target.as_dict()
     shards = _shards_digest(run)
     fault("features-saved")
-    if store.exists():
+    created, exists = "", store.exists()
+    if exists:
         marker = _valid(run.run_dir / COMMIT_MARKER, {"target": target, "shards": shards})
         fitted = FeatureSpec.from_json(store.spec_json())
         if fitted.needs_fit:
@@ -105,8 +109,7 @@ def commit(run: "IndexRun") -> int:
         if marker is not None:
             if marker.get("fitted") == spec_digest(fitted, fitted=True):
                 log.info("the rows of this run were committed already (%s)", run.run_dir / COMMIT_MARKER)
-                run.spec = fitted
-                return 0
+                return 0, fitted, ""
     else:
         marker = _valid(run.run_dir / FIT_MARKER, {"target": target, "shards": shards})
         if marker is not None:
@@ -117,7 +120,7 @@ def commit(run: "IndexRun") -> int:
                                                   "time": time.time()})
         fault("fitted")
         if store.create(fitted.dim, fitted.to_json(), index_type=run.config.index_type):
-            run.created = store.identity()  # dropped again if the run fails before its rows are in
+            created = store.identity()  # dropped again if the run fails before its rows are in
         target = {**target, "identity": store.identity()}  # the commit vouches for this very collection
         fault("collection-created")
     n = _write(run, fitted)
@@ -125,11 +128,10 @@ def commit(run: "IndexRun") -> int:
     fault("rows-flushed")
     write_json(run.run_dir / COMMIT_MARKER, {"target": target, "shards": shards, "rows": n,
                                              "fitted": spec_digest(fitted, fitted=True), "time": time.time()})
-    run.spec = fitted
-    return n
+    return n, fitted, created
 
 
-def _write(run: "IndexRun", fitted: FeatureSpec) -> int:
+def _write(run: "RunPlan", fitted: FeatureSpec) -> int:
     """Phase 3: fuse every saved feature with the fitted spec and upsert it (idempotent by id)."""
     n = 0
     for meta, feats in _feature_chunks(run, fitted.names):

@@ -1,4 +1,10 @@
-"""The one-process backend of the index job: read, decode, damage and describe each shard here."""
+"""The one-process backend of the index job: read, decode, damage and describe each shard here.
+
+It computes the plan's pending shards one after the other and hands each to the run's writer as a
+value (:class:`~.writer.ComputedShard`); images whose ids the plan found stored are read (their id
+is their content) but neither damaged nor described, nor is a later copy of an image described in
+this run.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,9 @@ from ..errors import PipelineError
 from ..features.extract import Extractor
 from ..features.spec import FeatureSpec
 from ..io.files import ImageFile
-from ..io.records import OK, Record, read_record
-from .run import (
-    ImageTransform,
-    IndexConfig,
-    IndexRun,
-    ShardResult,
-    StageClock,
-    run_shards_in_order,
-)
+from ..io.records import OK, Record, mark_stored, read_record
+from .run import ImageTransform, IndexConfig, IndexRun, StageClock
+from .writer import ComputedShard
 
 
 def _pixels(image: np.ndarray) -> int:
@@ -47,11 +47,13 @@ class ShardProcessor:
                                    batch_size=config.batch_size, num_threads=config.torch_threads)
         self._pixels: dict[int, int] = {}  # id(record) -> its image's pixels, for records whose image was dropped
 
-    def read(self, files: Sequence[ImageFile]) -> list[Record]:
+    def read(self, files: Sequence[ImageFile], stored: np.ndarray | None = None) -> list[Record]:
+        """The records of ``files`` in order: ``ok`` with their image (within the budget), ``stored``
+        (ok, id among the sorted ``stored`` ids: not damaged, image dropped) or ``rejected``."""
         recs, held, budget = [], 0, self.config.pixel_budget
         self._pixels.clear()  # a shard at a time: the last shard's records are finished
         for f in files:
-            rec = self._load(f)
+            rec = self._load(f, stored)
             if rec.status == OK:
                 pixels = _pixels(rec.image)
                 if held + pixels > budget and held:  # over the budget: decoded (so checked), not kept
@@ -62,9 +64,10 @@ class ShardProcessor:
             recs.append(rec)
         return recs
 
-    def _load(self, f: ImageFile) -> Record:
+    def _load(self, f: ImageFile, stored: np.ndarray | None = None) -> Record:
         t = time.perf_counter()
         rec = read_record(f, max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes)
+        mark_stored(rec, stored)
         self.clock.add("decode", time.perf_counter() - t, 1)
         if self.transform is not None and rec.status == OK:
             t = time.perf_counter()
@@ -74,6 +77,8 @@ class ShardProcessor:
 
     def describe(self, todo: Sequence[Record]) -> dict[str, np.ndarray]:
         """The features of ``todo`` (ok records of the last :meth:`read`), chunk by chunk within the budget."""
+        if not todo:
+            return {b.name: np.zeros((0, b.dim), np.float32) for b in self.spec.blocks}
         parts: list[dict[str, np.ndarray]] = []
         for chunk in self._chunks(todo):
             images = [r.image if r.image is not None else self._reload(r) for r in chunk]
@@ -116,14 +121,21 @@ class ShardProcessor:
 ProcessorFactory = Callable[..., ShardProcessor]
 
 
-def _results(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
-             transform: ImageTransform | None, opened: list) -> Iterator[ShardResult]:
-    for shard in run.pending:
+def _computed(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
+              transform: ImageTransform | None, opened: list) -> Iterator[ComputedShard]:
+    """The plan's pending shards, computed in order: read, skip the stored, describe the rest."""
+    described: set[int] = set()  # ids described in this run: a later copy is a duplicate, not described again
+    for shard in run.plan.pending:
         if not opened:  # load the backbone only when there is work left
             opened.append(factory(run.spec, config, transform=transform, clock=run.clock))
         processor = opened[0]
-        recs = processor.read(run.files_of(shard))
-        yield shard.index, recs, processor.describe
+        recs = processor.read(run.plan.files_of(shard), run.plan.stored)
+        todo = []
+        for r in recs:
+            if r.status == OK and r.id not in described:
+                described.add(r.id)
+                todo.append(r)
+        yield ComputedShard(shard.index, recs, np.asarray([r.id for r in todo], np.int64), processor.describe(todo))
 
 
 def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: ImageTransform | None = None,
@@ -132,7 +144,7 @@ def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, trans
     run = IndexRun(spec, config, store=store)
     opened: list[ShardProcessor] = []
     try:
-        run_shards_in_order(run, _results(run, config, processor_factory or ShardProcessor, transform, opened))
+        run.write(_computed(run, config, processor_factory or ShardProcessor, transform, opened))
     except BaseException:
         run.abort()
         raise

@@ -13,17 +13,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..io import records as C
 from ..io.files import peak_rss_mb
-from ..io.records import DUPLICATE, MISSING, OK, REJECTED
+from ..io.records import MISSING, OK
 from ..io.tables import atomic_path, write_json
-
-if TYPE_CHECKING:
-    from .run import IndexRun
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +70,33 @@ class StageClock:
                 for k, s in self.seconds.items()}
 
 
-def read_back(run: "IndexRun") -> dict[int, np.ndarray]:
+@dataclass
+class WorkerStats:
+    """What a distributed backend's workers report: seconds and ok-image counts per stage, the nodes
+    that ran each stage (with their rows and seconds), and the busiest worker's peak RSS."""
+
+    seconds: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)  # stage -> node ids
+    node_items: dict = field(default_factory=dict)  # stage -> node id -> rows
+    node_seconds: dict = field(default_factory=dict)  # stage -> node id -> seconds
+    peak_rss_mb: float = 0.0
+
+
+def read_back(store, planned_ids: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Look up every planned id in the store; returns shard index → the ids that are missing."""
     missing = {}
-    for index, ids in run.planned.items():
+    for index, ids in planned_ids.items():
         if len(ids) == 0:
             continue
-        present = run.store.existing_ids(ids)
+        present = store.existing_ids(ids)
         gone = np.asarray([i for i in ids.tolist() if i not in present], np.int64)
         if gone.size:
             missing[index] = gone
     return missing
 
 
-def write_tables(run: "IndexRun", missing: dict[int, np.ndarray]) -> None:
+def write_tables(run_dir: Path, shards: Sequence, missing: dict[int, np.ndarray]) -> None:
     """``manifest.parquet`` (every file, shard by shard) and ``errors.parquet`` (every file not indexed,
     with its reason), streamed from the shard manifests: memory stays one shard whatever the run's size."""
     import pyarrow as pa
@@ -94,10 +104,10 @@ def write_tables(run: "IndexRun", missing: dict[int, np.ndarray]) -> None:
     import pyarrow.parquet as pq
 
     err_schema = pa.schema([(C.PATH, pa.string()), (C.STATUS, pa.string()), (C.REASON, pa.string())])
-    with atomic_path(run.run_dir / "manifest.parquet") as man_tmp, \
-            atomic_path(run.run_dir / "errors.parquet") as err_tmp:
+    with atomic_path(run_dir / "manifest.parquet") as man_tmp, \
+            atomic_path(run_dir / "errors.parquet") as err_tmp:
         with pq.ParquetWriter(man_tmp, C.MANIFEST_SCHEMA) as man, pq.ParquetWriter(err_tmp, err_schema) as err:
-            for shard in run.shards:
+            for shard in shards:
                 table = pq.read_table(shard.manifest).cast(C.MANIFEST_SCHEMA)
                 man.write_table(table)
                 bad = table.filter(pc.not_equal(table[C.STATUS], OK))
@@ -114,8 +124,9 @@ def write_tables(run: "IndexRun", missing: dict[int, np.ndarray]) -> None:
                     }, schema=err_schema))
 
 
-def write_stats(run: "IndexRun", seconds: float) -> None:
-    summary, config = run.summary, run.config
+def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Sequence, clock: StageClock,
+                workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int) -> None:
+    """``stats.json``: the summary's counts, timings per stage, memory, and where each stage ran."""
     peak_mb = peak_rss_mb()
     stats = {
         "files": summary.files,
@@ -126,43 +137,35 @@ def write_stats(run: "IndexRun", seconds: float) -> None:
         "rejected": summary.rejected,
         "already_present": summary.already_present,
         "rows_written": summary.rows_written,
-        "shards": len(run.shards),
-        "shards_processed": sum(not s.done for s in run.shards),
+        "shards": len(shards),
+        "shards_processed": sum(not s.done for s in shards),
         "seconds": round(seconds, 3),
         "images_per_s": round(summary.files / seconds, 3) if seconds > 0 else None,
         "stage_seconds": summary.stage_seconds,
-        "stage_items": dict(run.clock.counts),
-        "stage_images_per_s": run.clock.per_second(),
+        "stage_items": dict(clock.counts),
+        "stage_images_per_s": clock.per_second(),
         "peak_rss_mb": round(peak_mb, 1),
-        "peak_worker_rss_mb": round(run.worker_peak_rss_mb, 1) if run.worker_peak_rss_mb else None,
-        "backend": config.backend,
-        "stage_nodes": {k: sorted(v) for k, v in run.nodes.items()},
-        "stage_node_items": run.node_items,
-        "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in run.node_seconds.items()},
-        "collection": config.collection,
-        "db": run.target.uri,  # normalised, without credentials
-        "spec_dim": run.spec.dim,
+        "peak_worker_rss_mb": round(workers.peak_rss_mb, 1) if workers.peak_rss_mb else None,
+        "backend": backend,
+        "stage_nodes": {k: sorted(v) for k, v in workers.nodes.items()},
+        "stage_node_items": workers.node_items,
+        "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in workers.node_seconds.items()},
+        "collection": collection,
+        "db": db,  # normalised, without credentials
+        "spec_dim": spec_dim,
     }
-    write_json(run.run_dir / "stats.json", stats)
+    write_json(path, stats)
 
 
-def run_record(run: "IndexRun") -> dict:
+def run_record(summary: IndexSummary, *, run_dir: Path, images_dir: str, backend: str) -> dict:
     """What the collection remembers of this run (``cbir-dist info`` lists them)."""
     import platform
 
-    s = run.summary
-    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run.run_dir).resolve()),
-            "images_dir": str(Path(run.config.images_dir).resolve()), "host": platform.node(),
-            "backend": run.config.backend, "files": s.files, "indexed": s.indexed, "missing": s.missing,
+    s = summary
+    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run_dir).resolve()),
+            "images_dir": str(Path(images_dir).resolve()), "host": platform.node(),
+            "backend": backend, "files": s.files, "indexed": s.indexed, "missing": s.missing,
             "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}
-
-
-def count_statuses(records: Sequence) -> tuple[int, int, int]:
-    """``(ok, duplicate, rejected)`` counts of a shard's records."""
-    ok = sum(r.status == OK for r in records)
-    dup = sum(r.status == DUPLICATE for r in records)
-    rej = sum(r.status == REJECTED for r in records)
-    return ok, dup, rej
 
 
 class _NullBar:

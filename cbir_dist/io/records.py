@@ -39,6 +39,9 @@ FEATURE_PREFIX = "feat_"
 MANIFEST_COLUMNS = (PATH, LABEL, SIZE, MTIME, ID, STATUS, ERROR)
 
 OK, DUPLICATE, REJECTED = "ok", "duplicate", "rejected"
+#: in flight only, between a backend and the index writer: ok, and its id is stored in the collection
+#: already, so it was read (its id is its content) but not described; the manifest records it as ok
+STORED = "stored"
 MISSING = "missing"  # errors.parquet only: planned as ok, but the store did not have its row afterwards
 
 
@@ -149,3 +152,13 @@ def mark_duplicates(records: Iterable[Record], seen: dict[int, str] | None = Non
         if first != r.path:
             r.status, r.error, r.image = DUPLICATE, f"same content as {first}", None
     return seen
+
+
+def mark_stored(record: Record, stored: np.ndarray | None) -> None:
+    """Mark an ok record whose id is in ``stored`` (sorted int64 ids) :data:`STORED` and drop its image:
+    its row is in the collection already, so nothing needs to describe it."""
+    if record.status != OK or stored is None or stored.size == 0:
+        return
+    i = int(np.searchsorted(stored, record.id))
+    if i < stored.size and int(stored[i]) == record.id:
+        record.status, record.image = STORED, None

@@ -56,6 +56,7 @@ REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: w
 MAX_QUERIES_PER_REQUEST = 512
 SCAN_PER_REQUEST = 1 << 35  # query x row x dim products per exact-search request (~10-30 s on one core)
 ID_CHUNK = 1000  # ids per `id in [...]` expression
+ID_PAGE = 16384  # ids per page when listing every stored id (Milvus caps a query page at 16384)
 CONNECT_TIMEOUT_S = 10.0
 INDEX_WAIT_TIMEOUT_S = 3600.0
 #: Seconds each kind of call may take (one attempt; pymilvus retries inside it, then we retry it).
@@ -697,6 +698,29 @@ class VectorStore:
                               output_fields=[_FIELD_ID], consistency_level="Strong")
             found.update(int(r[_FIELD_ID]) for r in rows)
         return found
+
+    def stored_ids(self) -> np.ndarray:
+        """Every id in the collection, sorted (int64, 8 bytes a row): what an index job need not describe."""
+        from pymilvus.exceptions import MilvusException
+
+        self._require_loaded()
+
+        def listing() -> np.ndarray:
+            it = self.client.query_iterator(self.collection, batch_size=ID_PAGE, filter=f"{_FIELD_ID} >= 0",
+                                            output_fields=[_FIELD_ID], timeout=self._timeout("data"))
+            parts = []
+            try:
+                while page := it.next():
+                    parts.append(np.fromiter((r[_FIELD_ID] for r in page), np.int64, len(page)))
+            finally:
+                it.close()
+            return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+        try:
+            return self._retrying("list stored ids", listing)
+        except MilvusException as exc:
+            raise StoreError(f"list stored ids of collection {self.collection!r} in {self.uri} failed: "
+                             f"{_redact(str(exc), self._token)}") from exc
 
     def fetch(self, ids) -> dict[str, np.ndarray]:
         """Stored rows for ``ids``, in the order asked, skipping absent ids.
