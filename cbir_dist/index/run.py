@@ -1,4 +1,4 @@
-"""The run contract of the index job, below both backends: config, the target, shards and their markers.
+"""The index job's run, below both backends: its config, its three steps, and its run directory.
 
 One index job, from the driver, is three steps, each its own module:
 
@@ -28,9 +28,9 @@ its shards instead of trusting them. The default run directory depends on the ta
     written (fsynced, then renamed into place) only after the shard's rows were written and flushed
     (phase ``written``) — or, for specs fitted on the whole collection, after its features were
     saved (phase ``features``; the rows follow in :mod:`.fitted`'s commit). Rows are flushed and
-    markers published in groups (group commit: every :data:`~.writer.COMMIT_SHARDS` shards,
-    :data:`~.writer.COMMIT_ROWS` rows or :data:`~.writer.COMMIT_SECONDS` s), so a kill loses at most one group's work, redone on the rerun.
-    A rerun skips shards whose marker matches the same files (paths, sizes, mtimes) and the same target.
+    markers published in groups (group commit, :mod:`.writer`), so a kill loses at most one
+    group's work, redone on the rerun. A rerun skips shards whose marker matches the same files
+    (paths, sizes, mtimes) and the same target.
 ``shards/NNNNN.features.parquet``
     per-block features of a shard (``--save-features``, and always for fitted specs).
 ``fit.json``, ``commit.json``
@@ -39,8 +39,8 @@ its shards instead of trusting them. The default run directory depends on the ta
     written at the end (:mod:`.summary`): every file, every file not indexed with its reason, timings.
 
 Ids are content hashes: a shard redone after a kill never duplicates rows, nor do concurrent jobs
-writing into one server collection (ids already stored are skipped; every write is an ``upsert``,
-idempotent by id).
+writing into one server collection (ids stored when the run began are not described again; every
+write is an ``upsert``, idempotent by id).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Every stage passes ``dict[str, np.ndarray]`` batches keyed by the column names b
 :class:`Record` (one per file). The read stage turns files into content ids and decoded images;
 every failure is a status and a reason, never an exception. Record statuses: ``ok`` (decoded),
 ``duplicate`` (same bytes as an earlier path; one row, all paths recorded), ``rejected`` (with
-``error``: unreadable, empty, corrupt, too small, too large, ...).
+``error``: unreadable, empty, corrupt, too small, too large, ...). ``stored`` lives only between an
+index backend and its writer: ok, and its row is in the collection already (:func:`mark_stored`).
 """
 
 from __future__ import annotations
