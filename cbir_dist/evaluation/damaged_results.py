@@ -22,7 +22,7 @@ STATES = ("original", "damaged", "reconstructed")
 
 def _retrieval_metrics(store, vectors: np.ndarray, queries, cfg: EvalConfig, class_sizes: dict) -> dict:
     """Per-query P@1/5/10 and AP for one state (arrays of shape (Q,))."""
-    from ..query.search import search_vectors
+    from ..retrieval.search import search_vectors
     from .metrics import average_precision, precision_at_k
 
     k = min(cfg.map_k, store.count() - (1 if cfg.exclude_self else 0))

@@ -1,7 +1,7 @@
 """`cbir-dist classify`: each image's class by a majority vote of its k nearest neighbours in a collection.
 
 Images are described with the collection's own FeatureSpec (as queries are) and searched in the
-store; the k nearest rows vote (:func:`cbir_dist.knn.knn_predict`: most votes, then the smaller
+store; the k nearest rows vote (:func:`cbir_dist.retrieval.knn.knn_predict`: most votes, then the smaller
 summed distance, then the nearest). An image whose own content is in the collection never votes
 for itself: its row (same content id) is dropped from its neighbours. When the images sit in class
 folders, their folder names are the true labels and accuracy is reported.
@@ -35,7 +35,7 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
     dict
         ``{"columns": {name: list}, "n": images, "failed": bad files, "labelled": images with a known
         label, "accuracy": fraction correct among them (None if none), "report": the
-        :func:`cbir_dist.knn.classification_report` of the labelled ones (or None)}``.
+        :func:`cbir_dist.retrieval.knn.classification_report` of the labelled ones (or None)}``.
 
     Raises
     ------
@@ -46,8 +46,9 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
 
     from ..io.files import list_images
     from ..io.records import OK
-    from .knn import classification_report, knn_predict
-    from .search import QueryConfig, Searcher, load_queries, search_vectors
+    from ..retrieval.knn import classification_report, knn_predict
+    from ..retrieval.search import search_vectors
+    from .search import QueryConfig, Searcher, load_queries
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UsageError(f"k must be a positive integer, got {k!r}")
