@@ -120,7 +120,8 @@ def test_the_network_ran_in_its_actor_on_telea_s_prefill(evaluated):
 
 def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
     from cbir_dist.damage.inpaint import get_inpainter
-    from cbir_dist.evaluation.damaged_tasks import NetworkActor, damaged_images, fringe_masks, reconstruct_task
+    from cbir_dist.damage.masks import apply_mask, fringe_mask
+    from cbir_dist.evaluation.damaged_tasks import NetworkActor, reconstruct_task
 
     imgs = [np.asarray(make_image(s)) for s in range(3)]
     f, ph = 2.0, 0.7
@@ -129,7 +130,8 @@ def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
                                                     reconstruct_task(imgs, f, "telea", ph, 0.25)["reconstructed"]))
     out = NetworkActor("two-stage", "cpu").refine(imgs, pre, f, ph, 0.25)
     net = get_inpainter("two-stage", device="cpu")
-    want = [net(d, k) for d, k in zip(damaged_images(imgs, f, ph, 0.25), fringe_masks(imgs, f, ph, 0.25))]
+    masks = [fringe_mask(img.shape[0], img.shape[1], f, 0.25, phase=ph) for img in imgs]
+    want = [net(apply_mask(img, k), k) for img, k in zip(imgs, masks)]
     assert not out["errors"] and all(np.array_equal(a, b) for a, b in zip(out["reconstructed"], want))
 
 
