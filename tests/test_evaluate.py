@@ -142,23 +142,29 @@ def make_image(seed, size=48):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def test_progress_lines_count_cells_and_estimate_the_rest():
+def test_progress_notes_each_finished_cell_above_a_tqdm_bar_with_its_eta():
     import io
+    import re
 
-    from cbir_dist.evaluation.damaged import Progress
+    from cbir_dist.io.progress import NullBar, progress
 
-    now = [0.0]
     out = io.StringIO()
-    bar = Progress(4, stream=out, clock=lambda: now[0])
-    now[0] = 30.0
-    bar.step("quality 1 Hz telea r0")
-    now[0] = 60.0
-    line = bar.step("features x")
-    assert line == "evaluate: 2/4 cells done (features x), 1m00s elapsed, ETA 1m00s"
-    assert out.getvalue().count("\n") == 2
-    silent = io.StringIO()
-    Progress(1, stream=silent, enabled=False).step("x")
-    assert silent.getvalue() == ""
+    bar = progress(4, True, "evaluate", "cell", file=out)
+    bar.note("evaluate: 1/4 cells done (quality 1 Hz telea r0)")
+    bar.update(1)
+    bar.note("evaluate: 2/4 cells done (features x)")
+    bar.update(1)
+    bar.close()
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert "evaluate: 1/4 cells done (quality 1 Hz telea r0)" in lines and "evaluate: 2/4 cells done (features x)" in lines
+    assert re.search(r"evaluate: +50%.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", text), text  # tqdm's count and ETA
+    silent = progress(4, False, "evaluate", "cell")
+    assert isinstance(silent, NullBar)
+    with silent:
+        silent.note("x")
+        silent.update(1)
+        silent.set_postfix_str("x")
 
 
 def test_tables_name_the_protocol(evaluated):

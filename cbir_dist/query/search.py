@@ -22,6 +22,7 @@ from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile
 from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.progress import progress as progress_bar
 from ..io.records import OK, Record, read_record
 from ..retrieval.search import search_vectors
 from .inputs import QuerySet, resolve_queries
@@ -161,13 +162,14 @@ class Searcher:
         ``root`` (or, per path, ``roots``) is the folder a query's path is relative to, for ``--masks``.
         The records keep their images as read (a record whose damage step fails is rejected).
         """
-        from tqdm.auto import tqdm
-
         config = config or self.config
         damage = _loaded(_damage(config, [r.path for r in records], root, roots))
         cols = _new_columns()
-        for start in tqdm(range(0, len(records), config.batch_size), desc="query", unit="batch", disable=not progress):
-            self._run_batch(cols, records[start : start + config.batch_size], config, damage, observe)
+        with progress_bar(len(records), progress, "query", "img") as bar:
+            for start in range(0, len(records), config.batch_size):
+                batch = records[start : start + config.batch_size]
+                self._run_batch(cols, batch, config, damage, observe)
+                bar.update(len(batch))
         return cols
 
     def run_files(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *, root: str | None = None,
@@ -175,15 +177,15 @@ class Searcher:
                   observe: Observer | None = None) -> dict:
         """Like :meth:`run` for files: each batch of ``batch_size`` files is read, decoded, described and
         searched before the next is read, so memory is bounded by the batch size, not the query count."""
-        from tqdm.auto import tqdm
-
         config = config or self.config
         damage = _loaded(_damage(config, [f.path for f in files], root, roots))
         cols = _new_columns()
-        for start in tqdm(range(0, len(files), config.batch_size), desc="query", unit="batch", disable=not progress):
-            records = load_queries(files[start : start + config.batch_size], config.max_pixels, config.max_bytes)
-            self._run_batch(cols, records, config, damage, observe)
-            del records  # the batch's decoded images go before the next batch is read
+        with progress_bar(len(files), progress, "query", "img") as bar:
+            for start in range(0, len(files), config.batch_size):
+                records = load_queries(files[start : start + config.batch_size], config.max_pixels, config.max_bytes)
+                self._run_batch(cols, records, config, damage, observe)
+                bar.update(len(records))
+                del records  # the batch's decoded images go before the next batch is read
         return cols
 
     def _run_batch(self, cols: dict, records: Sequence[Record], config: QueryConfig, damage: DamageTransform | None,
