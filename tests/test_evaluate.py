@@ -157,7 +157,8 @@ def test_progress_notes_each_finished_cell_above_a_tqdm_bar_with_its_eta():
     bar.close()
     text = out.getvalue()
     lines = text.splitlines()
-    assert "evaluate: 1/4 cells done (quality 1 Hz telea r0)" in lines and "evaluate: 2/4 cells done (features x)" in lines
+    assert "evaluate: 1/4 cells done (quality 1 Hz telea r0)" in lines
+    assert "evaluate: 2/4 cells done (features x)" in lines
     assert re.search(r"evaluate: +50%.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", text), text  # tqdm's count and ETA
     silent = progress(4, False, "evaluate", "cell")
     assert isinstance(silent, NullBar)
