@@ -9,7 +9,7 @@ features standardised with a mean/std fitted on the whole set (``cbir_dist.featu
 * P@1, P@5, P@10: the query itself is excluded from its ranked list.
 * Bull's-eye: the MPEG-7 protocol — the top 40 *including the query itself* (at distance 0), number
   of same-class shapes among them divided by the class size 20, averaged over all queries.
-* KNN accuracy (k = 1, 3, 5): majority vote of the k nearest other shapes (``cbir_dist.query.knn``).
+* KNN accuracy (k = 1, 3, 5): majority vote of the k nearest other shapes (``cbir_dist.retrieval.knn``).
 * ``raw P@1`` / ``raw BE``: the same without standardisation, to show what it does.
 
 The set has three byte-identical pairs inside a class; they are left in (it is the standard set).
@@ -50,7 +50,7 @@ from cbir_dist.features.descriptors.fourier_shape import (  # noqa: E402
 from cbir_dist.features.spec import apply_standardizer, fit_standardizer  # noqa: E402
 from cbir_dist.io.files import list_images  # noqa: E402
 from cbir_dist.io.images import read_image
-from cbir_dist.query.knn import classification_report, knn_predict
+from cbir_dist.retrieval.knn import classification_report, knn_predict
 
 PAPER = dict(n_coeffs=10, sigma=1.0, n_points=128, extreme_points=False)
 VARIANT_ROWS = [

@@ -120,7 +120,8 @@ def test_the_network_ran_in_its_actor_on_telea_s_prefill(evaluated):
 
 def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
     from cbir_dist.damage.inpaint import get_inpainter
-    from cbir_dist.evaluation.damaged_tasks import NetworkActor, damaged_images, fringe_masks, reconstruct_task
+    from cbir_dist.damage.masks import apply_mask, fringe_mask
+    from cbir_dist.evaluation.damaged_tasks import NetworkActor, reconstruct_task
 
     imgs = [np.asarray(make_image(s)) for s in range(3)]
     f, ph = 2.0, 0.7
@@ -129,7 +130,8 @@ def test_network_actor_equals_the_inpainter_and_telea_is_its_prefill():
                                                     reconstruct_task(imgs, f, "telea", ph, 0.25)["reconstructed"]))
     out = NetworkActor("two-stage", "cpu").refine(imgs, pre, f, ph, 0.25)
     net = get_inpainter("two-stage", device="cpu")
-    want = [net(d, k) for d, k in zip(damaged_images(imgs, f, ph, 0.25), fringe_masks(imgs, f, ph, 0.25))]
+    masks = [fringe_mask(img.shape[0], img.shape[1], f, 0.25, phase=ph) for img in imgs]
+    want = [net(apply_mask(img, k), k) for img, k in zip(imgs, masks)]
     assert not out["errors"] and all(np.array_equal(a, b) for a, b in zip(out["reconstructed"], want))
 
 
@@ -140,23 +142,30 @@ def make_image(seed, size=48):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def test_progress_lines_count_cells_and_estimate_the_rest():
+def test_progress_notes_each_finished_cell_above_a_tqdm_bar_with_its_eta():
     import io
+    import re
 
-    from cbir_dist.evaluation.damaged import Progress
+    from cbir_dist.io.progress import NullBar, progress
 
-    now = [0.0]
     out = io.StringIO()
-    bar = Progress(4, stream=out, clock=lambda: now[0])
-    now[0] = 30.0
-    bar.step("quality 1 Hz telea r0")
-    now[0] = 60.0
-    line = bar.step("features x")
-    assert line == "evaluate: 2/4 cells done (features x), 1m00s elapsed, ETA 1m00s"
-    assert out.getvalue().count("\n") == 2
-    silent = io.StringIO()
-    Progress(1, stream=silent, enabled=False).step("x")
-    assert silent.getvalue() == ""
+    bar = progress(4, True, "evaluate", "cell", file=out)
+    bar.note("evaluate: 1/4 cells done (quality 1 Hz telea r0)")
+    bar.update(1)
+    bar.note("evaluate: 2/4 cells done (features x)")
+    bar.update(1)
+    bar.close()
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert "evaluate: 1/4 cells done (quality 1 Hz telea r0)" in lines
+    assert "evaluate: 2/4 cells done (features x)" in lines
+    assert re.search(r"evaluate: +50%.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", text), text  # tqdm's count and ETA
+    silent = progress(4, False, "evaluate", "cell")
+    assert isinstance(silent, NullBar)
+    with silent:
+        silent.note("x")
+        silent.update(1)
+        silent.set_postfix_str("x")
 
 
 def test_tables_name_the_protocol(evaluated):

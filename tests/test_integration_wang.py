@@ -27,7 +27,7 @@ def test_wang1000_leave_one_out_p_at_10(tmp_path, monkeypatch):
     from cbir_dist.features.profiles import build_spec
     from cbir_dist.index import run_index
     from cbir_dist.index.run import IndexConfig
-    from cbir_dist.query.search import search_vectors
+    from cbir_dist.retrieval.search import search_vectors
     from cbir_dist.store import VectorStore
 
     data = shared_path("data", "wang1000")

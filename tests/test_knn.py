@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cbir_dist.features.spec import apply_standardizer, fit_standardizer
-from cbir_dist.query.knn import classification_report, knn_predict
+from cbir_dist.retrieval.knn import classification_report, knn_predict
 
 
 def test_majority_vote_on_hand_made_features():

@@ -17,7 +17,7 @@ from cbir_dist.evaluation.metrics import (
     retrieval_confusion,
     ssim,
 )
-from cbir_dist.query.search import exclude_self as drop_self
+from cbir_dist.retrieval.search import exclude_self as drop_self
 
 # Three queries, K = 5, a database of N = 20 items.
 #   q0 (class A, R = 4): A B A A C -> hits 1 0 1 1 0

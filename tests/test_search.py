@@ -92,7 +92,31 @@ def test_masks_dir_and_missing_mask(indexed, tmp_path):
     assert cols["rank"] == [0] and "no mask" in cols["error"][0]
 
 
+def test_searcher_run_leaves_the_records_as_read_and_shows_the_query_as_given(indexed):
+    """The demo searches one list of records at several damages: each search starts from the images as read."""
+    from cbir_dist.io.files import list_images
+    from cbir_dist.query.search import Searcher, load_queries
+
+    data, db, _ = indexed
+    records = load_queries(list_images(str(data))[:6], 10**8)
+    originals = [r.image.copy() for r in records]
+    seen = {}
+    cfg = _cfg(db, k=3, fringe=6.0, inpainter="telea")
+    with Searcher(cfg) as searcher:
+        first = searcher.run(records, cfg, progress=False,
+                             observe=lambda r, d, rebuilt: seen.setdefault(r.path, (r.image.copy(), d, rebuilt)))
+        again = searcher.run(records, cfg, progress=False)
+    assert all(np.array_equal(r.image, o) for r, o in zip(records, originals))
+    assert first == again
+    for r, o in zip(records, originals):
+        query, damaged, rebuilt = seen[r.path]
+        assert np.array_equal(query, o)  # the page's "query" view is the query as given
+        assert (damaged == 0).any() and not np.array_equal(damaged, o) and not np.array_equal(rebuilt, damaged)
+
+
 def test_query_config_validation():
+    with pytest.raises(ValueError, match="Unknown inpainter"):
+        QueryConfig(inpainter="deepfill")
     with pytest.raises(ValueError, match="either"):
         QueryConfig(fringe=1.0, masks_dir="x")
     with pytest.raises(ValueError, match="positive"):

@@ -1,22 +1,27 @@
-"""The damage-and-reconstruct step, the one used by index, query and evaluate.
+"""The damage-and-reconstruct step: the one path of index, query, evaluate and the demo, on both backends.
 
 An image is *damaged* by a known-pixel mask (its missing pixels zeroed: the paper's ``M ⊙ I``) and
 *reconstructed* by an inpainter. The mask is a fringe pattern (``--fringe HZ``) or a per-file mask
 from a folder (``--masks DIR``: the file of the same relative path, or the same name, as PNG).
-:class:`DamageTransform` is the picklable ``(image, path) -> image`` hook the index and query
-backends apply to every decoded image (inside Ray CPU tasks on the Ray backend).
+:class:`DamageTransform` is that step as one picklable object: the ``(image, path) -> image`` hook
+the index backends apply to every decoded image (inside Ray CPU tasks on the Ray backend), and
+:meth:`~DamageTransform.damage`, which returns the damaged image beside the reconstruction
+(:class:`Damaged`) for the query job's page. :func:`apply_transform`, :func:`damage_record` and
+:func:`prepare_record` apply it to a record under the one per-file rule (a failure rejects the file).
 
 A *network* inpainter (``two-stage``) is applied in two halves on the Ray backend and in the
 evaluation job: :meth:`DamageTransform.prepare` (CPU tasks: the mask, the damage and the network's
 classical pre-fill) and :class:`NetworkStage` (actors: the network on batches of pre-filled images,
-weights loaded once per actor, a GPU each when the cluster has them). The halves compose to the
-same image as the one-call hook of the local backend.
+weights loaded once per actor, a GPU each when the cluster has them; :meth:`NetworkStage.refine_each`
+retries a failed batch one image at a time). The halves compose to the same image as the one-call
+step of the local backends.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -30,7 +35,7 @@ class DamageConfig:
     ``fringe`` nor ``masks_dir`` is given.
 
     ``root`` is the folder the images' paths are relative to, for finding their masks in
-    ``masks_dir`` by relative path.
+    ``masks_dir`` by relative path. An unknown ``inpainter`` is a usage error here, before any image.
     """
 
     fringe: float | None = None
@@ -48,6 +53,9 @@ class DamageConfig:
             raise UsageError(f"--fringe must be a positive frequency in Hz (fringes per image), got {self.fringe}")
         if not 0.0 < self.missing_fraction < 1.0:
             raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
+        from .inpaint import check_inpainter
+
+        check_inpainter(self.inpainter)
 
     @property
     def active(self) -> bool:
@@ -87,43 +95,41 @@ def _relative(path: str, root: str | None) -> Path:
     return Path(Path(path).name)
 
 
-def damage_and_reconstruct(image: np.ndarray, known: np.ndarray | None, inpainter) -> tuple[np.ndarray, np.ndarray]:
-    """``(damaged, reconstructed)``: ``image`` with the missing pixels of ``known`` zeroed, then inpainted.
+@dataclass(frozen=True)
+class Damaged:
+    """One image after the damage step, as values: ``damaged`` (its missing pixels zeroed, ``M ⊙ I``)
+    and ``reconstructed`` (inpainted); both the image itself when it is intact (no mask)."""
 
-    With ``known`` None the image is intact and both are ``image`` itself.
-    """
-    if known is None:
-        return image, image
-    from .masks import apply_mask
-
-    damaged = apply_mask(image, known)
-    return damaged, inpainter(damaged, known)
+    damaged: np.ndarray
+    reconstructed: np.ndarray
 
 
 class DamageTransform:
-    """The damage-and-reconstruct step as a picklable ``(image, path) -> image`` hook.
+    """The damage-and-reconstruct step: mask, damage, reconstruct, as one picklable object.
 
-    The inpainter is built on first use, in the process that runs the hook (a Ray worker loads a
-    network's weights once, not once per image).
+    ``hook(image, path)`` returns the reconstruction (the ``(image, path) -> image`` hook of the index
+    backends); :meth:`damage` returns the damaged image as well (:class:`Damaged`, for the query page);
+    :meth:`prepare` and :meth:`network_stage` are a network inpainter's two halves (CPU tasks, then
+    actors), and :meth:`zero_fill` and :meth:`cpu_half` the parts of :meth:`prepare`, for a job that
+    keeps the damaged image when the inpainter fails on it (the evaluation).
+
+    ``roots`` maps an image's path to the folder its mask path is relative to (``--masks`` with
+    queries from several folders); paths not in it use ``config.root``. The inpainter is built on
+    first use, in the process that runs the step (a Ray worker loads a network's weights once, not
+    once per image), or by :meth:`load`.
     """
 
-    def __init__(self, config: DamageConfig):
+    def __init__(self, config: DamageConfig, roots: Mapping[str, str | None] | None = None):
         if not config.active:
             raise UsageError("DamageTransform needs --fringe or --masks")
         self.config = config
+        self.roots = dict(roots or {})
+        self._configs: dict[str | None, DamageConfig] = {config.root: config}
         self._inpainter = None
+        self._whole = None
 
     def __getstate__(self):
-        return {"config": self.config, "_inpainter": None}
-
-    def _get(self):
-        if self._inpainter is None:
-            from .inpaint import get_inpainter, get_prefill, is_network
-
-            name = self.config.inpainter
-            # the CPU half of a network is only its classical pre-fill: no weights, no torch
-            self._inpainter = get_prefill(name) if self.network and is_network(name) else get_inpainter(name)
-        return self._inpainter
+        return {**self.__dict__, "_inpainter": None, "_whole": None}
 
     @property
     def network(self) -> bool:
@@ -132,23 +138,61 @@ class DamageTransform:
 
         return is_network(self.config.inpainter)
 
-    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
-        """The whole step in this process: mask, damage, reconstruct (a network runs here, one image at a time)."""
-        known = known_mask(image.shape, path, self.config)
+    def load(self) -> "DamageTransform":
+        """Build the inpainter now (a network's weights too), in this process: a job that runs the whole
+        step here fails before its first image, not on every image, when the inpainter cannot be built."""
+        self._cpu_inpainter()
         if self.network:
-            if known is None:
-                return image
-            stage = getattr(self, "_whole", None) or NetworkStage(self.config.inpainter)
-            self._whole = stage
-            damaged, prefilled = self._prepare_known(image, known)
-            return stage.refine([prefilled], [known], [damaged])[0]
-        return damage_and_reconstruct(image, known, self._get())[1]
+            self._network().load()
+        return self
 
-    def _prepare_known(self, image, known):
+    def _cpu_inpainter(self):
+        if self._inpainter is None:
+            from .inpaint import get_inpainter, get_prefill
+
+            name = self.config.inpainter
+            # the CPU half of a network is only its classical pre-fill: no weights, no torch
+            self._inpainter = get_prefill(name) if self.network else get_inpainter(name)
+        return self._inpainter
+
+    def _network(self) -> "NetworkStage":
+        if self._whole is None:
+            self._whole = self.network_stage()
+        return self._whole
+
+    def known(self, image: np.ndarray, path: str = "") -> np.ndarray | None:
+        """The known-pixel mask of ``image`` (:func:`known_mask`; ``path`` finds its ``--masks`` file)."""
+        root = self.roots.get(path, self.config.root)
+        if root not in self._configs:
+            self._configs[root] = replace(self.config, root=root)
+        return known_mask(image.shape, path, self._configs[root])
+
+    def zero_fill(self, image: np.ndarray, path: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+        """``(damaged, known)``: ``image`` with the missing pixels of its mask zeroed, and the mask;
+        ``(image, None)`` when it is intact."""
         from .masks import apply_mask
 
-        damaged = apply_mask(image, known)
-        return damaged, self._get()(damaged, known)
+        known = self.known(image, path)
+        return (image, None) if known is None else (apply_mask(image, known), known)
+
+    def cpu_half(self, damaged: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """What a CPU task makes of a damaged image: a classical inpainter's reconstruction, or a network's
+        classical pre-fill (RGB), for :meth:`NetworkStage.refine` to finish."""
+        return self._cpu_inpainter()(damaged, known)
+
+    def damage(self, image: np.ndarray, path: str = "") -> Damaged:
+        """The whole step in this process, both images as values (a network runs here, one image at a time)."""
+        damaged, known = self.zero_fill(image, path)
+        if known is None:
+            return Damaged(image, image)
+        filled = self.cpu_half(damaged, known)
+        if self.network:
+            filled = self._network().refine([filled], [known], [damaged])[0]
+        return Damaged(damaged, filled)
+
+    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
+        """The reconstruction of :meth:`damage`: the ``(image, path) -> image`` hook."""
+        return self.damage(image, path).reconstructed
 
     def prepare(self, image: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The CPU half: ``(image to hand on, known mask or None)``.
@@ -157,12 +201,11 @@ class DamageTransform:
         a :class:`NetworkStage` to refine; for a classical one: the reconstruction itself and None.
         An intact image (no mask) comes back unchanged with None.
         """
-        known = known_mask(image.shape, path, self.config)
+        damaged, known = self.zero_fill(image, path)
         if known is None:
             return image, None
-        if not self.network:
-            return damage_and_reconstruct(image, known, self._get())[1], None
-        return self._prepare_known(image, known)[1], known
+        filled = self.cpu_half(damaged, known)
+        return (filled, known) if self.network else (filled, None)
 
     def network_stage(self) -> "NetworkStage":
         """The network half, for an actor (picklable; loads its weights on first use)."""
@@ -205,6 +248,24 @@ class NetworkStage:
         bases = originals if originals is not None else prefilled
         return [finish(np.asarray(b), k, r) for b, k, r in zip(bases, known, refined)]
 
+    def refine_each(self, prefilled, known, originals=None) -> list[np.ndarray | Exception]:
+        """:meth:`refine` on the whole batch (one forward per image size) or, if that fails, on one image
+        at a time, so that a bad image costs only itself: its entry is then the exception it raised.
+
+        The one batch-then-single fallback of the jobs (the Ray graph's actors, the evaluation's).
+        """
+        try:
+            return self.refine(prefilled, known, originals)
+        except Exception:  # noqa: BLE001 - find the image that fails, keep the others
+            pass
+        out: list[np.ndarray | Exception] = []
+        for i in range(len(prefilled)):
+            try:
+                out.append(self.refine([prefilled[i]], [known[i]], None if originals is None else [originals[i]])[0])
+            except Exception as exc:  # noqa: BLE001 - a per-image failure is a value
+                out.append(exc)
+        return out
+
 
 def apply_transform(record, transform) -> None:
     """Apply the hook to one ok record in place; a failure on this file rejects it with the reason.
@@ -216,6 +277,19 @@ def apply_transform(record, transform) -> None:
         record.image = transform(record.image, record.path)
     except Exception as exc:  # noqa: BLE001 - a per-file failure is a value, not a failed job
         record.reject(f"mask/inpaint failed: {_reason(exc)}")
+
+
+def damage_record(record, transform: DamageTransform | None) -> Damaged | None:
+    """The whole step on one ok record, as values (:meth:`DamageTransform.damage`; the record keeps the
+    image as read); with no ``transform`` the image is intact. On a failure the record is rejected
+    with the reason (the rule of :func:`apply_transform`) and None returned."""
+    if transform is None:
+        return Damaged(record.image, record.image)
+    try:
+        return transform.damage(record.image, record.path)
+    except Exception as exc:  # noqa: BLE001 - a per-file failure is a value, not a failed job
+        record.reject(f"mask/inpaint failed: {_reason(exc)}")
+        return None
 
 
 def prepare_record(record, transform) -> np.ndarray | None:
@@ -235,6 +309,7 @@ def _reason(exc: BaseException) -> str:
     return text if isinstance(exc, known) or type(exc).__module__.startswith("cbir_dist") else f"{type(exc).__name__}: {text}"
 
 
-def damage_transform(config: DamageConfig) -> DamageTransform | None:
-    """The hook for ``config``, or None when nothing is damaged."""
-    return DamageTransform(config) if config.active else None
+def damage_transform(config: DamageConfig, roots: Mapping[str, str | None] | None = None) -> DamageTransform | None:
+    """The step for ``config`` (masks relative to ``roots[path]``, else ``config.root``), or None when
+    nothing is damaged."""
+    return DamageTransform(config, roots) if config.active else None

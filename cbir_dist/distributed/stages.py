@@ -147,7 +147,8 @@ def refine_batch(batch: dict, stage) -> dict:
     """The network half on the batch's pre-filled rows (those with a mask), in place of their images.
 
     One call for the whole batch (one forward per image size); if it fails, images are retried one
-    at a time and those that still fail are rejected with the reason. Drops the ``known`` column.
+    at a time (:meth:`~cbir_dist.damage.hook.NetworkStage.refine_each`) and those that still fail are
+    rejected with the reason. Drops the ``known`` column.
     """
     n = len(batch[C.ID])
     known_col = batch.get(KNOWN)
@@ -162,16 +163,7 @@ def refine_batch(batch: dict, stage) -> dict:
     status, error = _object_array(list(batch[C.STATUS])), _object_array(list(batch[C.ERROR]))
     pre = [np.asarray(images[i]) for i in rows]
     masks = [np.asarray(known_col[i], dtype=bool) for i in rows]
-    try:
-        done = stage.refine(pre, masks)
-    except Exception:  # noqa: BLE001 - find the image that fails, keep the others
-        done = []
-        for p, m in zip(pre, masks):
-            try:
-                done.append(stage.refine([p], [m])[0])
-            except Exception as exc:  # noqa: BLE001 - a per-file failure is a value
-                done.append(exc)
-    for i, r in zip(rows, done):
+    for i, r in zip(rows, stage.refine_each(pre, masks)):
         if isinstance(r, Exception):
             status[i], error[i], images[i] = REJECTED, f"mask/inpaint failed: {type(r).__name__}: {r}", _EMPTY_IMAGE
         else:

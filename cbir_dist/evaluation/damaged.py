@@ -32,7 +32,8 @@ weights loaded once per actor, a cell's images as batches, one GPU per actor whe
 GPUs). Without GPUs the one actor reserves ``network_cpus`` of a CPU, by default none: its cells
 come in bursts (about a tenth of the evaluation's CPU work), and a reserved core would idle between
 them while the metric and feature tasks wait for it; the operating system shares the cores while it
-works. Progress: one line per finished cell on stderr (done/total, elapsed, ETA).
+works. Progress: a bar of the cells on stderr with tqdm's ETA (:mod:`cbir_dist.io.progress`), and
+above it one line per finished cell saying which.
 
 This module is the driver (the configuration, the query draw, the work graph, indexing, the
 outputs); the tasks and the network's actor body are in :mod:`.damaged_tasks`, the search and
@@ -163,30 +164,6 @@ def _spec_for(cfg: EvalConfig, backbone: str) -> FeatureSpec:
     return build_spec(backbone=backbone, descriptors=cfg.descriptors, mode=cfg.fusion, image_size=cfg.image_size)
 
 
-class Progress:
-    """One line on stderr per finished cell: ``done/total``, what finished, elapsed time and a linear ETA."""
-
-    def __init__(self, total: int, *, enabled: bool = True, stream=None, clock=time.monotonic):
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.clock = clock
-        self.t0 = clock()
-
-    @staticmethod
-    def _fmt(seconds: float) -> str:
-        seconds = int(round(seconds))
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-
-    def step(self, what: str) -> str:
-        self.done += 1
-        elapsed = self.clock() - self.t0
-        eta = elapsed / self.done * (self.total - self.done)
-        line = f"evaluate: {self.done}/{self.total} cells done ({what}), {self._fmt(elapsed)} elapsed, ETA {self._fmt(eta)}"
-        if self.enabled:
-            print(line, file=self.stream, flush=True)
-        return line
-
-
 def _network_pool(ex, cfg: EvalConfig, name: str):
     """The actor pool of a network inpainter: one actor per GPU (1 GPU each, bf16/fp16 autocast), else one
     CPU actor holding ``cfg.network_cpus`` of a CPU (default none: see :class:`EvalConfig`)."""
@@ -224,6 +201,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     from ..distributed.tasks import make_executor
     from ..index import IndexConfig, run_index
     from ..io.files import list_images
+    from ..io.progress import progress as progress_bar
     from ..io.records import OK, mark_duplicates, read_record
     from ..store import VectorStore
     from .report.damaged import write_report
@@ -249,7 +227,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     pools = {}
     n_cells = (len(cfg.frequencies) * len(cfg.inpainters) * cfg.repeats
                + len(cfg.backbones) * (1 + len(cfg.frequencies) * len(cfg.inpainters)))
-    bar = Progress(n_cells, enabled=progress)
+    bar = progress_bar(n_cells, progress, "evaluate", "cell")
     try:
         query_images = [r.image for r in queries]
         query_ref = ex.put(query_images)  # decoded once; every task reads this one copy
@@ -298,8 +276,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
             stores[bb] = VectorStore(db, cfg.collection(bb), token=cfg.token)
             specs[bb] = stores[bb].spec_json()
             index_seconds[bb] = round(time.time() - t, 2)
-            if progress:
-                print(f"evaluate: indexed {cfg.dataset} for {bb} in {index_seconds[bb]:.0f} s", file=sys.stderr, flush=True)
+            bar.note(f"evaluate: indexed {cfg.dataset} for {bb} in {index_seconds[bb]:.0f} s")
         # 3. feature cells
         cell_refs = {}
         orig_refs = {bb: ex.submit(original_features_task, specs[bb], cfg.weights.get(bb), query_ref,
@@ -317,6 +294,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         results = collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs,
                                   [t for t, _ in fsim_parts], bar)
     finally:
+        bar.close()
         for pool in pools.values():
             pool.shutdown()
         ex.shutdown()

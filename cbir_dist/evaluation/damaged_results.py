@@ -1,6 +1,6 @@
 """Scoring the damaged-query evaluation (:mod:`.damaged`): its finished cells into the records of the tables.
 
-:func:`collect_results` waits for every quality and feature cell (one progress line each),
+:func:`collect_results` waits for every quality and feature cell (a line each above the progress bar),
 searches each state's query vectors in the backbone's collection (P@1/5/10 and AP per query),
 takes means over the queries and means and standard deviations over the repeats, and gathers the
 task timeline, the Fig. 6 images and hits, and the per-query inpaint failures.
@@ -22,7 +22,7 @@ STATES = ("original", "damaged", "reconstructed")
 
 def _retrieval_metrics(store, vectors: np.ndarray, queries, cfg: EvalConfig, class_sizes: dict) -> dict:
     """Per-query P@1/5/10 and AP for one state (arrays of shape (Q,))."""
-    from ..query.search import search_vectors
+    from ..retrieval.search import search_vectors
     from .metrics import average_precision, precision_at_k
 
     k = min(cfg.map_k, store.count() - (1 if cfg.exclude_self else 0))
@@ -57,7 +57,8 @@ def _summarise(per_repeat: list[dict], keys: Sequence[str], scale: float = 1.0) 
 
 def collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs, fsim_timing,
                     bar) -> dict:
-    """Wait for every quality and feature cell (one progress line each), then search and score."""
+    """Wait for every quality and feature cell (``bar``: :func:`cbir_dist.io.progress.progress`; a line
+    each saying which finished), then search and score."""
     label = {}
     for (f, inp, rep), ref in quality_refs.items():
         label[id(ref)] = ("quality", (f, inp, rep), f"quality {f:g} Hz {inp} r{rep}")
@@ -67,12 +68,15 @@ def collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs,
         label[id(ref)] = ("features", (bb, f, inp), f"features {bb} {f:g} Hz {inp}")
     pending = list(quality_refs.values()) + list(orig_refs.values()) + list(cell_refs.values())
     got: dict = {"quality": {}, "original": {}, "features": {}}
+    finished, total = 0, len(pending)
     while pending:
         done, pending = ex.wait_any(pending)
         for ref in done:
             kind, key, what = label[id(ref)]
             got[kind][key] = ex.get(ref)
-            bar.step(what)
+            finished += 1
+            bar.note(f"evaluate: {finished}/{total} cells done ({what})")
+            bar.update(1)
     recon = got["quality"]
     orig = {bb: _retrieval_metrics(stores[bb], v["vectors"]["original"][0], queries, cfg, class_sizes)
             for bb, v in got["original"].items()}

@@ -1,13 +1,13 @@
 """The cells of the damaged-query evaluation (:mod:`.damaged`): the Ray tasks and the network's actor body.
 
 Pure functions of their arguments, run in Ray workers or in this process by the executor of
-:mod:`cbir_dist.distributed.tasks`: the fringe masks and the damaged queries (recomputed where
-needed instead of shipped), one reconstruction per (frequency, inpainter, repeat)
-(:func:`reconstruct_task`; a network inpainter's pre-fill, refined by :class:`NetworkActor`), its
-quality scores (:func:`quality_task`, on the FSIM reference maps of :func:`fsim_references_task`)
-and the query vectors of each feature cell (:func:`original_features_task`,
-:func:`cell_features_task`). Each returns only what the driver needs, with its start, end and pid
-for the timeline.
+:mod:`cbir_dist.distributed.tasks`: the damaged queries (recomputed where needed instead of shipped,
+by the damage step of the index and query jobs: :func:`fringe_damage`), one reconstruction per
+(frequency, inpainter, repeat) (:func:`reconstruct_task`; a network inpainter's pre-fill, refined by
+:class:`NetworkActor`), its quality scores (:func:`quality_task`, on the FSIM reference maps of
+:func:`fsim_references_task`) and the query vectors of each feature cell
+(:func:`original_features_task`, :func:`cell_features_task`). Each returns only what the driver
+needs, with its start, end and pid for the timeline.
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import numpy as np
 from ..features.spec import FeatureSpec
 
 
-def fringe_masks(images: Sequence[np.ndarray], frequency: float, phase: float, missing_fraction: float) -> list:
-    """The known-pixel mask of every query at one (frequency, phase): the one rule of every task."""
-    from ..damage.masks import fringe_mask
+def fringe_damage(frequency: float, phase: float, missing_fraction: float, inpainter: str = "none"):
+    """The damage step of one cell (:class:`~cbir_dist.damage.hook.DamageTransform`): a fringe mask at
+    ``frequency`` and ``phase`` over every query, reconstructed by ``inpainter``."""
+    from ..damage.hook import DamageConfig, DamageTransform
 
-    return [fringe_mask(img.shape[0], img.shape[1], frequency, missing_fraction, phase=phase) for img in images]
+    return DamageTransform(DamageConfig(fringe=frequency, missing_fraction=missing_fraction, phase=phase,
+                                        inpainter=inpainter))
 
 
 def damaged_images(images, frequency: float, phase: float, missing_fraction: float) -> list:
     """The zero-filled queries (the paper's ``M ⊙ I``), recomputed where needed instead of shipped."""
-    from ..damage.masks import apply_mask
+    damage = fringe_damage(frequency, phase, missing_fraction)
+    return [damage.zero_fill(img)[0] for img in images]
 
-    return [apply_mask(img, k) for img, k in zip(images, fringe_masks(images, frequency, phase, missing_fraction))]
+
+def _inpaint_failed(exc: BaseException) -> str:
+    return f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
 
 
 def reconstruct_task(images: Sequence[np.ndarray], frequency: float, inpainter: str, phase: float,
@@ -44,20 +49,18 @@ def reconstruct_task(images: Sequence[np.ndarray], frequency: float, inpainter: 
     "errors": {query index: why}, "start", "end", "pid"}``; a query whose inpainting fails is scored as
     its damaged image and listed in ``errors``.
     """
-    from ..damage.hook import damage_and_reconstruct
-    from ..damage.inpaint import get_inpainter, get_prefill, is_network
-
     t0 = time.time()
-    inp = get_prefill(inpainter) if is_network(inpainter) else get_inpainter(inpainter)
+    damage = fringe_damage(frequency, phase, missing_fraction, inpainter)
     restored, errors = [], {}
-    for j, (img, known) in enumerate(zip(images, fringe_masks(images, frequency, phase, missing_fraction))):
+    for j, img in enumerate(images):
+        damaged, known = damage.zero_fill(img)
         try:
-            restored.append(damage_and_reconstruct(img, known, inp)[1])
+            restored.append(damage.cpu_half(damaged, known))
         except Exception as exc:  # noqa: BLE001 - one image's failure is a recorded value, not a failed cell
-            restored.append(damage_and_reconstruct(img, known, get_inpainter("none"))[0])
-            errors[j] = f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
+            restored.append(damaged)
+            errors[j] = _inpaint_failed(exc)
     return {"reconstructed": restored, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
-            "task": f"reconstruct {inpainter}" if not is_network(inpainter) else f"pre-fill {inpainter}"}
+            "task": f"pre-fill {inpainter}" if damage.network else f"reconstruct {inpainter}"}
 
 
 class NetworkActor:
@@ -78,26 +81,19 @@ class NetworkActor:
         self.stage.load()
 
     def refine(self, images, prefilled: dict, frequency: float, phase: float, missing_fraction: float) -> dict:
-        from ..damage.masks import apply_mask
-
         t0 = time.time()
-        masks = fringe_masks(images, frequency, phase, missing_fraction)
+        damage = fringe_damage(frequency, phase, missing_fraction)
         errors = dict(prefilled.get("errors", {}))  # a failed pre-fill stays the damaged image
         out = list(prefilled["reconstructed"])
         rows = [j for j in range(len(images)) if j not in errors]
-        damaged = {j: apply_mask(images[j], masks[j]) for j in rows}
-        try:
-            done = self.stage.refine([out[j] for j in rows], [masks[j] for j in rows], [damaged[j] for j in rows])
-        except Exception:  # noqa: BLE001 - find the image that fails, keep the others
-            done = []
-            for j in rows:
-                try:
-                    done.append(self.stage.refine([out[j]], [masks[j]], [damaged[j]])[0])
-                except Exception as exc:  # noqa: BLE001 - scored as the damaged image, listed
-                    done.append(damaged[j])
-                    errors[j] = f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
+        damaged = {j: damage.zero_fill(images[j]) for j in rows}  # (damaged, known)
+        done = self.stage.refine_each([out[j] for j in rows], [damaged[j][1] for j in rows],
+                                      [damaged[j][0] for j in rows])
         for j, r in zip(rows, done):
-            out[j] = r
+            if isinstance(r, Exception):
+                out[j], errors[j] = damaged[j][0], _inpaint_failed(r)
+            else:
+                out[j] = r
         return {"reconstructed": out, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
                 "task": f"network {self.name}", "prefill": {k: prefilled[k] for k in ("start", "end", "pid", "task")}}
 

@@ -4,7 +4,7 @@ Retrieval functions take the labels of the ranked neighbours, ``retrieved_labels
 ``(Q, K)`` (row ``q`` = the labels of query ``q``'s results, best first), and the queries' own
 labels ``query_labels`` of shape ``(Q,)``; a result is relevant when its label equals the query's.
 Under the exclude-self protocol, remove each query's own database entry first with
-:func:`cbir_dist.query.search.exclude_self` and count ``n_relevant`` (and ``n_database``) without it.
+:func:`cbir_dist.retrieval.search.exclude_self` and count ``n_relevant`` (and ``n_database``) without it.
 
 Image-quality functions compare a reference ``uint8`` image with a test one of the same shape,
 ``(H, W)`` grey or ``(H, W, 3)`` RGB, on the 0–255 scale.

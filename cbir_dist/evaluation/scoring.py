@@ -61,8 +61,8 @@ def score_ranking(
     window : int or None
         The bull's-eye window (``2 ×`` class size); ``None`` skips it (queries not in the database).
     """
-    from ..query.knn import knn_predict
-    from ..query.search import exclude_self as drop_self
+    from ..retrieval.knn import knn_predict
+    from ..retrieval.search import exclude_self as drop_self
     from .metrics import average_precision, bullseye_score, precision_at_k
 
     ids, dist = np.asarray(ids), np.asarray(dist, dtype=np.float64)
@@ -99,7 +99,7 @@ def score_ranking(
 
 def summarise(scored: Scored, class_labels: Sequence[str]) -> tuple[dict, dict]:
     """Mean retrieval figures (%) and, per KNN k, the classification report's macro and overall figures (%)."""
-    from ..query.knn import classification_report
+    from ..retrieval.knn import classification_report
 
     retrieval = {
         "p_at_1": 100 * float(np.mean(scored.p_at_1)),

@@ -9,7 +9,7 @@ Protocol
    the Milvus server ``db`` (names prefixed by ``collection_prefix``); the collection is dropped and
    rebuilt on every run, and the standardisation is fitted on it and stored with it.
 2. Every file queries the collection: its vector is made with the collection's stored spec and
-   searched with :func:`cbir_dist.search.search_vectors`. Byte-identical files share one row
+   searched with :func:`cbir_dist.retrieval.search.search_vectors`. Byte-identical files share one row
    (content ids), so a class may hold fewer rows than files; every file is still a query and its
    "self" is that shared row.
 3. Scores, in % (means over queries):
@@ -22,9 +22,10 @@ Protocol
      size ``n`` in the collection; the window ``2n`` uses the median class size (40 on MPEG-7). It
      is computed the same way whatever the protocol;
    * KNN classification: majority vote of the ``k`` nearest *other* rows, ties broken by the smaller
-     summed distance, then by the nearest neighbour (:func:`cbir_dist.knn.knn_predict`); scored one
-     class against the rest as Pande et al. do — precision, recall (sensitivity), specificity and
-     accuracy ``(TP + TN) / n`` per class, macro-averaged — plus the overall fraction correct.
+     summed distance, then by the nearest neighbour (:func:`cbir_dist.retrieval.knn.knn_predict`);
+     scored one class against the rest as Pande et al. do — precision, recall (sensitivity),
+     specificity and accuracy ``(TP + TN) / n`` per class, macro-averaged — plus the overall
+     fraction correct.
 
 4. Shape only: the affine repository of :mod:`cbir_dist.affine` (every image plus a rotated, a
    translated, a scaled and a combined copy, drawn deterministically from the seed) is written to
@@ -244,7 +245,7 @@ def _check_query_path(searcher, qs: QuerySet, vectors: np.ndarray, n: int = QUER
 
 
 def _search(searcher, vectors: np.ndarray, self_ids: np.ndarray, top: int):
-    from ..query.search import search_vectors
+    from ..retrieval.search import search_vectors
 
     return search_vectors(searcher.store, vectors, list(self_ids), top, False)
 

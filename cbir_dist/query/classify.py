@@ -1,7 +1,7 @@
 """`cbir-dist classify`: each image's class by a majority vote of its k nearest neighbours in a collection.
 
 Images are described with the collection's own FeatureSpec (as queries are) and searched in the
-store; the k nearest rows vote (:func:`cbir_dist.knn.knn_predict`: most votes, then the smaller
+store; the k nearest rows vote (:func:`cbir_dist.retrieval.knn.knn_predict`: most votes, then the smaller
 summed distance, then the nearest). An image whose own content is in the collection never votes
 for itself: its row (same content id) is dropped from its neighbours. When the images sit in class
 folders, their folder names are the true labels and accuracy is reported.
@@ -35,19 +35,17 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
     dict
         ``{"columns": {name: list}, "n": images, "failed": bad files, "labelled": images with a known
         label, "accuracy": fraction correct among them (None if none), "report": the
-        :func:`cbir_dist.knn.classification_report` of the labelled ones (or None)}``.
+        :func:`cbir_dist.retrieval.knn.classification_report` of the labelled ones (or None)}``.
 
     Raises
     ------
     ValueError
         ``k`` < 1, no images, or a collection with fewer than ``k`` rows besides an image's own.
     """
-    from tqdm.auto import tqdm
-
     from ..io.files import list_images
-    from ..io.records import OK
-    from .knn import classification_report, knn_predict
-    from .search import QueryConfig, Searcher, load_queries, search_vectors
+    from ..io.progress import progress as progress_bar
+    from ..retrieval.knn import classification_report
+    from .search import QueryConfig, Searcher, load_queries
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UsageError(f"k must be a positive integer, got {k!r}")
@@ -61,28 +59,11 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
         n_rows = searcher.store.count()
         if n_rows < k:
             raise UsageError(f"collection {collection!r} holds {n_rows} rows; -k {k} needs at least {k}")
-        for start in tqdm(range(0, len(files), batch_size), desc="classify", unit="batch", disable=not progress):
-            recs = load_queries(files[start : start + batch_size], max_pixels)
-            good = [r for r in recs if r.status == OK]
-            for r in recs:
-                if r.status != OK:
-                    _add(cols, r.path, r.id, r.label, "", 0, float("nan"), [], [], r.error or r.status)
-            if not good:
-                continue
-            vectors = searcher.extractor([r.image for r in good])
-            # the image's own row (same content id), when stored, never votes
-            ids, dist, _paths, labels = search_vectors(searcher.store, vectors, [r.id for r in good], int(k), True)
-            for q, r in enumerate(good):
-                keep = np.flatnonzero(ids[q] >= 0)
-                if len(keep) < k:
-                    _add(cols, r.path, r.id, r.label, "", 0, float("nan"), [], [],
-                         f"only {len(keep)} neighbours besides the image itself; -k {k} needs {k}")
-                    continue
-                lab, d = labels[q, keep], dist[q, keep].astype(np.float64)
-                pred = str(knn_predict(lab[None, :], d[None, :], int(k))[0])
-                voters = lab == pred
-                _add(cols, r.path, r.id, r.label, pred, int(voters.sum()), float(d[voters].mean()),
-                     [int(i) for i in ids[q, keep]], [str(x) for x in lab], "")
+        with progress_bar(len(files), progress, "classify", "img") as bar:
+            for start in range(0, len(files), batch_size):
+                recs = load_queries(files[start : start + batch_size], max_pixels)
+                _classify_batch(cols, searcher, recs, int(k))
+                bar.update(len(recs))
     finally:
         searcher.store.close()
     if out:
@@ -100,6 +81,34 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
         "accuracy": report["accuracy"] if report else None,
         "report": report,
     }
+
+
+def _classify_batch(cols: dict, searcher, recs, k: int) -> None:
+    """Add one row per record: the vote of its ``k`` nearest neighbours, or why it has none."""
+    from ..io.records import OK
+    from ..retrieval.knn import knn_predict
+    from ..retrieval.search import search_vectors
+
+    good = [r for r in recs if r.status == OK]
+    for r in recs:
+        if r.status != OK:
+            _add(cols, r.path, r.id, r.label, "", 0, float("nan"), [], [], r.error or r.status)
+    if not good:
+        return
+    vectors = searcher.extractor([r.image for r in good])
+    # the image's own row (same content id), when stored, never votes
+    ids, dist, _paths, labels = search_vectors(searcher.store, vectors, [r.id for r in good], k, True)
+    for q, r in enumerate(good):
+        keep = np.flatnonzero(ids[q] >= 0)
+        if len(keep) < k:
+            _add(cols, r.path, r.id, r.label, "", 0, float("nan"), [], [],
+                 f"only {len(keep)} neighbours besides the image itself; -k {k} needs {k}")
+            continue
+        lab, d = labels[q, keep], dist[q, keep].astype(np.float64)
+        pred = str(knn_predict(lab[None, :], d[None, :], k)[0])
+        voters = lab == pred
+        _add(cols, r.path, r.id, r.label, pred, int(voters.sum()), float(d[voters].mean()),
+             [int(i) for i in ids[q, keep]], [str(x) for x in lab], "")
 
 
 def _add(cols, path, id_, label, predicted, votes, distance, neighbour_ids, neighbour_labels, error) -> None:

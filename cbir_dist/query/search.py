@@ -17,12 +17,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..damage.hook import DamageConfig, apply_transform, damage_and_reconstruct, damage_transform, known_mask
+from ..damage.hook import DamageConfig, DamageTransform, damage_record, damage_transform
 from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile
 from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.progress import progress as progress_bar
 from ..io.records import OK, Record, read_record
+from ..retrieval.search import search_vectors
 from .inputs import QuerySet, resolve_queries
 from .results import RESULT_COLUMNS, check_out_path, write_results
 
@@ -72,61 +74,6 @@ def load_queries(files: Sequence[ImageFile], max_pixels: int, max_bytes: int = D
     return [read_record(f, max_pixels=max_pixels, max_bytes=max_bytes) for f in files]
 
 
-def exclude_self(query_ids, result_ids, *arrays, k: int | None = None) -> tuple[np.ndarray, ...]:
-    """Remove each query's own id from its ranked results: the one exclude-self rule of the package.
-
-    Every entry of row ``q`` of ``result_ids`` equal to ``query_ids[q]`` is removed from it and from
-    the same position of every array in ``arrays``; the remaining entries keep their order. Rows are
-    then truncated to a common length: the shortest row (``K - 1`` when every query found itself,
-    ``K`` when none did), and at most ``k`` when given.
-
-    Parameters
-    ----------
-    query_ids : array_like, shape (Q,)
-    result_ids : array_like, shape (Q, K)
-        Ids of the ranked results.
-    *arrays : array_like, shape (Q, K, ...)
-        Aligned per-result data (labels, distances, paths, ...).
-    k : int, optional
-        Keep at most this many results per query.
-
-    Returns
-    -------
-    tuple of ndarray
-        ``(result_ids, *arrays)``, each of shape ``(Q, K', ...)``.
-    """
-    query_ids = np.asarray(query_ids)
-    result_ids = np.asarray(result_ids)
-    if result_ids.ndim != 2 or query_ids.shape != result_ids.shape[:1]:
-        raise ValueError(
-            f"result_ids must be (Q, K) and query_ids (Q,); got {result_ids.shape} and {query_ids.shape}."
-        )
-    arrays = tuple(np.asarray(a) for a in arrays)
-    for i, a in enumerate(arrays):
-        if a.shape[:2] != result_ids.shape:
-            raise ValueError(f"arrays[{i}] has shape {a.shape}; its first two axes must be {result_ids.shape}.")
-    is_self = result_ids == query_ids[:, None]
-    k_out = result_ids.shape[1] - int(is_self.sum(axis=1).max(initial=0))
-    if k is not None:
-        k_out = min(k_out, int(k))
-    order = np.argsort(is_self, axis=1, kind="stable")[:, :k_out]  # kept entries first, in order
-    out = [np.take_along_axis(result_ids, order, axis=1)]
-    for a in arrays:
-        idx = order.reshape(order.shape + (1,) * (a.ndim - 2))
-        out.append(np.take_along_axis(a, idx, axis=1))
-    return tuple(out)
-
-
-def search_vectors(store, vectors: np.ndarray, query_ids: Sequence[int], k: int, exclude: bool):
-    """Top-k ``(ids, distances, paths, labels)`` for each vector; with ``exclude`` the query's own row
-    (same content id) is dropped (:func:`exclude_self`) and ``k`` others are returned."""
-    res = store.search(vectors, k + 1 if exclude else k)
-    arrays = (res.ids, res.distances, res.paths, res.labels)
-    if not exclude:
-        return arrays
-    return exclude_self(query_ids, res.ids, res.distances, res.paths, res.labels, k=k)
-
-
 def _new_columns() -> dict[str, list]:
     return {c: [] for c in RESULT_COLUMNS}
 
@@ -142,51 +89,19 @@ def _add_error(cols: dict, rec: Record, reason: str) -> None:
     _add_row(cols, rec, 0, -1, "", "", float("nan"), reason)
 
 
-class _Damage:
-    """The damage settings of each query: its own root folder decides where ``--masks`` finds its mask."""
-
-    def __init__(self, config: QueryConfig, root: str | None, roots: Mapping[str, str | None] | None):
-        self.config, self.root, self.roots = config, root, roots or {}
-        self._by_root: dict[str | None, DamageConfig] = {}
-
-    def root_of(self, path: str) -> str | None:
-        return self.roots.get(path, self.root)
-
-    def config_for(self, path: str) -> DamageConfig:
-        root = self.root_of(path) if self.config.masks_dir is not None else None  # fringes ignore the root
-        if root not in self._by_root:
-            self._by_root[root] = self.config.damage(root)
-        return self._by_root[root]
-
-    def transform(self, paths: Sequence[str]):
-        """The picklable ``(image, path) -> image`` hook for ``paths`` (None when nothing is damaged)."""
-        roots = {self.root_of(p) for p in paths} if self.config.masks_dir is not None else {None}
-        if len(roots) <= 1:
-            return damage_transform(self.config.damage(next(iter(roots), None)))
-        return _DamageByRoot({p: self.root_of(p) for p in paths}, {r: damage_transform(self.config.damage(r))
-                                                                    for r in roots})
+def _damage(config: QueryConfig, paths: Sequence[str], root: str | None,
+            roots: Mapping[str, str | None] | None) -> DamageTransform | None:
+    """The damage step of the queries ``paths`` (None when they are intact): ``--masks`` finds each
+    query's mask under the folder it came from (``roots[path]``, else ``root``)."""
+    by_path = {p: (roots or {}).get(p, root) for p in paths} if config.masks_dir is not None else {}
+    if len(set(by_path.values())) == 1:  # one folder: no table to ship to the Ray workers
+        root, by_path = next(iter(by_path.values())), {}
+    return damage_transform(config.damage(root), by_path)
 
 
-class _DamageByRoot:
-    """``(image, path) -> image``: the damage hook of the folder each query came from (``--masks`` with
-    several folder arguments); picklable for the Ray pipeline."""
-
-    def __init__(self, roots: Mapping[str, str | None], hooks: Mapping[str | None, object]):
-        self.roots, self.hooks = dict(roots), dict(hooks)
-
-    def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
-        return self.hooks[self.roots.get(path)](image, path)
-
-    # a network inpainter runs in two halves on the Ray path (CPU tasks, then actors): the same for every root
-    @property
-    def network(self) -> bool:
-        return any(h.network for h in self.hooks.values())
-
-    def prepare(self, image: np.ndarray, path: str):
-        return self.hooks[self.roots.get(path)].prepare(image, path)
-
-    def network_stage(self):
-        return next(iter(self.hooks.values())).network_stage()
+def _loaded(damage: DamageTransform | None) -> DamageTransform | None:
+    """``damage`` with its inpainter built in this process (one that cannot be built fails the job first)."""
+    return damage.load() if damage is not None else None
 
 
 #: ``observe(record, damaged, reconstructed)``: called for every query that reaches the search, with
@@ -245,14 +160,16 @@ class Searcher:
         """Damage, reconstruct, describe and search each (already read) record; returns the result columns.
 
         ``root`` (or, per path, ``roots``) is the folder a query's path is relative to, for ``--masks``.
+        The records keep their images as read (a record whose damage step fails is rejected).
         """
-        from tqdm.auto import tqdm
-
         config = config or self.config
-        damage, inpainter = _Damage(config, root, roots), _inpainter(config)
+        damage = _loaded(_damage(config, [r.path for r in records], root, roots))
         cols = _new_columns()
-        for start in tqdm(range(0, len(records), config.batch_size), desc="query", unit="batch", disable=not progress):
-            self._run_batch(cols, records[start : start + config.batch_size], config, damage, inpainter, observe)
+        with progress_bar(len(records), progress, "query", "img") as bar:
+            for start in range(0, len(records), config.batch_size):
+                batch = records[start : start + config.batch_size]
+                self._run_batch(cols, batch, config, damage, observe)
+                bar.update(len(batch))
         return cols
 
     def run_files(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *, root: str | None = None,
@@ -260,40 +177,29 @@ class Searcher:
                   observe: Observer | None = None) -> dict:
         """Like :meth:`run` for files: each batch of ``batch_size`` files is read, decoded, described and
         searched before the next is read, so memory is bounded by the batch size, not the query count."""
-        from tqdm.auto import tqdm
-
         config = config or self.config
-        damage, inpainter = _Damage(config, root, roots), _inpainter(config)
+        damage = _loaded(_damage(config, [f.path for f in files], root, roots))
         cols = _new_columns()
-        for start in tqdm(range(0, len(files), config.batch_size), desc="query", unit="batch", disable=not progress):
-            records = load_queries(files[start : start + config.batch_size], config.max_pixels, config.max_bytes)
-            self._run_batch(cols, records, config, damage, inpainter, observe)
-            del records  # the batch's decoded images go before the next batch is read
+        with progress_bar(len(files), progress, "query", "img") as bar:
+            for start in range(0, len(files), config.batch_size):
+                records = load_queries(files[start : start + config.batch_size], config.max_pixels, config.max_bytes)
+                self._run_batch(cols, records, config, damage, observe)
+                bar.update(len(records))
+                del records  # the batch's decoded images go before the next batch is read
         return cols
 
-    def _run_batch(self, cols: dict, records: Sequence[Record], config: QueryConfig, damage: _Damage, inpainter,
+    def _run_batch(self, cols: dict, records: Sequence[Record], config: QueryConfig, damage: DamageTransform | None,
                    observe: Observer | None) -> None:
         errors: dict[int, str] = {}
         good, images = [], []
         for i, r in enumerate(records):
-            if r.status != OK:
+            result = damage_record(r, damage) if r.status == OK else None  # the one per-file rule
+            if result is None:  # a bad file, or its damage step failed: this query's error row
                 errors[i] = r.error
                 continue
-            seen = {}
-
-            def hook(img, path, seen=seen):
-                known = known_mask(img.shape, path, damage.config_for(path))
-                seen["damaged"], seen["rebuilt"] = damage_and_reconstruct(img, known, inpainter)
-                return seen["rebuilt"]
-
-            apply_transform(r, hook)  # the one per-file rule: a failure here is this query's error row
-            if r.status != OK:
-                errors[i] = r.error
-                continue
-            damaged, rebuilt = seen["damaged"], seen["rebuilt"]
             if observe is not None:
-                observe(r, damaged, rebuilt)
-            images.append(rebuilt)
+                observe(r, result.damaged, result.reconstructed)
+            images.append(result.reconstructed)
             good.append(i)
         vectors = self.extractor(images) if good else None
         self._add_results(cols, records, errors, good, vectors, config)
@@ -332,7 +238,7 @@ class Searcher:
         config = config or self.config
         gcfg = GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
                            weights_override=config.weights_override, device=config.device, progress=config.progress)
-        transform = _Damage(config, root, roots).transform([f.path for f in files])
+        transform = _damage(config, [f.path for f in files], root, roots)
         recs, feats = describe_files(self.spec, files, gcfg, transform=transform)
         cols = _new_columns()
         errors = {i: r.error for i, r in enumerate(recs) if r.status != OK}
@@ -341,30 +247,18 @@ class Searcher:
         return cols
 
 
-def _inpainter(config: QueryConfig):
-    from ..damage.inpaint import get_inpainter
-
-    return get_inpainter(config.inpainter)
-
-
 def observe_files(files: Sequence[ImageFile], config: QueryConfig, observe: Observer, *,
                   roots: Mapping[str, str | None] | None = None, paths: set[str] | None = None) -> None:
     """Read, damage and reconstruct ``files`` (only ``paths`` when given) one at a time and pass each to
-    ``observe``: what the Ray path described, made again in this process (the damage hook is
+    ``observe``: what the Ray path described, made again in this process (the damage step is
     deterministic) for a page that shows the queries."""
-    damage, inpainter = _Damage(config, None, roots), _inpainter(config)
+    files = [f for f in files if paths is None or f.path in paths]
+    damage = _loaded(_damage(config, [f.path for f in files], None, roots))
     for f in files:
-        if paths is not None and f.path not in paths:
-            continue
         r = read_record(f, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
-        if r.status != OK:
-            continue
-        try:
-            damaged, rebuilt = damage_and_reconstruct(r.image, known_mask(r.image.shape, r.path,
-                                                                         damage.config_for(r.path)), inpainter)
-        except Exception:  # noqa: BLE001 - its error row came from the search; the page shows that
-            continue
-        observe(r, damaged, rebuilt)
+        result = damage_record(r, damage) if r.status == OK else None
+        if result is not None:  # a failed query's error row came from the search; the page shows that
+            observe(r, result.damaged, result.reconstructed)
 
 
 def run_query(queries, config: QueryConfig, *, store=None, out: str | None = None, progress: bool = True,

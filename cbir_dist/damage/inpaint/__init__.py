@@ -24,6 +24,7 @@ __all__ = [
     "OpenCVInpainter",
     "ZeroFill",
     "available_inpainters",
+    "check_inpainter",
     "check_inputs",
     "get_inpainter",
     "get_prefill",
@@ -92,6 +93,16 @@ def available_inpainters() -> list[str]:
     return list(_REGISTRY)
 
 
+def check_inpainter(name: str) -> None:
+    """Raise :class:`UsageError` (listing the valid names) unless ``name`` is a registered inpainter."""
+    try:
+        _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UsageError(
+            f"Unknown inpainter {name!r}; choose one of: {', '.join(available_inpainters())}."
+        ) from None
+
+
 def get_inpainter(name: str, **kwargs) -> Inpainter:
     """Build the inpainter registered as ``name``.
 
@@ -111,10 +122,5 @@ def get_inpainter(name: str, **kwargs) -> Inpainter:
     ImportError
         For ``"two-stage"`` when its module is not installed.
     """
-    try:
-        factory = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UsageError(
-            f"Unknown inpainter {name!r}; choose one of: {', '.join(available_inpainters())}."
-        ) from None
-    return factory(**kwargs)
+    check_inpainter(name)
+    return _REGISTRY[name](**kwargs)

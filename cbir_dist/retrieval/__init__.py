@@ -1,0 +1,1 @@
+"""Retrieval primitives the query and evaluation jobs share: searching vectors, exclude-self, KNN votes."""
