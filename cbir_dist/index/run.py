@@ -58,6 +58,7 @@ from ..errors import IncompleteRunError, UsageError
 from ..features.spec import FeatureSpec
 from ..io.files import DEFAULT_MAX_BYTES
 from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.progress import progress as progress_bar
 from . import summary as S
 from .faults import fault
 from .plan import RunPlan, Shard
@@ -155,7 +156,7 @@ class IndexRun:
         self.spec = self.plan.spec  # the fitted spec once a fitted run commits
         self.clock = StageClock()
         show = config.progress if progress is None else progress
-        self.bar = S.progress(self.plan.files, show, "index")
+        self.bar = progress_bar(self.plan.files, show, "index", "img")
         self.writer = ShardWriter(self.plan.store, self.spec, self.plan.target, fitted=self.plan.fitted,
                                   save_features=config.save_features, clock=self.clock, bar=self.bar)
 

@@ -166,20 +166,3 @@ def run_record(summary: IndexSummary, *, run_dir: Path, images_dir: str, backend
             "images_dir": str(Path(images_dir).resolve()), "host": platform.node(),
             "backend": backend, "files": s.files, "indexed": s.indexed, "missing": s.missing,
             "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}
-
-
-class _NullBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress(total: int, enabled: bool, desc: str):
-    """A tqdm bar with an ETA, or a no-op when ``enabled`` is False."""
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
