@@ -38,6 +38,10 @@ class WeightsError(CbirError):
     """Model weights could not be obtained or do not match what was expected."""
 
 
+class WeightsNotFoundError(InputError, WeightsError):
+    """A weights PATH the user gave names no file (a mistyped ``--weights``): exit status 2."""
+
+
 class StoreError(CbirError):
     """The vector store (Milvus) refused an operation or could not be reached."""
 

@@ -15,12 +15,13 @@ same image as the one-call hook of the local backend.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..io.text import os_path
 
 
@@ -42,12 +43,23 @@ class DamageConfig:
     root: str | None = None
 
     def __post_init__(self):
+        from .inpaint import available_inpainters
+
         if self.fringe is not None and self.masks_dir is not None:
             raise UsageError("give either --fringe HZ or --masks DIR, not both")
-        if self.fringe is not None and not self.fringe > 0:
+        if self.fringe is not None and not (self.fringe > 0 and math.isfinite(self.fringe)):
             raise UsageError(f"--fringe must be a positive frequency in Hz (fringes per image), got {self.fringe}")
         if not 0.0 < self.missing_fraction < 1.0:
             raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
+        for name in ("angle", "phase"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"--{name} must be a finite number, got {getattr(self, name)}")
+        if self.inpainter not in available_inpainters():
+            raise UsageError(f"--inpainter {self.inpainter!r} is unknown; choose one of "
+                             f"{', '.join(available_inpainters())}")
+        if self.masks_dir is not None and not Path(os_path(self.masks_dir)).is_dir():
+            raise InputError(f"--masks {self.masks_dir}: no such folder (it should hold one mask image per "
+                             "image, of the same name: white = known, black = missing)")
 
     @property
     def active(self) -> bool:

@@ -100,7 +100,8 @@ def iter_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such directory")
+        raise InputError(f"{root}: not a directory; give the folder holding the images" if root.exists()
+                         else f"{root}: no such directory")
     real_root = os.path.realpath(root)
     visited = {real_root: str(root)}  # real folder -> the path it was first listed under
     yield from _walk(root, root, real_root, extensions, follow_symlinks, visited)

@@ -54,8 +54,9 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
     files = list_images(images_dir)
     if not files:
         raise InputError(f"no images found under {images_dir}")
-    searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), batch_size=batch_size,
-                                    weights_override=weights_override, device=device, max_pixels=max_pixels))
+    searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), exclude_self=True,
+                                    batch_size=batch_size, weights_override=weights_override, device=device,
+                                    max_pixels=max_pixels))
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     try:
         n_rows = searcher.store.count()
