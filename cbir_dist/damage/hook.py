@@ -69,9 +69,9 @@ class DamageConfig:
 def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.ndarray | None:
     """The known-pixel mask of one image: a fringe pattern, a file from the masks folder, or None (intact).
 
-    Raises ``FileNotFoundError`` when ``--masks`` has no mask for ``path`` and ``ValueError`` (or
-    :class:`~cbir_dist.errors.ImageDecodeError`) when the mask file is unusable: per-file failures
-    that the jobs record as the file's error.
+    Raises :class:`~cbir_dist.errors.InputError` when ``--masks`` has no mask for ``path`` and
+    ``ValueError`` (or :class:`~cbir_dist.errors.ImageDecodeError`) when the mask file is unusable:
+    per-file failures that the jobs record as the file's error.
     """
     from .masks import fringe_mask, load_mask
 
@@ -87,7 +87,7 @@ def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.nd
         candidate = Path(os_path(str(candidate)))  # the text form of a non-UTF-8 name back to the file's
         if candidate.exists() and not candidate.is_dir():  # a FIFO is found, then refused by load_mask
             return load_mask(candidate, shape=(h, w))
-    raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
+    raise InputError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
 
 
 def _relative(path: str, root: str | None) -> Path:

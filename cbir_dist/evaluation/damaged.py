@@ -115,7 +115,8 @@ class EvalConfig:
         if not self.inpainters:
             raise UsageError("give at least one inpainter")
         if self.k > self.map_k:
-            raise UsageError("map_k must be >= k")
+            raise UsageError(f"-k {self.k} is deeper than the ranking evaluated (the top {self.map_k}, for mAP); "
+                             f"give -k {self.map_k} or less")
         if not 0.0 < self.missing_fraction < 1.0:
             raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
         if self.network_cpus is not None and not (math.isfinite(self.network_cpus) and self.network_cpus >= 0):
