@@ -84,7 +84,7 @@ def build_spec(
 
         if backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or none")
-        if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
+        if image_size < MIN_IMAGE_SIZE:
             raise UsageError(f"image size {image_size} is too small for a backbone: give --image-size "
                              f"{MIN_IMAGE_SIZE} or more (default 224)")
         deep_params = {"backbone": backbone, "weights": str(weights), "image_size": int(image_size)}
