@@ -24,7 +24,8 @@ def _token(args) -> str | None:
             raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc.strerror or exc})") from exc
         token = lines[0].strip() if lines else ""
         if not token:
-            raise UsageError(f"--token-file {args.token_file} is empty")
+            raise UsageError(f"--token-file {args.token_file} is empty: put the token (user:password or an API "
+                             "key) on its first line")
         return token
     return os.environ.get("MILVUS_TOKEN") or None
 

@@ -111,7 +111,8 @@ class EvalConfig:
         if self.queries is not None and self.queries < 1:
             raise UsageError("queries must be a positive number or 'all'")
         if not self.frequencies or any(f <= 0 for f in self.frequencies):
-            raise UsageError(f"frequencies must be positive, got {self.frequencies}")
+            raise UsageError(f"--frequencies must be positive (fringes per image, e.g. 0.5,1,6), got "
+                             f"{','.join(f'{f:g}' for f in self.frequencies) or 'none'}")
         if not self.inpainters:
             raise UsageError("give at least one inpainter")
         if self.k > self.map_k:

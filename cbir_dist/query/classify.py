@@ -53,7 +53,8 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
         raise UsageError(f"k must be a positive integer, got {k!r}")
     files = list_images(images_dir)
     if not files:
-        raise InputError(f"no images found under {images_dir}")
+        raise InputError(f"no images found under {images_dir}: give a folder of image files (in class folders "
+                         "to measure the accuracy)")
     searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), exclude_self=True,
                                     batch_size=batch_size, weights_override=weights_override, device=device,
                                     max_pixels=max_pixels))
@@ -61,7 +62,8 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
     try:
         n_rows = searcher.store.count()
         if n_rows < k:
-            raise UsageError(f"collection {collection!r} holds {n_rows} rows; -k {k} needs at least {k}")
+            raise UsageError(f"collection {collection!r} holds {n_rows} rows; -k {k} needs at least {k}: "
+                             f"give -k {max(n_rows - 1, 1)} or less")
         for start in tqdm(range(0, len(files), batch_size), desc="classify", unit="batch", disable=not progress):
             recs = load_queries(files[start : start + batch_size], max_pixels)
             good = [r for r in recs if r.status == OK]
