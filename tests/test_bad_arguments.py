@@ -178,7 +178,7 @@ ROWS = [
      "give -k 100 or less"),
     ("evaluate", "--knn-k 0", ["evaluate", "{data}", "--out", "{tmp}/ev", "--profile", "shape", "--knn-k", "0,1",
                                "--no-affine", "--no-ablation"],
-     "--knn-k must be positive whole numbers, e.g. 1,3,5"),
+     "knn_k must be positive integers, e.g. (1, 3, 5)"),
     ("evaluate", "--knn-k not numbers", ["evaluate", "{data}", "--out", "{tmp}/ev", "--profile", "shape",
                                          "--knn-k", "one"], "argument --knn-k: 'one' is not a whole number"),
     ("evaluate", "--n-coeffs 0", ["evaluate", "{data}", "--out", "{tmp}/ev", "--profile", "shape", "--n-coeffs", "0",

@@ -119,7 +119,7 @@ class ShapeEvalConfig:
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if not self.knn_k or any(isinstance(k, bool) or int(k) != k or k < 1 for k in self.knn_k):
-            raise UsageError(f"--knn-k must be positive whole numbers, e.g. 1,3,5; got {self.knn_k!r}")
+            raise UsageError(f"knn_k must be positive integers, e.g. (1, 3, 5); got {self.knn_k!r}")
         bad = [v for v in self.variants if v not in AFFINE_VARIANTS]
         if bad or not self.variants:
             raise UsageError(f"variants must be a non-empty subset of {AFFINE_VARIANTS}, got {self.variants!r}")
