@@ -22,7 +22,8 @@ EVAL = ["--backend", "local", "--frequencies", "1", "--backbones", "none", "--in
 TRAIN = ["--no-ray", "--steps", "1", "--crop-min", "16", "--crop-max", "16", "--batch-size", "1", "--val-every", "0",
          "--snapshot-every", "0"]
 
-#: Rows whose error is raised inside cbir_dist/store/ (converted to the family on branch i19-store).
+#: Rows whose error is raised inside cbir_dist/store/ (converted to the family on branch i19-store); they
+#: assert only that the line names the URI or path, the store's wording being the store's.
 STORE_SIDE = {
     "index: --db ftp:// URI", "index: --db not ending in .db", "index: --db a regular file",
     "query: --db ftp:// URI", "query: --db not ending in .db",
@@ -38,10 +39,9 @@ ROWS = [
      "{tmp}/missing: no such directory"),
     ("index", "images dir is a file", ["index", "{img}", "--db", "{tmp}/n.db", *FAST],
      "{img}: not a directory; give the folder holding the images"),
-    ("index", "--db ftp:// URI", ["index", "{data}", "--db", "ftp://host/x", *FAST],
-     "unsupported store URI 'ftp://host/x'"),
-    ("index", "--db not ending in .db", ["index", "{data}", "--db", "{txt}", *FAST], "must end in .db"),
-    ("index", "--db a regular file", ["index", "{data}", "--db", "{filedb}", *FAST], "is a file"),
+    ("index", "--db ftp:// URI", ["index", "{data}", "--db", "ftp://host/x", *FAST], "ftp://host/x"),
+    ("index", "--db not ending in .db", ["index", "{data}", "--db", "{txt}", *FAST], "{txt}"),
+    ("index", "--db a regular file", ["index", "{data}", "--db", "{filedb}", *FAST], "{filedb}"),
     ("index", "--collection not a name", ["index", "{data}", "--db", "{tmp}/n.db", "--collection", "my-images", *FAST],
      "collection name 'my-images' is not valid: use letters, digits and underscores"),
     ("index", "--backbone unknown", ["index", "{data}", "--db", "{tmp}/n.db", "--backbone", "resnet5"],
@@ -88,8 +88,8 @@ ROWS = [
     ("query", "pattern matching nothing", ["query", "{tmp}/*.jpeg", "--db", "{db}", "--collection", "c"],
      "the pattern matches no file or folder"),
     ("query", "--db no such store", ["query", "{img}", "--db", "{tmp}/none.db"], "no milvus-lite store there"),
-    ("query", "--db ftp:// URI", ["query", "{img}", "--db", "ftp://host/x"], "unsupported store URI"),
-    ("query", "--db not ending in .db", ["query", "{img}", "--db", "{txt}"], "must end in .db"),
+    ("query", "--db ftp:// URI", ["query", "{img}", "--db", "ftp://host/x"], "ftp://host/x"),
+    ("query", "--db not ending in .db", ["query", "{img}", "--db", "{txt}"], "{txt}"),
     ("query", "--db a regular file", ["query", "{img}", "--db", "{filedb}"], "{filedb}"),
     ("query", "--collection missing", ["query", "{img}", "--db", "{db}", "--collection", "photos"],
      "collection 'photos' not found in {db} (it holds 'c': pick one with --collection)"),
@@ -121,7 +121,7 @@ ROWS = [
     ("classify", "no images in the dir", ["classify", "{empty}", "--db", "{db}", "--collection", "c"],
      "no images found under {empty}: give a folder of image files"),
     ("classify", "--db no such store", ["classify", "{data}", "--db", "{tmp}/none.db"], "no milvus-lite store there"),
-    ("classify", "--db ftp:// URI", ["classify", "{data}", "--db", "ftp://host/x"], "unsupported store URI"),
+    ("classify", "--db ftp:// URI", ["classify", "{data}", "--db", "ftp://host/x"], "ftp://host/x"),
     ("classify", "--collection missing", ["classify", "{data}", "--db", "{db}", "--collection", "photos"],
      "collection 'photos' not found in {db} (it holds 'c': pick one with --collection)"),
     ("classify", "-k beyond the collection", ["classify", "{data}", "--db", "{db}", "--collection", "c", "-k", "100"],
@@ -133,8 +133,8 @@ ROWS = [
                                         "{txt}/p.parquet"], "--out {txt}/p.parquet: {txt} is not a folder"),
     # info
     ("info", "--db no such store", ["info", "--db", "{tmp}/none.db"], "no milvus-lite store there"),
-    ("info", "--db ftp:// URI", ["info", "--db", "ftp://host/x"], "unsupported store URI 'ftp://host/x'"),
-    ("info", "--db not ending in .db", ["info", "--db", "{txt}"], "must end in .db"),
+    ("info", "--db ftp:// URI", ["info", "--db", "ftp://host/x"], "ftp://host/x"),
+    ("info", "--db not ending in .db", ["info", "--db", "{txt}"], "{txt}"),
     ("info", "--db a regular file", ["info", "--db", "{filedb}"], "{filedb}"),
     ("info", "--collection missing", ["info", "--db", "{db}", "--collection", "photos"],
      "collection 'photos' not found in {db} (it holds 'c': pick one with --collection"),
@@ -167,7 +167,7 @@ ROWS = [
     ("evaluate", "--network-cpus negative", ["evaluate", "{data}", "--out", "{tmp}/ev", *EVAL, "--network-cpus",
                                              "-1"], "--network-cpus must be a number of CPUs >= 0"),
     ("evaluate", "--db ftp:// URI", ["evaluate", "{data}", "--out", "{tmp}/ev", *EVAL, "--db", "ftp://host/x"],
-     "unsupported store URI"),
+     "ftp://host/x"),
     ("evaluate", "--collection-prefix not a name", ["evaluate", "{data}", "--out", "{tmp}/ev", *EVAL,
                                                     "--collection-prefix", "my-"],
      "collection prefix must be letters, digits and '_'"),
