@@ -1,11 +1,12 @@
 """The one error family raised at the library's boundaries; every message says what to do next.
 
 The command line maps the family onto exit codes: :class:`UsageError` and its subclasses (a bad
-option, a missing input folder, a query asking for other features than the collection holds) exit
-with 2; every other :class:`CbirError` (the store is down, weights cannot be had, a distributed
-stage failed after its retries, rows are missing after a write) exits with 1. Per-file problems
-(a corrupt image, a missing mask) are not raised out of a job: they become rows of
-``errors.parquet`` with their reason.
+option, a missing input folder or weights file, a collection that does not exist, a feature spec
+that differs from the collection's) exit with 2; every other :class:`CbirError` (the store is down,
+weights cannot be had, a distributed stage failed after its retries, rows are missing after a
+write) exits with 1, as does an ``OSError`` (a full or read-only disk); any other exception is a
+bug of ours, reported as an internal error. Per-file problems (a corrupt image, a missing mask) are
+not raised out of a job: they become rows of ``errors.parquet`` with their reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class ImageDecodeError(CbirError):
 
 class WeightsError(CbirError):
     """Model weights could not be obtained or do not match what was expected."""
+
+
+class WeightsNotFoundError(InputError, WeightsError):
+    """A weights PATH the user gave names no file (a mistyped ``--weights``): exit status 2."""
 
 
 class StoreError(CbirError):

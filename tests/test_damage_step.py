@@ -58,7 +58,7 @@ def test_masks_are_found_under_each_images_own_folder(tmp_path):
 
 
 def test_an_unknown_inpainter_is_a_usage_error_before_any_image():
-    with pytest.raises(UsageError, match="Unknown inpainter 'deepfill'.*telea"):
+    with pytest.raises(UsageError, match="--inpainter 'deepfill' is unknown; choose one of .*telea"):
         DamageConfig(fringe=2.0, inpainter="deepfill")
 
 

@@ -88,8 +88,9 @@ def test_info_releases_the_folder_for_other_processes(lite_store, capsys):
 def test_info_on_a_missing_store_or_collection_is_an_input_error(lite_store, tmp_path, capsys):
     _, db = lite_store
     assert main(["info", "--db", db, "--collection", "nope"]) == 2
-    assert capsys.readouterr().err.strip() == (f"cbir-dist info: error: collection 'nope' not found in {db}; "
-                                               "it holds photos, shapes")
+    assert capsys.readouterr().err.strip() == (f"cbir-dist info: error: collection 'nope' not found in {db} "
+                                               "(it holds 'photos', 'shapes': pick one with --collection, or "
+                                               "leave --collection out to list them)")
     missing = str(tmp_path / "none.db")
     assert main(["info", "--db", missing]) == 2
     assert "no milvus-lite store there" in capsys.readouterr().err

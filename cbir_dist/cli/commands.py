@@ -24,7 +24,8 @@ def _token(args) -> str | None:
             raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc.strerror or exc})") from exc
         token = lines[0].strip() if lines else ""
         if not token:
-            raise UsageError(f"--token-file {args.token_file} is empty")
+            raise UsageError(f"--token-file {args.token_file} is empty: put the token (user:password or an API "
+                             "key) on its first line")
         return token
     return os.environ.get("MILVUS_TOKEN") or None
 
@@ -47,11 +48,20 @@ def _spec_from_args(args):
     return build_spec(
         backbone=args.backbone or base["backbone"],
         weights=args.weights or "imagenet",
-        image_size=args.image_size or 224,
+        image_size=224 if args.image_size is None else args.image_size,
         descriptors=DEFAULT_DESCRIPTORS if args.descriptors is None else args.descriptors,
         mode=args.fusion or base["mode"],
         weights_sha256=args.weights_sha256,
     )
+
+
+def _check_weights(**paths: str | None) -> None:
+    """The weights files named by options (``weights_override=...``) exist: a mistyped path is said
+    before the work (exit status 2), not when a backbone loads."""
+    from ..features.weights import check_weights_file
+
+    for option, value in paths.items():
+        check_weights_file(value, "--" + option.replace("_", "-"))
 
 
 def _writable(path, what: str) -> None:
@@ -68,6 +78,7 @@ def cmd_index(args) -> int:
         _writable(args.run_dir, "--run-dir")
 
     spec = _spec_from_args(args)
+    _check_weights(weights=args.weights, weights_override=args.weights_override)
     cfg = IndexConfig(
         args.images_dir, db=args.db, collection=args.collection, token=_token(args), run_dir=args.run_dir,
         shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
@@ -75,7 +86,7 @@ def cmd_index(args) -> int:
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
         torch_threads=args.torch_threads, deep_actors=args.deep_actors,
-        deep_resources={k: float(v) for k, v in (r.split("=", 1) for r in args.deep_resource)},
+        deep_resources=dict(args.deep_resource),
     )
     from ..damage.hook import DamageConfig, damage_transform
 
@@ -122,6 +133,7 @@ def cmd_query(args) -> int:
     if args.html:
         _check_page_path(args.html)
         _writable(args.html, "--html")
+    _check_weights(weights_override=args.weights_override)
     cfg = QueryConfig(
         db=args.db, collection=args.collection, token=_token(args), k=args.k, fringe=args.fringe,
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
@@ -192,6 +204,7 @@ def cmd_demo(args) -> int:
     from ..demo import format_table, run_demo
 
     _writable(args.out, "--out")
+    _check_weights(weights=args.weights)
     result = run_demo(args.out, images=args.images, backbone=args.backbone, weights=args.weights,
                       per_class=args.per_class, queries_per_class=args.queries)
     print(result.summary.line())
@@ -212,6 +225,8 @@ def cmd_evaluate(args) -> int:
     if queries is not None and queries < 1:
         raise UsageError(f"--queries must be >= 1 or 'all', got {queries}")
     _writable(args.out, "--out")
+    for weights in args.weights.values():
+        _check_weights(weights=weights)
     if args.profile in ("shape", "texture"):
         from ..evaluation.shapes import ShapeEvalConfig, run_shape_evaluate
 
@@ -243,6 +258,7 @@ def cmd_classify(args) -> int:
 
     if args.out:
         _writable(args.out, "--out")
+    _check_weights(weights_override=args.weights_override)
     res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=_token(args),
                        out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
                        device=args.device, max_pixels=args.max_pixels)
@@ -270,6 +286,9 @@ def cmd_train_inpainter(args) -> int:
 
     from ..training.job import run_from_args
 
+    for option in ("out", "weights_out", "checkpoint_dir"):
+        if getattr(args, option):
+            _writable(getattr(args, option), "--" + option.replace("_", "-"))
     result = run_from_args(args, "cbir-dist train-inpainter " + " ".join(sys.argv[2:]))
     print(json.dumps({k: result[k] for k in ("step", "val", "weights")}, indent=2, default=str))
     return 0

@@ -86,8 +86,61 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _numbers(kind: type, what: str):
+    """An argparse type: a comma-separated list of finite numbers of ``kind`` (float or int), as a tuple."""
+    import math
+
+    def parse(text: str) -> tuple:
+        values = []
+        for item in _csv(text):
+            try:
+                value = kind(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not {what}; give e.g. 1,2,3") from None
+            if not math.isfinite(value):
+                raise argparse.ArgumentTypeError(f"{item!r} is not a finite number")
+            values.append(value)
+        return tuple(values)
+    parse.__name__ = "list"
+    return parse
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=VALUE``, as ``(NAME, VALUE)``."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name.strip(), value.strip()
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """An argparse type: comma-separated ``NAME=VALUE`` pairs, as a dict."""
+    return dict(_assignment(item) for item in _csv(text))
+
+
+def _resource(text: str) -> tuple[str, float]:
+    """An argparse type: a Ray resource request ``NAME=AMOUNT`` with a positive AMOUNT."""
+    import math
+
+    name, amount = _assignment(text)
+    try:
+        value = float(amount)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the amount must be a positive number, as in deep=1")
+    return name, value
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of ``cbir-dist`` and its subcommands: an error is one line, then exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="cbir-dist",
         description="Content-based image retrieval at cluster scale, robust to queries with missing regions.",
         epilog=EPILOG,
@@ -138,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
     p.add_argument("--deep-actors", type=_int_in(1), default=None,
                    help="ray: number of backbone actors (default: one per GPU, else what the CPUs allow)")
-    p.add_argument("--deep-resource", action="append", default=[], metavar="NAME=AMOUNT",
+    p.add_argument("--deep-resource", type=_resource, action="append", default=[], metavar="NAME=AMOUNT",
                    help="ray: custom resource each backbone actor asks for, e.g. deep=1 to pin them to tagged nodes")
     _add_model_args(p)
 
@@ -179,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fig6.png and report.html to --out.")
     p.add_argument("dataset", metavar="DATASET_DIR")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--frequencies", type=lambda t: tuple(float(x) for x in _csv(t)),
+    p.add_argument("--frequencies", type=_numbers(float, "a number"),
                    default=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0), help="fringe frequencies in Hz (0.5,1,...,6)")
     p.add_argument("--backbones", type=lambda t: tuple(_csv(t)), default=("mobilenet_v2",),
                    help="comma-separated: resnet50,vgg16,vgg19,mobilenet_v2 (default mobilenet_v2)")
@@ -192,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights; standardized = z-scores fitted on the collection")
     p.add_argument("--profile", default=None, choices=["default", "paper", "shape", "texture"],
                    help="shape/texture run the Pande et al. evaluation (KNN, bull's-eye, affine repository)")
-    p.add_argument("--weights", type=lambda t: dict(x.split("=", 1) for x in _csv(t)), default={},
+    p.add_argument("--weights", type=_assignments, default={},
                    metavar="NAME=W,...", help="per-backbone weights overrides, e.g. vgg16=/models/vgg16.pth")
     p.add_argument("--repeats", type=_int_in(1), default=1, help="mask phases per frequency (std is over repeats)")
     p.add_argument("--queries", default="100", help="number of queries drawn per class evenly, or 'all' (100)")
@@ -215,13 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepended to the collections evaluate writes (eval_<backbone>; shape, shape_affine, "
                         "texture), so several runs can share one server (default: none)")
     g = p.add_argument_group("--profile shape|texture (Pande et al.: KNN, bull's-eye, affine repository)")
-    g.add_argument("--knn-k", type=lambda t: tuple(int(x) for x in _csv(t)), default=(1, 3, 5), metavar="K,...",
+    g.add_argument("--knn-k", type=_numbers(int, "a whole number"), default=(1, 3, 5), metavar="K,...",
                    help="neighbours voting in the KNN classification (default 1,3,5)")
     g.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True,
                    help="shape: also build, index and score the affine repository (default on)")
     g.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="also score descriptor variants by numpy retrieval (default on)")
-    g.add_argument("--n-coeffs", type=int, default=None, help="shape: Fourier coefficients (profile: 10)")
+    g.add_argument("--n-coeffs", type=_int_in(1), default=None, help="shape: Fourier coefficients (profile: 10)")
     g.add_argument("--sigma", type=float, default=None, help="shape: contour smoothing in px (profile: 1)")
     g.add_argument("--extreme-points", action=argparse.BooleanOptionalAction, default=None,
                    help="shape: append the 4 extreme-point features (profile: on)")

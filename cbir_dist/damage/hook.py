@@ -19,13 +19,14 @@ step of the local backends.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..io.text import os_path
 
 
@@ -47,15 +48,23 @@ class DamageConfig:
     root: str | None = None
 
     def __post_init__(self):
+        from .inpaint import available_inpainters
+
         if self.fringe is not None and self.masks_dir is not None:
             raise UsageError("give either --fringe HZ or --masks DIR, not both")
-        if self.fringe is not None and not self.fringe > 0:
+        if self.fringe is not None and not (self.fringe > 0 and math.isfinite(self.fringe)):
             raise UsageError(f"--fringe must be a positive frequency in Hz (fringes per image), got {self.fringe}")
         if not 0.0 < self.missing_fraction < 1.0:
             raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
-        from .inpaint import check_inpainter
-
-        check_inpainter(self.inpainter)
+        for name in ("angle", "phase"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"--{name} must be a finite number, got {getattr(self, name)}")
+        if self.inpainter not in available_inpainters():
+            raise UsageError(f"--inpainter {self.inpainter!r} is unknown; choose one of "
+                             f"{', '.join(available_inpainters())}")
+        if self.masks_dir is not None and not Path(os_path(self.masks_dir)).is_dir():
+            raise InputError(f"--masks {self.masks_dir}: no such folder (it should hold one mask image per "
+                             "image, of the same name: white = known, black = missing)")
 
     @property
     def active(self) -> bool:
@@ -65,9 +74,9 @@ class DamageConfig:
 def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.ndarray | None:
     """The known-pixel mask of one image: a fringe pattern, a file from the masks folder, or None (intact).
 
-    Raises ``FileNotFoundError`` when ``--masks`` has no mask for ``path`` and ``ValueError`` (or
-    :class:`~cbir_dist.errors.ImageDecodeError`) when the mask file is unusable: per-file failures
-    that the jobs record as the file's error.
+    Raises :class:`~cbir_dist.errors.InputError` when ``--masks`` has no mask for ``path`` and
+    ``ValueError`` (or :class:`~cbir_dist.errors.ImageDecodeError`) when the mask file is unusable:
+    per-file failures that the jobs record as the file's error.
     """
     from .masks import fringe_mask, load_mask
 
@@ -83,7 +92,7 @@ def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.nd
         candidate = Path(os_path(str(candidate)))  # the text form of a non-UTF-8 name back to the file's
         if candidate.exists() and not candidate.is_dir():  # a FIFO is found, then refused by load_mask
             return load_mask(candidate, shape=(h, w))
-    raise FileNotFoundError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
+    raise InputError(f"no mask for {path} in {config.masks_dir} (looked for {rel} and {rel.name} as .png)")
 
 
 def _relative(path: str, root: str | None) -> Path:

@@ -12,7 +12,7 @@ from os import PathLike
 
 import numpy as np
 
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, UsageError
 
 __all__ = [
     "FRINGE_FREQUENCIES",
@@ -44,7 +44,7 @@ def _check_size(height: int, width: int) -> tuple[int, int]:
 def _check_fraction(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}.")
+        raise UsageError(f"{name} must lie strictly between 0 and 1, got {value}.")
     return value
 
 
@@ -83,9 +83,9 @@ def _fringe_axis(height: int, width: int, frequency: float, angle: float, phase:
     height, width = _check_size(height, width)
     frequency = float(frequency)
     if not math.isfinite(frequency) or frequency <= 0:
-        raise ValueError(f"frequency must be a positive number of fringes per image, got {frequency}.")
+        raise UsageError(f"frequency must be a positive number of fringes per image, got {frequency}.")
     if not (math.isfinite(float(angle)) and math.isfinite(float(phase))):
-        raise ValueError(f"angle and phase must be finite, got angle={angle}, phase={phase}.")
+        raise UsageError(f"angle and phase must be finite, got angle={angle}, phase={phase}.")
     theta = math.radians(float(angle))
     c, s = math.cos(theta), math.sin(theta)
     # Snap cos/sin of multiples of 90 degrees to exact 0/±1 so axis-aligned stripes are exact.

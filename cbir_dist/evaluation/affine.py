@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 VARIANTS = ("rotation", "translation", "scaling", "combined")
@@ -196,7 +198,7 @@ def write_affine_repository(src_dir: str | os.PathLike, dst_dir: str | os.PathLi
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     files = list_images(src_dir)
     if not files:
-        raise FileNotFoundError(f"{src_dir}: no images found (expected <class>/<image> files)")
+        raise InputError(f"{src_dir}: no images found (expected <class>/<image> files)")
     dst_dir.mkdir(parents=True, exist_ok=True)
     written, rows = [], ["source,variant,file,angle,scale,dx,dy"]
     for f in files:

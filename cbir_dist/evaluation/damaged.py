@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,9 +53,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..damage.inpaint import available_inpainters
 from ..damage.masks import FRINGE_FREQUENCIES as FREQUENCIES
 from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
+from ..store.lite import lite_path
 from .common import PROTOCOLS, check_collection_prefix, public_config, versions
 from .damaged_results import collect_results
 from .damaged_tasks import (
@@ -109,11 +112,30 @@ class EvalConfig:
         if self.queries is not None and self.queries < 1:
             raise UsageError("queries must be a positive number or 'all'")
         if not self.frequencies or any(f <= 0 for f in self.frequencies):
-            raise UsageError(f"frequencies must be positive, got {self.frequencies}")
+            raise UsageError(f"--frequencies must be positive (fringes per image, e.g. 0.5,1,6), got "
+                             f"{','.join(f'{f:g}' for f in self.frequencies) or 'none'}")
         if not self.inpainters:
             raise UsageError("give at least one inpainter")
         if self.k > self.map_k:
-            raise UsageError("map_k must be >= k")
+            raise UsageError(f"-k {self.k} is deeper than the ranking evaluated (the top {self.map_k}, for mAP); "
+                             f"give -k {self.map_k} or less")
+        if not 0.0 < self.missing_fraction < 1.0:
+            raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
+        if self.network_cpus is not None and not (math.isfinite(self.network_cpus) and self.network_cpus >= 0):
+            raise UsageError(f"--network-cpus must be a number of CPUs >= 0, got {self.network_cpus}")
+        unknown = [name for name in self.inpainters if name not in available_inpainters()]
+        if unknown:
+            raise UsageError(f"--inpainters: unknown {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(available_inpainters())}")
+        if not self.backbones:
+            raise UsageError("give at least one backbone (--backbones; none = descriptors only)")
+        stray = sorted(set(self.weights) - set(self.backbones))
+        if stray:
+            raise UsageError(f"--weights names {', '.join(stray)}, which --backbones does not evaluate "
+                             f"({', '.join(self.backbones)})")
+        for backbone in self.backbones:  # an unknown backbone, descriptor or fusion mode: said before any work
+            _spec_for(self, backbone)
+        lite_path(self.resolved_db())  # a malformed --db likewise
 
     @property
     def exclude_self(self) -> bool:

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UsageError
+
 PROTOCOLS = ("exclude-self", "include-self")
 
 
@@ -92,7 +94,8 @@ def score_ranking(
     preds = {}
     for k in knn_k:
         if k > ex_lab.shape[1]:
-            raise ValueError(f"knn k={k} needs {k} neighbours besides the query; only {ex_lab.shape[1]} retrieved")
+            raise UsageError(f"knn k={k} needs {k} neighbours besides the query; only {ex_lab.shape[1]} retrieved: "
+                             f"give --knn-k {ex_lab.shape[1]} or less")
         preds[int(k)] = knn_predict(ex_lab, ex_dist, int(k))
     return Scored(p[1], p[5], p[10], ap, be, preds, qlab, r_paths, r_lab)
 

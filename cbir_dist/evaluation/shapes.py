@@ -53,13 +53,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..io.records import block_column
 from ..io.text import os_path
 from ..io.tables import read_json, read_parquet, write_json
@@ -129,6 +130,10 @@ class ShapeEvalConfig:
             raise UsageError(f"map_k must be >= 10 (P@10 is reported), got {self.map_k}")
         if self.profile != "shape" and any(v is not None for v in (self.n_coeffs, self.sigma, self.extreme_points)):
             raise UsageError("n_coeffs, sigma and extreme_points apply to the shape profile only")
+        if self.n_coeffs is not None and self.n_coeffs < 1:
+            raise UsageError(f"--n-coeffs must be >= 1, got {self.n_coeffs!r}")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise UsageError(f"--sigma must be a number of pixels >= 0 (0: no smoothing), got {self.sigma}")
 
     @property
     def exclude_self(self) -> bool:
@@ -320,8 +325,12 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not list_images(cfg.dataset):
-        raise UsageError(f"no images found under {cfg.dataset} (expected <class>/<image> files)")
+    files = list_images(cfg.dataset)
+    if not files:
+        raise InputError(f"no images found under {cfg.dataset} (expected <class>/<image> files)")
+    if max(cfg.knn_k) >= len(files):
+        raise UsageError(f"--knn-k {max(cfg.knn_k)} needs as many neighbours besides each query, but {cfg.dataset} "
+                         f"holds {len(files)} images; give --knn-k {len(files) - 1} or less")
     db = cfg.resolved_db()
     spec = profile_spec_for(cfg)
     timings: dict[str, float] = {}

@@ -55,7 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import UsageError, WeightsError
+from ..errors import UsageError, WeightsError, WeightsNotFoundError
 from ..io.files import sha256_file
 from .weights import hint as _hint
 from .weights import imagenet_file as _imagenet_file
@@ -403,7 +403,7 @@ def load_backbone(
         else:
             path = Path(weights)
             if not path.is_file():
-                raise WeightsError(
+                raise WeightsNotFoundError(
                     f"weights file {str(weights)!r} does not exist (weights must be 'imagenet', 'random' "
                     f"or the path of a state dict). {_hint()}"
                 )

@@ -80,10 +80,13 @@ def build_spec(
     default_norm = _NORM_FOR_MODE[mode]
     blocks = []
     if backbone and backbone != "none":
-        from .backbones import BACKBONES, feature_dim
+        from .backbones import BACKBONES, MIN_IMAGE_SIZE, feature_dim
 
         if backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or none")
+        if image_size < MIN_IMAGE_SIZE:
+            raise UsageError(f"image size {image_size} is too small for a backbone: give --image-size "
+                             f"{MIN_IMAGE_SIZE} or more (default 224)")
         deep_params = {"backbone": backbone, "weights": str(weights), "image_size": int(image_size)}
         if weights_sha256:
             deep_params["sha256"] = weights_sha256

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import WeightsError
+from ..errors import WeightsError, WeightsNotFoundError
 from ..io.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,15 @@ def local_weights(backbone: str) -> str | None:
         if sep and name.strip() == backbone and path.strip():
             return path.strip()
     return None
+
+
+def check_weights_file(weights: str | os.PathLike | None, option: str) -> None:
+    """A weights value other than ``imagenet`` and ``random`` is the path of a state dict: it must name a
+    file, else :class:`~cbir_dist.errors.WeightsNotFoundError` naming ``option`` (said before any work)."""
+    if weights is None or weights in ("imagenet", "random") or Path(weights).is_file():
+        return
+    raise WeightsNotFoundError(f"{option} {weights}: no such file; give the path of a state dict, "
+                               "imagenet or random")
 
 
 def hint() -> str:

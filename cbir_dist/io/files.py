@@ -100,7 +100,8 @@ def iter_images(root: str | os.PathLike, *, extensions=IMAGE_EXTENSIONS, follow_
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such directory")
+        raise InputError(f"{root}: not a directory; give the folder holding the images" if root.exists()
+                         else f"{root}: no such directory")
     real_root = os.path.realpath(root)
     visited = {real_root: str(root)}  # real folder -> the path it was first listed under
     yield from _walk(root, root, real_root, extensions, follow_symlinks, visited)
@@ -189,16 +190,16 @@ def symlink_reason(p: str | os.PathLike) -> str:
 def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, os.stat_result]:
     """The bytes and ``stat`` of a regular file, never blocking on a FIFO or device swapped in after listing.
 
-    Raises ``OSError`` (unreadable) and ``ValueError`` (not a regular file, or over ``max_bytes``
-    — checked before reading) with messages fit for ``errors.parquet``.
+    Raises ``OSError`` (unreadable) and :class:`~cbir_dist.errors.InputError`, a ``ValueError`` (not a
+    regular file, or over ``max_bytes`` — checked before reading), with messages fit for ``errors.parquet``.
     """
     fd = os.open(os_path(os.fspath(path)), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"not a regular file ({_kind(st.st_mode)}): only regular files are read")
+            raise InputError(f"not a regular file ({_kind(st.st_mode)}): only regular files are read")
         if st.st_size > max_bytes:
-            raise ValueError(f"file is {st.st_size} bytes, over the limit of {max_bytes} (--max-bytes); "
+            raise InputError(f"file is {st.st_size} bytes, over the limit of {max_bytes} (--max-bytes); "
                              "raise it if the file is genuine")
         # one read of the whole file (one buffer of its size: chunks joined would hold it twice), plus
         # one byte more than stat said, to see a file growing past the limit; a short read goes on
@@ -215,7 +216,7 @@ def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
                 left -= len(chunk)
             data = b"".join(chunks) if len(chunks) > 1 else data
         if len(data) > max_bytes:
-            raise ValueError(f"file grew past the limit of {max_bytes} bytes (--max-bytes) while being read")
+            raise InputError(f"file grew past the limit of {max_bytes} bytes (--max-bytes) while being read")
         return data, st
     finally:
         os.close(fd)

@@ -51,14 +51,17 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
         raise UsageError(f"k must be a positive integer, got {k!r}")
     files = list_images(images_dir)
     if not files:
-        raise InputError(f"no images found under {images_dir}")
-    searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), batch_size=batch_size,
-                                    weights_override=weights_override, device=device, max_pixels=max_pixels))
+        raise InputError(f"no images found under {images_dir}: give a folder of image files (in class folders "
+                         "to measure the accuracy)")
+    searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), exclude_self=True,
+                                    batch_size=batch_size, weights_override=weights_override, device=device,
+                                    max_pixels=max_pixels))
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     try:
         n_rows = searcher.store.count()
         if n_rows < k:
-            raise UsageError(f"collection {collection!r} holds {n_rows} rows; -k {k} needs at least {k}")
+            raise UsageError(f"collection {collection!r} holds {n_rows} rows; -k {k} needs at least {k}: "
+                             f"give -k {max(n_rows - 1, 1)} or less")
         with progress_bar(len(files), progress, "classify", "img") as bar:
             for start in range(0, len(files), batch_size):
                 recs = load_queries(files[start : start + batch_size], max_pixels)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import CbirError, InputError
+from ..errors import CbirError, CollectionNotFoundError
 from ..features.spec import DEEP, FeatureSpec
 from ..store import lite
 
@@ -72,8 +72,10 @@ def store_info(db: str, collection: str | None = None, *, token: str | None = No
         facts["collections"] = names
         if collection is not None:
             if collection not in names:
-                raise InputError(f"collection {collection!r} not found in {db}; it holds "
-                                 + (", ".join(names) if names else "no collections"))
+                there = (f"it holds {', '.join(map(repr, names))}: pick one with --collection, or leave "
+                         "--collection out to list them" if names else
+                         f"it holds no collection: index one first with `cbir-dist index IMAGES_DIR --db {db}`")
+                raise CollectionNotFoundError(f"collection {collection!r} not found in {db} ({there})")
             facts["collection"] = collection
             facts["rows"] = store.count()
             facts["dim"] = store.dim()

@@ -25,6 +25,7 @@ from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.progress import progress as progress_bar
 from ..io.records import OK, Record, read_record
 from ..retrieval.search import search_vectors
+from ..store.milvus import MAX_TOP_K
 from .inputs import QuerySet, resolve_queries
 from .results import RESULT_COLUMNS, check_out_path, write_results
 
@@ -62,6 +63,10 @@ class QueryConfig:
             raise UsageError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.k < 1:
             raise UsageError(f"k must be >= 1, got {self.k}")
+        if self.k + self.exclude_self > MAX_TOP_K:  # the search asks for one more, to drop the query's own row
+            raise UsageError(f"-k {self.k} is too many: the search asks for one neighbour more, to drop each "
+                             f"image's own row, and the store returns at most {MAX_TOP_K}; give -k {MAX_TOP_K - 1} "
+                             "or less")
         self.damage()  # validates the damage options
 
     def damage(self, root: str | None = None) -> DamageConfig:

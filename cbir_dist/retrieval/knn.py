@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UsageError
+
 # --------------------------------------------------------------------------------------------------
 # voting
 
@@ -45,7 +47,7 @@ def knn_predict(neighbour_labels, neighbour_distances, k: int) -> np.ndarray:
             f"{labels.shape} and {dist.shape}"
         )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= labels.shape[1]:
-        raise ValueError(f"k must be an integer in [1, {labels.shape[1]}] (the neighbours given), got {k!r}")
+        raise UsageError(f"k must be an integer in [1, {labels.shape[1]}] (the neighbours given), got {k!r}")
     if not np.isfinite(dist).all():
         raise ValueError("neighbour_distances contains NaN or infinity")
     order = np.argsort(dist, axis=1, kind="stable")[:, :k]

@@ -92,6 +92,8 @@ class TrainConfig:
             raise UsageError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.fringe_prob <= 1.0:
             raise UsageError(f"fringe_prob must lie in [0, 1], got {self.fringe_prob}")
+        if self.num_threads is not None and self.num_threads < 0:
+            raise UsageError(f"--threads must be 1 or more (or 0: the libraries' own choice), got {self.num_threads}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         unknown = set(self.model_config) - set(default_model_config())

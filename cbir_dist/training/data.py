@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ImageDecodeError, InputError
 from ..io.files import list_images
 from ..io.images import read_image
 from ..io.tables import write_text
@@ -53,7 +54,12 @@ def split_dataset(images_dirs, val_fraction: float = 0.1, seed: int = 0, root=No
     for d in sorted(str(Path(x).resolve()) for x in images_dirs):
         by_class: dict[str, list[str]] = {}
         for f in list_images(d):
-            by_class.setdefault(f.label, []).append(str(Path(f.path).resolve().relative_to(root)))
+            try:
+                rel = Path(f.path).resolve().relative_to(root)
+            except ValueError:
+                raise InputError(f"{f.path} is not under the data root {root} (--data-root): give a folder "
+                                 "that holds every image directory") from None
+            by_class.setdefault(f.label, []).append(str(rel))
         for label in sorted(by_class):
             paths = sorted(by_class[label])
             order = np.random.default_rng([seed, _stable_hash(f"{Path(d).name}/{label}")]).permutation(len(paths))
@@ -84,17 +90,19 @@ def resolve_split(cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
     """Absolute training and held-out paths, each sorted by path.
 
     Reads ``val_split_file`` when it exists (every listed file must be found under the image
-    folders, else ``ValueError``); otherwise splits each class with ``val_fraction`` and writes the
-    file when one is named.
+    folders, else :class:`~cbir_dist.errors.InputError`); otherwise splits each class with
+    ``val_fraction`` and writes the file when one is named.
     """
     root = Path(cfg.data_root).resolve() if cfg.data_root else data_root(cfg.images_dirs)
     train, val = split_dataset(cfg.images_dirs, cfg.val_fraction, cfg.seed, root=root)
+    if not train and not val:
+        raise InputError(f"no image files under {', '.join(cfg.images_dirs)} (expected class-per-folder images)")
     if cfg.val_split_file and Path(cfg.val_split_file).is_file():
         held = set(read_split_file(cfg.val_split_file))
         all_files = set(train) | set(val)
         unknown = held - all_files
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{cfg.val_split_file}: {len(unknown)} listed files are not under {root} "
                 f"(e.g. {sorted(unknown)[0]}); pass the image directories (and --data-root) the split was made from")
         val = sorted(held)
@@ -109,10 +117,9 @@ def load_cache(paths, min_side: int = 0) -> list[np.ndarray]:
     """Decode every image once into memory as uint8 (H, W, 3) at native size.
 
     Unreadable files, and images whose shorter side is under ``min_side`` (they cannot give a
-    crop), are skipped with a warning. Raises ``ValueError`` when nothing is left.
+    crop), are skipped with a warning. Raises :class:`~cbir_dist.errors.InputError` when nothing is
+    left.
     """
-    from ..errors import ImageDecodeError
-
     cache = []
     for p in paths:
         try:
@@ -125,7 +132,8 @@ def load_cache(paths, min_side: int = 0) -> list[np.ndarray]:
             continue
         cache.append(img)
     if not cache:
-        raise ValueError(f"no usable images among {len(paths)} files")
+        raise InputError(f"no usable images among {len(paths)} training files (each needs a side of at least "
+                         f"{min_side} px, the largest crop): check the image folders and --crop-max")
     return cache
 
 

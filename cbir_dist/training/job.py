@@ -60,6 +60,8 @@ def train_inpainter(images_dirs, out, *, use_ray: bool = True, num_workers: int 
     """
     if isinstance(images_dirs, (str, os.PathLike)):
         images_dirs = [images_dirs]
+    if use_ray and num_workers < 1:
+        raise UsageError(f"--num-workers must be >= 1, got {num_workers}")
     for d in images_dirs:
         if not Path(d).is_dir():
             raise InputError(f"{d}: no such image directory (expected class-per-folder images)")
@@ -146,6 +148,9 @@ def run_from_args(args, command: str) -> dict:
         model_config = json.loads(args.config)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--config is not JSON ({exc}): {args.config!r}") from exc
+    if not isinstance(model_config, dict):
+        raise UsageError(f"--config must be a JSON object of model settings, like '{{\"prefill\": \"ns\"}}'; "
+                         f"got {args.config!r}")
     return train_inpainter(
         args.images_dirs, args.out, use_ray=not args.no_ray, num_workers=args.num_workers, use_gpu=args.use_gpu,
         weights_out=args.weights_out, model_config={**default_model_config(), **model_config},

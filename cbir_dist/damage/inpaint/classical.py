@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...errors import UsageError
 from .base import check_inputs, paste_known
 
 __all__ = ["BiharmonicInpainter", "OpenCVInpainter", "ZeroFill"]
@@ -62,9 +63,9 @@ class OpenCVInpainter:
 
     def __post_init__(self) -> None:
         if self.method not in ("telea", "ns"):
-            raise ValueError(f"method must be 'telea' or 'ns', got {self.method!r}.")
+            raise UsageError(f"method must be 'telea' or 'ns', got {self.method!r}.")
         if not float(self.radius) > 0:
-            raise ValueError(f"radius must be a positive number of pixels, got {self.radius}.")
+            raise UsageError(f"radius must be a positive number of pixels, got {self.radius}.")
 
     @property
     def name(self) -> str:  # the registry name
@@ -110,7 +111,7 @@ class BiharmonicInpainter:
 
     def __post_init__(self) -> None:
         if self.max_side is not None and int(self.max_side) < 16:
-            raise ValueError(f"max_side must be None or at least 16 pixels, got {self.max_side}.")
+            raise UsageError(f"max_side must be None or at least 16 pixels, got {self.max_side}.")
 
     def __call__(self, image: np.ndarray, known: np.ndarray) -> np.ndarray:
         image, known = check_inputs(image, known)

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import WeightsError
+from ...errors import UsageError, WeightsError
 from ...io.files import sha256_file
 from .base import check_inputs
 
@@ -103,7 +103,7 @@ class TwoStageInpainter:
         import torch
 
         if max_side is not None and int(max_side) < 16:
-            raise ValueError(f"max_side must be None or at least 16 pixels, got {max_side}")
+            raise UsageError(f"max_side must be None or at least 16 pixels, got {max_side}")
         self.model = model
         self.device = torch.device(device)
         self.max_side = max_side

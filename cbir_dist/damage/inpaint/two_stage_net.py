@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UsageError
+
 __all__ = [
     "DEFAULT_CONFIG",
     "DepthwiseSeparable",
@@ -136,7 +138,7 @@ class FFCBlock(nn.Module):
         cg = int(round(channels * global_ratio))
         cl = channels - cg
         if cg < 2 or cl < 1:
-            raise ValueError(f"channels={channels} with global_ratio={global_ratio} leaves no room for both branches")
+            raise UsageError(f"channels={channels} with global_ratio={global_ratio} leaves no room for both branches")
         self.cl, self.cg = cl, cg
         self.layers = nn.ModuleList()
         for _ in range(2):
@@ -259,15 +261,16 @@ class ResidualTwoStageNet(nn.Module):
 def build_model(config: dict | None = None) -> ResidualTwoStageNet:
     """An untrained :class:`ResidualTwoStageNet`; missing keys take :data:`DEFAULT_CONFIG`.
 
-    The full config is kept as ``model.config``. Raises ``ValueError`` for unknown keys.
+    The full config is kept as ``model.config``. Raises :class:`~cbir_dist.errors.UsageError` (a
+    ``ValueError``) for unknown keys and values that make no network.
     """
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(config or {})
     unknown = set(cfg) - set(DEFAULT_CONFIG)
     if unknown:
-        raise ValueError(f"unknown two-stage config keys {sorted(unknown)}; valid: {sorted(DEFAULT_CONFIG)}")
+        raise UsageError(f"unknown two-stage config keys {sorted(unknown)}; valid: {sorted(DEFAULT_CONFIG)}")
     if cfg["prefill"] not in ("telea", "ns"):
-        raise ValueError(f"prefill must be 'telea' or 'ns', got {cfg['prefill']!r}")
+        raise UsageError(f"prefill must be 'telea' or 'ns', got {cfg['prefill']!r}")
     model = ResidualTwoStageNet(**cfg)
     model.config = cfg
     return model

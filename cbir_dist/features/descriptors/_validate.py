@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...errors import UsageError
+
 MIN_SIDE = 16
 
 # ITU-R BT.601 luma in 16-bit fixed point, exactly as PIL's ``Image.convert("L")`` computes it:
@@ -55,13 +57,14 @@ def check_image(image, func: str) -> np.ndarray:
 
 
 def check_int(value, name: str, func: str, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]``; ``TypeError``/``ValueError`` otherwise."""
+    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]``; ``TypeError`` for another type,
+    :class:`~cbir_dist.errors.UsageError` (a ``ValueError``) for a value out of range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{func}: {name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{func}: {name} must be {bound}, got {value}")
+        raise UsageError(f"{func}: {name} must be {bound}, got {value}")
     return value
 
 
@@ -72,7 +75,7 @@ def check_float(value, name: str, func: str, low: float, high: float, *, low_ope
     value = float(value)
     if not np.isfinite(value) or value > high or value < low or (low_open and value == low):
         left = "(" if low_open else "["
-        raise ValueError(f"{func}: {name} must be in {left}{low}, {high}], got {value}")
+        raise UsageError(f"{func}: {name} must be in {left}{low}, {high}], got {value}")
     return value
 
 
@@ -82,7 +85,7 @@ def check_int_sequence(values, name: str, func: str, minimum: int, length: int |
         raise TypeError(f"{func}: {name} must be a sequence of integers, got {values!r}")
     if len(values) == 0 or (length is not None and len(values) != length):
         want = f"{length} integers" if length is not None else "at least one integer"
-        raise ValueError(f"{func}: {name} must hold {want}, got {tuple(values)!r}")
+        raise UsageError(f"{func}: {name} must hold {want}, got {tuple(values)!r}")
     return tuple(check_int(v, f"each of {name}", func, minimum) for v in values)
 
 

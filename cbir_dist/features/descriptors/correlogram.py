@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...errors import UsageError
 from ._validate import check_image, check_int, check_int_sequence
 
 FUNC = "color_autocorrelogram"
@@ -24,13 +25,13 @@ def _check_params(n_colors, distances) -> tuple[int, tuple[int, ...]]:
     bins = round(n_colors ** (1 / 3))
     if bins**3 != n_colors or bins > 256:
         lo = max(1, int(n_colors ** (1 / 3)))
-        raise ValueError(
+        raise UsageError(
             f"{FUNC}: n_colors must be a cube b**3 (b uniform bins per RGB channel, b <= 256), "
             f"got {n_colors}; the nearest are {lo**3} and {(lo + 1) ** 3}"
         )
     distances = check_int_sequence(distances, "distances", FUNC, 1)
     if len(set(distances)) != len(distances):
-        raise ValueError(f"{FUNC}: distances must be distinct, got {distances}")
+        raise UsageError(f"{FUNC}: distances must be distinct, got {distances}")
     return bins, distances
 
 

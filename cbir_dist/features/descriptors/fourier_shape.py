@@ -29,6 +29,7 @@ import numbers
 
 import numpy as np
 
+from ...errors import UsageError
 from ._validate import check_float, check_image, check_int, grey_uint8
 
 FUNC = "fourier_shape_descriptor"
@@ -50,7 +51,7 @@ def _check_params(n_coeffs, sigma, n_points) -> None:
     n_points = check_int(n_points, "n_points", FUNC, 8)
     n_coeffs = check_int(n_coeffs, "n_coeffs", FUNC, 1)
     if n_coeffs > n_points // 2:
-        raise ValueError(
+        raise UsageError(
             f"{FUNC}: n_coeffs={n_coeffs} exceeds n_points // 2 = {n_points // 2}; the spectrum of a "
             "real signature is symmetric, so higher coefficients repeat lower ones. Raise n_points."
         )
@@ -88,7 +89,7 @@ def foreground_mask(image: np.ndarray, threshold="otsu", foreground: str = "auto
     """
     grey = grey_uint8(check_image(image, FUNC))
     if foreground not in _FOREGROUNDS:
-        raise ValueError(f"foreground must be one of {_FOREGROUNDS}, got {foreground!r}")
+        raise UsageError(f"foreground must be one of {_FOREGROUNDS}, got {foreground!r}")
     lo, hi = int(grey.min()), int(grey.max())
     if lo == hi:
         raise ValueError(
@@ -97,14 +98,14 @@ def foreground_mask(image: np.ndarray, threshold="otsu", foreground: str = "auto
         )
     if isinstance(threshold, str):
         if threshold != "otsu":
-            raise ValueError(f'threshold must be "otsu" or a number, got {threshold!r}')
+            raise UsageError(f'threshold must be "otsu" or a number, got {threshold!r}')
         from skimage.filters import threshold_otsu
 
         t = float(threshold_otsu(grey))
     elif isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and np.isfinite(threshold):
         t = float(threshold)
     else:
-        raise ValueError(f'threshold must be "otsu" or a finite number, got {threshold!r}')
+        raise UsageError(f'threshold must be "otsu" or a finite number, got {threshold!r}')
     bright = grey > t
     if foreground == "auto":
         frame = np.concatenate([bright[0], bright[-1], bright[1:-1, 0], bright[1:-1, -1]])

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...errors import UsageError
 from ._validate import check_float, check_image, check_int, grey_uint8
 
 FUNC = "gabor_features"
@@ -35,7 +36,7 @@ def _check_bank(n_scales, n_orientations, min_frequency, max_frequency, n_stds) 
     max_frequency = check_float(max_frequency, "max_frequency", FUNC, 0.0, 0.5)
     min_frequency = check_float(min_frequency, "min_frequency", FUNC, 0.0, 0.5)
     if min_frequency >= max_frequency:
-        raise ValueError(
+        raise UsageError(
             f"{FUNC}: min_frequency must be below max_frequency, got {min_frequency} >= {max_frequency}"
         )
     n_stds = check_float(n_stds, "n_stds", FUNC, 0.0, 10.0)
