@@ -154,7 +154,7 @@ def test_unreachable_server_is_retried_within_its_budget_then_named(monkeypatch,
     monkeypatch.setenv("CBIR_MILVUS_RETRY_S", "3")
     monkeypatch.setenv("CBIR_MILVUS_TIMEOUT_S", "1")
     t0 = time.monotonic()
-    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+    with caplog.at_level("WARNING", logger="cbir_dist.store.calls"):
         with pytest.raises(StoreError, match=rf"cannot reach Milvus at http://127.0.0.1:{port} \(connect, tried"):
             VectorStore(f"http://user:secret@127.0.0.1:{port}", "images", token="user:secret")
     took = time.monotonic() - t0
@@ -310,9 +310,9 @@ def test_module_import_does_not_import_pymilvus():
 def test_which_server_failures_are_retried(message, transient):
     from pymilvus.exceptions import MilvusException
 
-    from cbir_dist.store.milvus import _transient
+    from cbir_dist.store.calls import transient
 
-    assert _transient(MilvusException(code=65535, message=message)) is transient
+    assert transient(MilvusException(code=65535, message=message)) is transient
 
 
 def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, caplog):
@@ -324,7 +324,7 @@ def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, capl
     store.flush_and_index()
     before = store.search(x[:3], 2)
     store.client.release_collection(store.collection)  # behind the store's back
-    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+    with caplog.at_level("WARNING", logger="cbir_dist.store.calls"):
         after = store.search(x[:3], 2)
     np.testing.assert_array_equal(after.ids, before.ids)
     assert any("no longer loaded" in r.getMessage() for r in caplog.records)
