@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from cbir_dist.errors import StoreError
+from cbir_dist.errors import StoreError, UsageError
 from cbir_dist.io.records import ID, LABEL, PATH, VECTOR
 from cbir_dist.store import SearchResult, VectorStore, auto_nlist
 
@@ -180,8 +180,8 @@ def test_local_store_held_by_another_process_raises_store_error(db):
 
 
 @pytest.mark.parametrize("uri", ["ftp://host/x", "no_suffix_store", ""])
-def test_bad_uri_raises_store_error(uri):
-    with pytest.raises(StoreError, match=r"cbir\.db"):
+def test_bad_uri_raises_usage_error(uri):
+    with pytest.raises(UsageError, match=r"cbir\.db"):
         VectorStore(uri, "images")
 
 
@@ -310,9 +310,9 @@ def test_module_import_does_not_import_pymilvus():
 def test_which_server_failures_are_retried(message, transient):
     from pymilvus.exceptions import MilvusException
 
-    from cbir_dist.store.calls import transient
+    from cbir_dist.store import calls
 
-    assert transient(MilvusException(code=65535, message=message)) is transient
+    assert calls.transient(MilvusException(code=65535, message=message)) is transient
 
 
 def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, caplog):

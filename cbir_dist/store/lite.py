@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, StoreError, UsageError
 from . import lite_internals
 
 logger = logging.getLogger(__name__)
@@ -30,17 +30,24 @@ _REFS_LOCK = threading.Lock()
 
 
 def lite_path(uri: str) -> str | None:
-    """The absolute folder of a local store, or None for a server URI; StoreError when malformed."""
+    """The absolute folder of a local store, or None for a server URI.
+
+    Raises :class:`~cbir_dist.errors.UsageError` for another scheme or a path not ending in ``.db``
+    (:class:`~cbir_dist.errors.InputError` when that path is an existing file).
+    """
     lower = uri.lower()
     if lower.startswith(SERVER_SCHEMES):
         return None
     if "://" in uri:
-        raise StoreError(
+        raise UsageError(
             f"unsupported store URI {uri!r}: use a local path like ./cbir.db or a Milvus server "
             "http://host:19530 (https:// and tcp:// work too)"
         )
     if not uri.endswith(".db"):
-        raise StoreError(f"local store path {uri!r} must end in .db (e.g. ./cbir.db), or pass http://host:19530")
+        if os.path.isfile(os.path.expanduser(uri)):
+            raise InputError(f"{uri} is a file, not a milvus-lite store: pass a store folder ending in .db "
+                             "(e.g. ./cbir.db, made by `cbir-dist index`) or a Milvus server http://host:19530")
+        raise UsageError(f"local store path {uri!r} must end in .db (e.g. ./cbir.db), or pass http://host:19530")
     return os.path.abspath(os.path.expanduser(uri))
 
 
@@ -136,8 +143,9 @@ def open_client(path: str, timeout: float):
     """A pymilvus ``MilvusClient`` on the local store folder ``path`` (created with its parents),
     counted open (:func:`release` closes it).
 
-    Raises :class:`~cbir_dist.errors.StoreError` when the folder cannot be made or opened (it is a
-    file, another process holds it, or this user cannot write it), saying why.
+    Raises :class:`~cbir_dist.errors.InputError` when ``path`` is a file, and
+    :class:`~cbir_dist.errors.StoreError` when the folder cannot be made or opened (another process
+    holds it, or this user cannot write it), saying why.
     """
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
@@ -148,7 +156,7 @@ def open_client(path: str, timeout: float):
     except OSError as exc:
         raise StoreError(f"cannot create the folder for the local store {path}: {exc}") from exc
     if os.path.isfile(path):
-        raise StoreError(
+        raise InputError(
             f"{path} is a file, but milvus-lite 3 keeps a store in a folder of that name "
             "(an older milvus-lite file?): move it away or pass another path like ./cbir.db"
         )

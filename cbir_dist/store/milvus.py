@@ -119,9 +119,12 @@ class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
 
     Raises
     ------
+    UsageError
+        The URI or the collection name is malformed (:class:`~cbir_dist.errors.InputError` when
+        the URI names a file, not a store).
     StoreError
-        The URI is malformed, the server cannot be reached within a few seconds, or the local
-        folder is in use by another process.
+        The server cannot be reached within a few seconds, or the local folder is in use by
+        another process.
     """
 
     def __init__(
@@ -133,7 +136,7 @@ class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
         memory_budget_bytes: int = 1 << 30,
     ) -> None:
         if not isinstance(uri, str | os.PathLike) or not str(uri).strip():
-            raise StoreError(f"store URI must be a non-empty string, got {uri!r}; pass e.g. ./cbir.db")
+            raise UsageError(f"store URI must be a non-empty string, got {uri!r}; pass e.g. ./cbir.db")
         if not isinstance(collection, str) or not _NAME_RE.match(collection):
             raise UsageError(
                 f"collection name {collection!r} is not valid: use letters, digits and underscores, "
@@ -371,7 +374,7 @@ class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
         vectors : array-like of float, shape (Q, dim) or (dim,)
             Query vectors, finite, of the collection's dimension.
         k : int
-            Neighbours per query, 1 to 16384.
+            Neighbours per query, 1 to 16384 (else :class:`~cbir_dist.errors.UsageError`).
         search_params : dict, optional
             Engine parameters overriding the defaults: ``{"ef": max(256, 2k)}`` for HNSW,
             ``{"nprobe": max(16, nlist / 8)}`` for IVF_FLAT; FLAT is exact and takes none.
@@ -384,7 +387,9 @@ class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
         """
         info = self._describe()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"k must be an int in [1, {MAX_TOP_K}], got {k!r}")
+            raise UsageError(f"k must be an int in [1, {MAX_TOP_K}] (Milvus returns at most {MAX_TOP_K} neighbours "
+                             f"per query), got {k!r}: ask for fewer neighbours (-k; one fewer when the query's own "
+                             "row is excluded)")
         k = int(k)
         queries = np.asarray(vectors)
         if queries.ndim == 1:
