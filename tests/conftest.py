@@ -93,12 +93,9 @@ def _stop_native_threads() -> list[str]:
     except Exception as exc:  # noqa: BLE001 - report, never mask the session's result
         problems.append(f"ray.shutdown: {exc!r}")
     try:
-        import sys
+        from cbir_dist.store.lite_internals import release_all
 
-        if "milvus_lite.server_manager" in sys.modules:
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_all()
+        release_all()
     except Exception as exc:  # noqa: BLE001
         problems.append(f"milvus-lite release_all: {exc!r}")
     import gc

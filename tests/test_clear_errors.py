@@ -127,3 +127,42 @@ def test_a_read_only_file_system_is_said_before_the_work(indexed, read_only_fold
     assert main(["query", str(photo), "--db", str(ro / "c.db"), "--collection", "c"]) == 1
     err = capsys.readouterr().err
     assert "milvus-lite writes its folder" in err and "another process" not in err and "one process" not in err
+
+
+@pytest.mark.parametrize("db, says", [
+    ("ftp://host/x", "unsupported store URI 'ftp://host/x': use a local path like ./cbir.db"),
+    ("notes.txt", "notes.txt is a file, not a milvus-lite store: pass a store folder ending in .db"),
+    ("no_suffix", "local store path 'no_suffix' must end in .db"),
+])
+def test_a_store_uri_that_names_no_store_is_a_usage_error(tmp_path, monkeypatch, capsys, db, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a store")
+    assert main(["info", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "internal" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created
+
+
+def test_a_db_path_that_is_a_file_is_an_input_error(tmp_path):
+    from cbir_dist.errors import InputError
+
+    (tmp_path / "old.db").write_bytes(b"an older milvus-lite file")
+    with pytest.raises(InputError, match="old.db is a file, but milvus-lite 3 keeps a store in a folder"):
+        VectorStore(str(tmp_path / "old.db"), "images")
+    (tmp_path / "empty.txt").touch()
+    with pytest.raises(InputError, match="empty.txt is a file, not a milvus-lite store"):
+        VectorStore(str(tmp_path / "empty.txt"), "images")
+
+
+def test_k_beyond_the_store_limit_is_a_usage_error(indexed, capsys):
+    from cbir_dist.errors import UsageError
+
+    data, db = indexed
+    with VectorStore(db, "c") as store:
+        with pytest.raises(UsageError, match=r"k must be an int in \[1, 16384\].*got 16385: ask for fewer neighbours"):
+            store.search([[0.0] * store.dim()], 16385)
+    photo = sorted(data.rglob("*.png"))[0]  # -k 16384 passes the parser; without its own row it asks for 16385
+    assert main(["query", str(photo), "--db", db, "--collection", "c", "-k", "16384", "--exclude-self"]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(said) == 1 and "error: k must be an int in [1, 16384]" in said[0], said
+    assert "ask for fewer neighbours" in said[0] and "internal" not in said[0]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from cbir_dist.errors import StoreError
+from cbir_dist.errors import StoreError, UsageError
 from cbir_dist.io.records import ID, LABEL, PATH, VECTOR
 from cbir_dist.store import SearchResult, VectorStore, auto_nlist
 
@@ -154,7 +154,7 @@ def test_unreachable_server_is_retried_within_its_budget_then_named(monkeypatch,
     monkeypatch.setenv("CBIR_MILVUS_RETRY_S", "3")
     monkeypatch.setenv("CBIR_MILVUS_TIMEOUT_S", "1")
     t0 = time.monotonic()
-    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+    with caplog.at_level("WARNING", logger="cbir_dist.store.calls"):
         with pytest.raises(StoreError, match=rf"cannot reach Milvus at http://127.0.0.1:{port} \(connect, tried"):
             VectorStore(f"http://user:secret@127.0.0.1:{port}", "images", token="user:secret")
     took = time.monotonic() - t0
@@ -180,8 +180,8 @@ def test_local_store_held_by_another_process_raises_store_error(db):
 
 
 @pytest.mark.parametrize("uri", ["ftp://host/x", "no_suffix_store", ""])
-def test_bad_uri_raises_store_error(uri):
-    with pytest.raises(StoreError, match=r"cbir\.db"):
+def test_bad_uri_raises_usage_error(uri):
+    with pytest.raises(UsageError, match=r"cbir\.db"):
         VectorStore(uri, "images")
 
 
@@ -322,9 +322,9 @@ def test_module_import_does_not_import_pymilvus():
 def test_which_server_failures_are_retried(message, transient):
     from pymilvus.exceptions import MilvusException
 
-    from cbir_dist.store.milvus import _transient
+    from cbir_dist.store import calls
 
-    assert _transient(MilvusException(code=65535, message=message)) is transient
+    assert calls.transient(MilvusException(code=65535, message=message)) is transient
 
 
 def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, caplog):
@@ -336,7 +336,7 @@ def test_a_collection_released_behind_the_store_is_loaded_again(store, rng, capl
     store.flush_and_index()
     before = store.search(x[:3], 2)
     store.client.release_collection(store.collection)  # behind the store's back
-    with caplog.at_level("WARNING", logger="cbir_dist.store.milvus"):
+    with caplog.at_level("WARNING", logger="cbir_dist.store.calls"):
         after = store.search(x[:3], 2)
     np.testing.assert_array_equal(after.ids, before.ids)
     assert any("no longer loaded" in r.getMessage() for r in caplog.records)

@@ -1,10 +1,10 @@
-"""milvus-lite's lifecycle and the internals :class:`~cbir_dist.store.milvus.VectorStore` reaches into.
+"""milvus-lite's lifecycle: local store paths, opening a folder's embedded server, and closing it.
 
 milvus-lite 3.2.2 runs one embedded server per ``.db`` folder per process and locks the folder to
-that process. This module counts the stores open on each folder (the last one closed stops the
-server and releases the lock, so another process can open it), turns the server's start-up
-failure log into a reason, silences gRPC chatter, and waits for the engine's background index
-builds through its private API (falling back to a reload when that API is not there).
+that process. This module checks a local path, opens the folder (turning the server's start-up
+failure log into a reason), counts the stores open on each folder (the last one closed stops the
+server and releases the lock, so another process can open it) and silences gRPC chatter. What it
+needs of milvus-lite beyond pymilvus goes through :mod:`.lite_internals`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, StoreError, UsageError
+from . import lite_internals
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +30,25 @@ _REFS_LOCK = threading.Lock()
 
 
 def lite_path(uri: str) -> str | None:
-    """The absolute folder of a local store, or None for a server URI; StoreError when malformed."""
+    """The absolute folder of a local store, or None for a server URI.
+
+    Raises :class:`~cbir_dist.errors.UsageError` for another scheme or a path not ending in ``.db``
+    (:class:`~cbir_dist.errors.InputError` when that path is an existing file).
+    """
     lower = uri.lower()
     if lower.startswith(SERVER_SCHEMES):
         return None
     if "://" in uri:
-        raise StoreError(
+        raise UsageError(
             f"unsupported store URI {uri!r}: use a local path like ./cbir.db or a Milvus server "
             "http://host:19530 (https:// and tcp:// work too)"
         )
     if not uri.endswith(".db"):
-        raise StoreError(f"local store path {uri!r} must end in .db (e.g. ./cbir.db), or pass http://host:19530")
+        if os.path.isfile(os.path.expanduser(uri)):
+            raise InputError(f"{uri} is a file, not a milvus-lite store: pass a store folder ending in .db "
+                             "(e.g. ./cbir.db, made by `cbir-dist index`) or a Milvus server http://host:19530")
+        raise UsageError(f"local store path {uri!r} must end in .db (e.g. ./cbir.db), or pass http://host:19530")
     return os.path.abspath(os.path.expanduser(uri))
-
-
 
 
 #: The collection size at which ``cbir-dist index`` advises moving from milvus-lite to a Milvus
@@ -94,9 +101,7 @@ def release(path: str) -> None:
             _REFS[path] = left
             return
         _REFS.pop(path, None)
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(path)
+        lite_internals.release_server(path)
 
 
 class StartErrors(logging.Handler):
@@ -106,7 +111,7 @@ class StartErrors(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)
         self.errors: list[BaseException] = []
-        self._logger = logging.getLogger("milvus_lite.server_manager")
+        self._logger = logging.getLogger(lite_internals.START_LOGGER)
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and record.exc_info[1] is not None:
@@ -134,65 +139,41 @@ def quiet_grpc() -> None:
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
-class _OneListFaiss:
-    """The ``faiss`` module as milvus-lite's IVF_FLAT index sees it, but for one thing: an index of one
-    list (our exact ``FLAT``, see ``VectorStore._index_params``) trains without faiss' warning
-    "clustering N points to 1 centroids: please provide at least 39 training points", which it prints
-    to stderr for every collection under 39 rows although one centroid needs one point. The trained
-    centroid (the mean) and every search result are unchanged."""
+def open_client(path: str, timeout: float):
+    """A pymilvus ``MilvusClient`` on the local store folder ``path`` (created with its parents),
+    counted open (:func:`release` closes it).
 
-    def __init__(self, faiss):
-        self._faiss = faiss
+    Raises :class:`~cbir_dist.errors.InputError` when ``path`` is a file, and
+    :class:`~cbir_dist.errors.StoreError` when the folder cannot be made or opened (another process
+    holds it, or this user cannot write it), saying why.
+    """
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
 
-    def __getattr__(self, name):
-        return getattr(self._faiss, name)
-
-    def IndexIVFFlat(self, quantizer, dim, nlist, *args):  # noqa: N802 - faiss' name
-        index = self._faiss.IndexIVFFlat(quantizer, dim, nlist, *args)
-        if nlist == 1:
-            index.cp.min_points_per_centroid = 1
-        return index
-
-
-def quiet_faiss() -> None:
-    """Install :class:`_OneListFaiss` in milvus-lite's IVF_FLAT module (once; no-op without it)."""
+    lite_internals.quiet_faiss()
     try:
-        from milvus_lite.index import faiss_ivf_flat
-    except ImportError:  # no faiss: milvus-lite builds no IVF index, nothing warns
-        return
-    faiss = getattr(faiss_ivf_flat, "faiss", None)
-    if faiss is not None and not isinstance(faiss, _OneListFaiss):
-        faiss_ivf_flat.faiss = _OneListFaiss(faiss)
-
-
-def _engine_collection(path: str, collection: str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder for the local store {path}: {exc}") from exc
+    if os.path.isfile(path):
+        raise InputError(
+            f"{path} is a file, but milvus-lite 3 keeps a store in a folder of that name "
+            "(an older milvus-lite file?): move it away or pass another path like ./cbir.db"
+        )
     try:
-        from milvus_lite.server_manager import server_manager_instance
-
-        with server_manager_instance._lock:  # noqa: SLF001
-            _server, db, _port = server_manager_instance._servers[path]  # noqa: SLF001
-        col = db.get_collection(collection)
-        col._wait_for_bg, col._segments_snapshot  # noqa: B018, SLF001 - probe the API
-        return col
-    except (ImportError, AttributeError, KeyError, ValueError, TypeError) as exc:
-        logger.debug("milvus-lite internals unavailable (%s); falling back to reload", exc)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a lookup failure here only loses an optimisation
-        logger.debug("could not reach the milvus-lite collection (%s); falling back to reload", exc)
-        return None
-
-
-def internals_available(path: str, collection: str) -> bool:
-    """Whether the engine collection of ``collection`` in the open folder ``path`` can be reached."""
-    return _engine_collection(path, collection) is not None
-
-
-def wait_indexed(path: str, collection: str, field: str) -> bool:
-    """Wait for the engine's background compaction and index builds; True when every row is indexed
-    on ``field`` (False when some are not, or the private API is not there)."""
-    col = _engine_collection(path, collection)
-    if col is None:
-        return False
-    col._wait_for_bg()  # noqa: SLF001 - milvus-lite offers no public wait
-    segments = col._segments_snapshot()  # noqa: SLF001
-    return all(s.num_rows == 0 or field in s.indexes for s in segments)
+        with StartErrors() as lite_errors:
+            client = MilvusClient(uri=path, timeout=timeout, grpc_options=GRPC_OPTIONS)
+    except MilvusException as exc:
+        cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
+        if any(t in str(cause) for t in ("Read-only file system", "Permission denied", "[Errno 13]", "[Errno 30]")):
+            raise StoreError(
+                f"cannot open the local store {path} ({cause}): milvus-lite writes its folder (a "
+                "lock, its log) even to read it; give this user write access, or copy the folder "
+                "somewhere writable and pass that path") from exc
+        raise StoreError(
+            f"cannot open the local store {path} ({cause}): a local store can be open in "
+            "one process at a time; stop the other process using it, pass another path, or "
+            "run a Milvus server and pass its http://host:19530 URI"
+        ) from exc
+    acquire(path)
+    return client

@@ -1,4 +1,4 @@
-"""The vector store: every Milvus call behind one small class (with :mod:`.lite`, the only modules that import pymilvus).
+"""The vector store: every Milvus call behind one small class (only :mod:`cbir_dist.store` imports pymilvus).
 
 One collection holds one row per image: ``id`` (INT64 primary key, the content hash, so writes are
 idempotent upserts), ``path``, ``label`` and ``vector`` (FLOAT_VECTOR, metric L2). The FeatureSpec
@@ -10,21 +10,21 @@ Milvus server (``http(s)://host:port``). Facts about milvus-lite 3.2.2 that shap
 
 - a ``.db`` folder is locked by one process, so every write in a job goes through one writer;
 - rows not yet indexed (and every row under its ``FLAT``/``BRUTE_FORCE`` index) are searched by a
-  NumPy brute force that materialises ``queries x rows x dim`` float32 differences at once; this
-  module therefore (a) maps ``FLAT`` to an exact FAISS scan (``IVF_FLAT`` with one list, probed
+  NumPy brute force that materialises ``queries x rows x dim`` float32 differences at once; the
+  store therefore (a) maps ``FLAT`` to an exact FAISS scan (``IVF_FLAT`` with one list, probed
   fully) on milvus-lite, (b) waits in :meth:`VectorStore.flush_and_index` until every row is
   indexed, and (c) bounds each search request by ``memory_budget_bytes`` while rows may be
   unindexed;
 - it reads index build parameters only from a JSON ``params`` key, which pymilvus 3 no longer
-  sends, so both forms are sent;
+  sends, so both forms are sent (:mod:`.indexing`);
 - metric ``L2`` distances come back squared: :meth:`VectorStore.search` returns true Euclidean
   distances.
 
-Every call has a timeout (:data:`TIMEOUTS`: metadata, data, build) and transient failures —
-connection refused or reset, unavailable, deadline exceeded, server busy or rate-limited — are
-retried with bounded exponential backoff (tenacity; ``$CBIR_MILVUS_RETRY_S`` seconds in all,
-default 120), then fail with a :class:`~cbir_dist.errors.StoreError` naming the URI and the
-operation. URIs in messages and logs never carry credentials (:func:`.lite.display_uri`).
+:class:`VectorStore` holds the connection, what it knows of the collection and the data calls
+(writes, reads, search); its other parts live beside it as mixins: each call's timeout, retries and
+errors (:mod:`.calls`), creating, dropping and replacing the collection (:mod:`.collection`), the
+index (:mod:`.indexing`), the run history (:mod:`.runs`); milvus-lite's lifecycle is :mod:`.lite`.
+URIs in messages and logs never carry credentials (:func:`.lite.display_uri`).
 """
 
 from __future__ import annotations
@@ -36,20 +36,21 @@ import math
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CollectionNotFoundError, StoreError, UsageError
 from ..io.records import ID, LABEL, PATH, VECTOR
 from . import lite, schema
-from .schema import MAX_LABEL_BYTES, MAX_PATH_BYTES, auto_nlist
+from .calls import CallsMixin, redact
+from .collection import CollectionMixin
+from .indexing import INDEX_KEY, METRIC, IndexingMixin
+from .runs import RunsMixin
+from .schema import MAX_LABEL_BYTES, MAX_PATH_BYTES
 
 logger = logging.getLogger(__name__)
 
-METRIC = "L2"
 MAX_TOP_K = 16384  # Milvus' limit for a search's limit
 MAX_REQUEST_BYTES = 64 << 20  # Milvus' default gRPC request cap
 REQUEST_TARGET_BYTES = 16 << 20  # what one upsert/search/get request carries: well under the cap
@@ -58,23 +59,6 @@ SCAN_PER_REQUEST = 1 << 35  # query x row x dim products per exact-search reques
 ID_CHUNK = 1000  # ids per `id in [...]` expression
 ID_PAGE = 16384  # ids per page when listing every stored id (Milvus caps a query page at 16384)
 CONNECT_TIMEOUT_S = 10.0
-INDEX_WAIT_TIMEOUT_S = 3600.0
-#: Seconds each kind of call may take (one attempt; pymilvus retries inside it, then we retry it).
-TIMEOUTS = {"meta": 30.0, "data": 300.0, "build": 3600.0}
-RETRY_BUDGET_S = 120.0  # all attempts of one call together; $CBIR_MILVUS_RETRY_S overrides
-RETRY_ENV = "CBIR_MILVUS_RETRY_S"
-TIMEOUT_ENV = "CBIR_MILVUS_TIMEOUT_S"  # caps every per-call timeout (tests, impatient users)
-_TRANSIENT_STATUS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
-_TRANSIENT_TEXT = ("connection refused", "connection reset", "server unavailable", "deadline exceeded",
-                   "server is busy", "rate limit", "too many requests", "socket closed", "broken pipe",
-                   "fail connecting to server", "retry timeout", "stream removed", "channel is not ready",
-                   # a standalone server whose components are (re)starting or starved answers
-                   # "service not ready[standalone=1]: Abnormal" for a while
-                   "service not ready",
-                   # a standalone server restarted after a hard kill: its coordinator still assigns the
-                   # channels to the dead data node until that node's session expires (~30-60 s)
-                   "node not match", "node not found", "session not found")
-HNSW_BUILD_DEFAULTS = {"M": 16, "efConstruction": 200}
 # Default ef = max(HNSW_MIN_EF, 2k). benchmarks/query.py, 100k x 2304-d clustered rows, recall@10:
 # ef 64 -> 0.954, 128 -> 0.988, 256 -> 0.996 (10k rows: 0.9987 for any ef >= 64).
 HNSW_MIN_EF = 256
@@ -82,14 +66,9 @@ IVF_MIN_NPROBE = 16
 # The brute force holds the (chunk, rows, dim) difference array and its square at once.
 BRUTE_FORCE_TEMPORARIES = 2
 
-_INDEX_KEY = "cbir_index"  # property: JSON {"index_type": ..., "params": {...as the caller gave...}}
-_RUNS_KEY = "cbir_runs"  # property: JSON list of the runs that wrote the collection, newest last
-_IDENTITY_KEY = "cbir_identity"  # property: a random id given at creation; survives renames, not re-creation
-STAGING_SUFFIX = "__overwrite"  # where `index --overwrite` builds the collection that replaces one
-_REPLACED_SUFFIX = "__replaced"  # the replaced collection, for the moment of the swap
-MAX_RUNS_KEPT = 40  # a property value holds at most 64 kB
 _FIELD_ID, _FIELD_PATH, _FIELD_LABEL, _FIELD_VECTOR = ID, PATH, LABEL, VECTOR
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -122,7 +101,7 @@ class _Info:
     nlist: int  # the physical IVF list count (0 for HNSW, 1 for FLAT on milvus-lite)
 
 
-class VectorStore:
+class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
     """One Milvus collection of image vectors: create, upsert, index, search.
 
     Parameters
@@ -141,9 +120,12 @@ class VectorStore:
 
     Raises
     ------
+    UsageError
+        The URI or the collection name is malformed (:class:`~cbir_dist.errors.InputError` when
+        the URI names a file, not a store).
     StoreError
-        The URI is malformed, the server cannot be reached within a few seconds, or the local
-        folder is in use by another process.
+        The server cannot be reached within a few seconds, or the local folder is in use by
+        another process.
     """
 
     def __init__(
@@ -155,7 +137,7 @@ class VectorStore:
         memory_budget_bytes: int = 1 << 30,
     ) -> None:
         if not isinstance(uri, str | os.PathLike) or not str(uri).strip():
-            raise StoreError(f"store URI must be a non-empty string, got {uri!r}; pass e.g. ./cbir.db")
+            raise UsageError(f"store URI must be a non-empty string, got {uri!r}; pass e.g. ./cbir.db")
         if not isinstance(collection, str) or not _NAME_RE.match(collection):
             raise UsageError(
                 f"collection name {collection!r} is not valid: use letters, digits and underscores, "
@@ -186,39 +168,11 @@ class VectorStore:
 
     def _connect(self):
         lite.quiet_grpc()
+        if self._lite_path is not None:
+            return lite.open_client(self._lite_path, CONNECT_TIMEOUT_S)
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
-        if self._lite_path is not None:
-            lite.quiet_faiss()
-            try:
-                Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the folder for the local store {self.uri}: {exc}") from exc
-            if os.path.isfile(self._lite_path):
-                raise StoreError(
-                    f"{self.uri} is a file, but milvus-lite 3 keeps a store in a folder of that name "
-                    "(an older milvus-lite file?): move it away or pass another path like ./cbir.db"
-                )
-            try:
-                with lite.StartErrors() as lite_errors:
-                    client = MilvusClient(uri=self._lite_path, timeout=CONNECT_TIMEOUT_S,
-                                          grpc_options=lite.GRPC_OPTIONS)
-            except MilvusException as exc:
-                cause = lite_errors.errors[-1] if lite_errors.errors else exc.message
-                if any(t in str(cause) for t in ("Read-only file system", "Permission denied", "[Errno 13]",
-                                                   "[Errno 30]")):
-                    raise StoreError(
-                        f"cannot open the local store {self.uri} ({cause}): milvus-lite writes its folder (a "
-                        "lock, its log) even to read it; give this user write access, or copy the folder "
-                        "somewhere writable and pass that path") from exc
-                raise StoreError(
-                    f"cannot open the local store {self.uri} ({cause}): a local store can be open in "
-                    "one process at a time; stop the other process using it, pass another path, or "
-                    "run a Milvus server and pass its http://host:19530 URI"
-                ) from exc
-            lite.acquire(self._lite_path)
-            return client
         t0 = time.monotonic()
         try:
             return self._retrying("connect", lambda: MilvusClient(
@@ -232,73 +186,8 @@ class VectorStore:
                 ) from exc
             raise StoreError(
                 f"cannot reach Milvus at {self.uri} (connect, tried for {spent:.0f} s): is the server running? "
-                f"({_redact(exc.message, self._token)}) For a local embedded store pass a file path like ./cbir.db"
+                f"({redact(exc.message, self._token)}) For a local embedded store pass a file path like ./cbir.db"
             ) from exc
-
-    # ---------------------------------------------------------------- calls
-
-    @staticmethod
-    def _timeout(kind: str) -> float:
-        cap = os.environ.get(TIMEOUT_ENV)
-        return min(TIMEOUTS[kind], float(cap)) if cap else TIMEOUTS[kind]
-
-    def _retrying(self, what: str, fn):
-        """``fn()``, retried on transient failures with bounded exponential backoff; the last error re-raised."""
-        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
-
-        budget = float(os.environ.get(RETRY_ENV, RETRY_BUDGET_S))
-        if budget <= 0:
-            return fn()
-
-        def log_retry(state) -> None:
-            exc = state.outcome.exception()
-            logger.warning("%s on %s failed (%s: %s); retrying in %.1f s (attempt %d)", what, self.uri,
-                           type(exc).__name__, _redact(str(exc), self._token)[:200], state.next_action.sleep,
-                           state.attempt_number)
-
-        for attempt in Retrying(retry=retry_if_exception(_transient), stop=stop_after_delay(budget),
-                                wait=wait_exponential(multiplier=0.5, max=15.0), reraise=True,
-                                before_sleep=log_retry):
-            with attempt:
-                return fn()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _call(self, what: str, kind: str, method: str, *args, **kwargs):
-        """One client call with its timeout and retries; pymilvus errors become a StoreError naming the call."""
-        from pymilvus.exceptions import MilvusException
-
-        fn = getattr(self.client, method)
-        t0 = time.monotonic()
-
-        def once():
-            return self._retrying(what, lambda: fn(*args, timeout=self._timeout(kind), **kwargs))
-
-        try:
-            try:
-                return once()
-            except MilvusException as exc:
-                if not (self._loaded and _not_loaded(exc)):
-                    raise
-                # A server restarted since this store loaded the collection brings it back released
-                # (Milvus 2.3 reloads it in the background, or not at all): load it, then try again.
-                logger.warning("%s on %s: the collection is no longer loaded (the server restarted?); "
-                               "loading it again", what, self.uri)
-                self._call("reload after restart: load", "build", "load_collection", self.collection)
-                return once()
-        except Exception as exc:  # noqa: BLE001 - pymilvus' errors, and gRPC's that it lets through
-            if not (isinstance(exc, MilvusException) or _is_rpc_error(exc)):
-                raise
-            if schema.grpc_status(exc) in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                raise StoreError(
-                    f"{what} on collection {self.collection!r}: Milvus at {self.uri} rejected the credentials "
-                    f"({schema.grpc_status(exc).lower().replace('_', ' ')}; the token was changed or revoked "
-                    "during the job?). Pass a valid one with MILVUS_TOKEN or --token-file and rerun: the job "
-                    "resumes") from exc
-            spent = time.monotonic() - t0
-            tried = f" (gave up after {spent:.0f} s of retries)" if _transient(exc) and spent > 1 else ""
-            message = getattr(exc, "message", None) or (exc.details() if _is_rpc_error(exc) else str(exc))
-            raise StoreError(f"{what} on collection {self.collection!r} in {self.uri} failed{tried}: "
-                             f"{_redact(str(message), self._token)}") from exc
 
     def close(self) -> None:
         """Close the connection; the last store closed on a local folder releases its lock."""
@@ -333,161 +222,6 @@ class VectorStore:
 
     # ---------------------------------------------------------------- collection
 
-    def exists(self) -> bool:
-        """Whether the collection exists."""
-        return bool(self._call("has_collection", "meta", "has_collection", self.collection))
-
-    def create(
-        self,
-        dim: int,
-        spec_json: str,
-        *,
-        index_type: str = "FLAT",
-        index_params: dict | None = None,
-        overwrite: bool = False,
-    ) -> bool:
-        """Create the collection for ``dim``-d vectors built with the FeatureSpec ``spec_json``;
-        True when this call created it (False when it existed already, also when another process
-        created it a moment before: concurrent jobs may race to create one collection).
-
-        ``index_type`` is ``FLAT`` (exact, the default), ``HNSW`` (``M=16, efConstruction=200``
-        unless given) or ``IVF_FLAT`` (``nlist`` about ``4 sqrt(n)`` for ``n`` rows unless given,
-        re-fitted by :meth:`flush_and_index`); the metric is L2. If the collection exists with the
-        same dim and spec this is a no-op; with a different one it raises :class:`StoreError`
-        unless ``overwrite`` drops it first.
-        """
-        dim = schema.check_dim(dim)
-        if not isinstance(spec_json, str):
-            raise TypeError(f"spec_json must be a str (the FeatureSpec's JSON), got {type(spec_json).__name__}")
-        index_type, index_params = schema.check_index(index_type, index_params)
-        if self.exists():
-            if overwrite:
-                self.drop()
-            else:
-                info = self._describe()
-                if info.dim == dim and schema.same_spec(info.spec_json, spec_json):
-                    logger.debug("collection %s already exists with the same dim and spec", self.collection)
-                    return False
-                what = f"dim {info.dim}" if info.dim != dim else "a different feature spec"
-                raise StoreError(
-                    f"collection {self.collection!r} in {self.uri} already exists with {what} "
-                    f"(requested dim {dim}); pass overwrite=True (`--overwrite`) to rebuild it, "
-                    "or use another collection name"
-                )
-        from pymilvus import DataType, MilvusClient
-
-        fields = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        fields.add_field(_FIELD_ID, DataType.INT64, is_primary=True)
-        fields.add_field(_FIELD_PATH, DataType.VARCHAR, max_length=MAX_PATH_BYTES)
-        fields.add_field(_FIELD_LABEL, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
-        fields.add_field(_FIELD_VECTOR, DataType.FLOAT_VECTOR, dim=dim)
-        properties = schema.spec_properties(spec_json)
-        properties[_INDEX_KEY] = json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)
-        properties[_IDENTITY_KEY] = uuid.uuid4().hex
-        physical = self._index_params(index_type, index_params, n_rows=0)
-        try:
-            self._call("create_collection", "meta", "create_collection", self.collection, schema=fields,
-                       index_params=physical, properties=properties, consistency_level="Strong")
-        except StoreError:
-            self._info = None
-            if not self.exists():
-                raise
-            # another process created it between our check and our call: fine if it is the same
-            info = self._describe()
-            if info.dim == dim and schema.same_spec(info.spec_json, spec_json):
-                logger.debug("collection %s was created by another process meanwhile", self.collection)
-                return False
-            raise
-        self._info = None
-        self._loaded = False
-        self._clean = False
-        staging = self.collection.endswith(STAGING_SUFFIX)
-        logger.info("created collection %s (%d-d, %s) in %s%s", self.collection, dim, index_type, self.uri,
-                    f", to replace {self.collection[:-len(STAGING_SUFFIX)]!r} when the job succeeds" if staging else "")
-        return True
-
-    def drop(self) -> None:
-        """Drop the collection and its rows (no-op when absent)."""
-        if self.exists():
-            self._call("drop_collection", "meta", "drop_collection", self.collection)
-        self._info = None
-        self._loaded = False
-        self._clean = False
-
-    def identity(self) -> str:
-        """The collection's identity: a random id given when it was created ("" for a collection made
-        before identities, or by another tool). It survives a rename, so run state bound to it stops
-        vouching the moment the collection is dropped and made anew, or replaced by ``--overwrite``."""
-        props = self._call("describe_collection", "meta", "describe_collection", self.collection).get("properties")
-        return str((props or {}).get(_IDENTITY_KEY) or "")
-
-    def staging(self) -> "VectorStore":
-        """A store on the same URI for the collection that will replace this one (:meth:`replace_with`)."""
-        name = self.collection + STAGING_SUFFIX
-        if len(name) > 255:
-            raise UsageError(f"collection name {self.collection!r} is too long to be replaced (--overwrite)")
-        return VectorStore(self._raw_uri, name, token=self._token or None,
-                           memory_budget_bytes=self.memory_budget_bytes)
-
-    def replace_with(self, staging: "VectorStore") -> None:
-        """Make the complete collection of ``staging`` this one, and drop the one it replaces.
-
-        The old collection is renamed aside, the new one renamed into its place, then the old one is
-        dropped; if the second rename fails the old one is renamed back, so a failure leaves either
-        the old collection or the new one under this name, never none.
-        """
-        if staging.uri != self.uri:
-            raise StoreError(f"cannot replace {self.collection!r} in {self.uri} with a collection of {staging.uri}")
-        aside = self.collection + _REPLACED_SUFFIX
-        had_old = self.exists()
-        if had_old:
-            if self._call("has_collection", "meta", "has_collection", aside):
-                self._call("drop_collection", "meta", "drop_collection", aside)
-            self._call("rename aside", "meta", "rename_collection", self.collection, aside)
-        try:
-            self._call("rename into place", "meta", "rename_collection", staging.collection, self.collection)
-        except BaseException:
-            if had_old:
-                self._call("rename back", "meta", "rename_collection", aside, self.collection)
-            raise
-        finally:
-            self._info, self._loaded, self._clean = None, False, False
-            staging._info, staging._loaded, staging._clean = None, False, False
-        if had_old:
-            self._call("drop the replaced", "meta", "drop_collection", aside)
-        logger.info("collection %s in %s replaced by the one built as %s", self.collection, self.uri,
-                    staging.collection)
-
-    def list_collections(self) -> list[str]:
-        """Names of every collection in this store (sorted)."""
-        return sorted(self._call("list_collections", "meta", "list_collections"))
-
-    def index_params(self) -> dict:
-        """The collection's index: ``{"index_type": ..., "params": {...}}`` as given at creation (or by set_index)."""
-        info = self._describe()
-        return {"index_type": info.index_type, "params": dict(info.index_params)}
-
-    def runs(self) -> list[dict]:
-        """The runs recorded against the collection (:meth:`record_run`), oldest first."""
-        self._require()
-        props = self._call("describe_collection", "meta", "describe_collection", self.collection).get("properties") or {}
-        try:
-            runs = json.loads(props.get(_RUNS_KEY) or "[]")
-        except ValueError:
-            return []
-        return runs if isinstance(runs, list) else []
-
-    def record_run(self, run: dict) -> None:
-        """Append one run's summary (small JSON-able dict) to the collection's run history (the newest
-        :data:`MAX_RUNS_KEPT` are kept)."""
-        runs = (self.runs() + [run])[-MAX_RUNS_KEPT:]
-        text = json.dumps(runs, sort_keys=True, default=str)
-        while len(text.encode("utf-8")) > 60_000 and len(runs) > 1:
-            runs = runs[1:]
-            text = json.dumps(runs, sort_keys=True, default=str)
-        self._call("alter_collection_properties", "meta", "alter_collection_properties", self.collection,
-                   properties={_RUNS_KEY: text})
-
     def spec_json(self) -> str:
         """The FeatureSpec JSON the collection was created with, exactly as given."""
         return self._describe().spec_json
@@ -495,10 +229,6 @@ class VectorStore:
     def dim(self) -> int:
         """Dimension of the stored vectors."""
         return self._describe().dim
-
-    def index_type(self) -> str:
-        """The index type the collection was created with: FLAT, HNSW or IVF_FLAT."""
-        return self._describe().index_type
 
     def count(self) -> int:
         """Exact number of rows (each id counted once)."""
@@ -529,7 +259,7 @@ class VectorStore:
                     "not made by cbir-dist; use another collection name or drop it"
                 )
             props = desc.get("properties") or {}
-            logical = json.loads(props.get(_INDEX_KEY) or "{}")
+            logical = json.loads(props.get(INDEX_KEY) or "{}")
             nlist = index.get("nlist") or (index.get("params") or {}).get("nlist") or 0
             self._info = _Info(
                 dim=int(vec[0]["params"]["dim"]),
@@ -545,94 +275,6 @@ class VectorStore:
         if not self._loaded:
             self._call("load_collection", "build", "load_collection", self.collection)
             self._loaded = True
-
-    # ---------------------------------------------------------------- index
-
-    def _index_params(self, index_type: str, params: dict, n_rows: int):
-        """The pymilvus IndexParams realising a logical index type on this backend."""
-        if index_type == "FLAT":
-            kind, build = ("IVF_FLAT", {"nlist": 1}) if self.is_local else ("FLAT", {})
-        elif index_type == "HNSW":
-            kind, build = "HNSW", {**HNSW_BUILD_DEFAULTS, **params}
-        else:
-            kind, build = "IVF_FLAT", {**params, "nlist": int(params.get("nlist") or auto_nlist(n_rows))}
-        from pymilvus import MilvusClient
-
-        index_params = MilvusClient.prepare_index_params()
-        # pymilvus 3 sends build params as flat keys; milvus-lite 3.2.2 reads only a JSON "params" key.
-        extra = {**build, "params": dict(build)} if self.is_local else build
-        index_params.add_index(
-            field_name=_FIELD_VECTOR, index_type=kind, index_name=_FIELD_VECTOR, metric_type=METRIC, params=extra
-        )
-        return index_params
-
-    def set_index(self, index_type: str, index_params: dict | None = None) -> None:
-        """Replace the collection's vector index (e.g. FLAT -> HNSW) and build it for every row."""
-        index_type, index_params = schema.check_index(index_type, index_params)
-        self._describe()
-        self._call("alter_collection_properties", "meta", "alter_collection_properties", self.collection,
-                   properties={_INDEX_KEY: json.dumps({"index_type": index_type, "params": index_params}, sort_keys=True)})
-        self._call("flush", "build", "flush", self.collection)
-        self._rebuild_index(index_type, index_params)
-        self.flush_and_index()
-
-    def _rebuild_index(self, index_type: str, index_params: dict) -> None:
-        n_rows = self.count()
-        physical = self._index_params(index_type, index_params, n_rows)
-        self._call("rebuild index: release", "meta", "release_collection", self.collection)
-        self._call("rebuild index: drop", "meta", "drop_index", self.collection, _FIELD_VECTOR)
-        self._call("rebuild index: create", "build", "create_index", self.collection, physical)
-        self._call("rebuild index: load", "build", "load_collection", self.collection)
-        self._info = None
-        self._loaded = True
-        self._clean = False
-
-    def flush(self) -> None:
-        """Persist pending writes (durable across a kill of this process) without waiting for the index.
-
-        The index job calls it once per shard, before writing the shard's completion marker.
-        """
-        self._require()
-        self._call("flush", "build", "flush", self.collection)
-        self._clean = False
-
-    def flush_and_index(self) -> None:
-        """Persist pending writes and wait until every row is searchable through the index.
-
-        Call it after writing and before searching: until then milvus-lite searches unindexed
-        rows by brute force and :meth:`search` sends small requests to bound that memory.
-        """
-        info = self._describe()
-        self._call("flush", "build", "flush", self.collection)
-        if info.index_type == "IVF_FLAT" and "nlist" not in info.index_params:
-            target = auto_nlist(self.count())
-            if info.nlist <= 0 or not (0.5 < target / info.nlist < 2):
-                logger.info("re-fitting IVF_FLAT nlist %d -> %d", info.nlist, target)
-                self._rebuild_index(info.index_type, info.index_params)
-        self._require_loaded()
-        clean = self._wait_lite_indexed() if self.is_local else self._wait_server_indexed()
-        self._clean = clean
-
-    def _wait_lite_indexed(self) -> bool:
-        """Wait for milvus-lite's background compaction and index builds; True when all rows are indexed."""
-        if lite.wait_indexed(self._lite_path, self.collection, _FIELD_VECTOR):
-            return True
-        # Unknown internals, or segments left unindexed: a load builds every segment's index inline.
-        self._call("reload: release", "meta", "release_collection", self.collection)
-        self._call("reload: load", "build", "load_collection", self.collection)
-        return lite.internals_available(self._lite_path, self.collection)
-
-    def _wait_server_indexed(self) -> bool:
-        deadline = time.monotonic() + INDEX_WAIT_TIMEOUT_S
-        while True:
-            desc = self._call("describe_index", "meta", "describe_index", self.collection, _FIELD_VECTOR) or {}
-            pending = int(desc.get("pending_index_rows", 0) or 0)
-            if pending == 0 and int(desc.get("indexed_rows", 0)) >= int(desc.get("total_rows", 0)):
-                return True
-            if time.monotonic() > deadline:
-                logger.warning("index of %s still has %d pending rows; searching anyway", self.collection, pending)
-                return False
-            time.sleep(1.0)
 
     # ---------------------------------------------------------------- writes
 
@@ -756,7 +398,7 @@ class VectorStore:
         vectors : array-like of float, shape (Q, dim) or (dim,)
             Query vectors, finite, of the collection's dimension.
         k : int
-            Neighbours per query, 1 to 16384.
+            Neighbours per query, 1 to 16384 (else :class:`~cbir_dist.errors.UsageError`).
         search_params : dict, optional
             Engine parameters overriding the defaults: ``{"ef": max(256, 2k)}`` for HNSW,
             ``{"nprobe": max(16, nlist / 8)}`` for IVF_FLAT; FLAT is exact and takes none.
@@ -769,7 +411,9 @@ class VectorStore:
         """
         info = self._describe()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"k must be an int in [1, {MAX_TOP_K}], got {k!r}")
+            raise UsageError(f"k must be an int in [1, {MAX_TOP_K}] (Milvus returns at most {MAX_TOP_K} neighbours "
+                             f"per query), got {k!r}: ask for fewer neighbours (-k; one fewer when the query's own "
+                             "row is excluded)")
         k = int(k)
         queries = np.asarray(vectors)
         if queries.ndim == 1:
@@ -843,48 +487,3 @@ class VectorStore:
             bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
             raise ValueError(f"{what} must be finite; row {bad} holds NaN or inf (or overflows float32)")
         return arr
-
-
-# -------------------------------------------------------------------- helpers
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether a pymilvus/gRPC failure is worth retrying: the server is (re)starting, busy or unreachable."""
-    status = schema.grpc_status(exc)
-    if status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):  # a wrong token does not get better by waiting
-        return False
-    if status in _TRANSIENT_STATUS:
-        return True
-    text = str(getattr(exc, "message", "") or exc).lower()
-    return any(t in text for t in _TRANSIENT_TEXT)
-
-
-def _is_rpc_error(exc: BaseException) -> bool:
-    """A gRPC call error (``grpc.RpcError``, e.g. ``_InactiveRpcError``) that pymilvus did not wrap."""
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover - pymilvus depends on grpcio
-        return False
-    return isinstance(exc, grpc.RpcError) and callable(getattr(exc, "details", None))
-
-
-def _not_loaded(exc: BaseException) -> bool:
-    """Whether a failure says the collection is not loaded (it was, before a server restart).
-
-    Milvus' code 101 (collection not loaded); the server says "collection not loaded", milvus-lite
-    "is in state 'released'".
-    """
-    text = str(getattr(exc, "message", "") or exc).lower()
-    return getattr(exc, "code", None) == 101 or "collection not loaded" in text or "state 'released'" in text
-
-
-def _redact(text: str, token: str) -> str:
-    """``text`` with the token (and its password part) removed."""
-    text = str(text)
-    if token:
-        text = text.replace(token, "***")
-        _user, sep, password = token.partition(":")
-        # the password alone too, unless it is Milvus' public default (which names the product)
-        if sep and password and password != "Milvus":
-            text = text.replace(password, "***")
-    return text
