@@ -39,6 +39,7 @@ def test_damage_record_keeps_the_image_as_read_and_rejects_a_failure(tmp_path):
     intact = damage_record(rec, None)
     assert intact.damaged is rec.image and intact.reconstructed is rec.image
     missing = Record(str(tmp_path / "q.png"), "x", image=img)
+    (tmp_path / "m").mkdir()  # a masks folder without this image's mask
     assert damage_record(missing, DamageTransform(DamageConfig(masks_dir=str(tmp_path / "m")))) is None
     assert missing.status == REJECTED and missing.error.startswith("mask/inpaint failed: no mask for")
 

@@ -362,7 +362,7 @@ class VectorStore(CallsMixin, CollectionMixin, IndexingMixin, RunsMixin):
             return self._retrying("list stored ids", listing)
         except MilvusException as exc:
             raise StoreError(f"list stored ids of collection {self.collection!r} in {self.uri} failed: "
-                             f"{_redact(str(exc), self._token)}") from exc
+                             f"{redact(str(exc), self._token)}") from exc
 
     def fetch(self, ids) -> dict[str, np.ndarray]:
         """Stored rows for ``ids``, in the order asked, skipping absent ids.
