@@ -22,16 +22,6 @@ EVAL = ["--backend", "local", "--frequencies", "1", "--backbones", "none", "--in
 TRAIN = ["--no-ray", "--steps", "1", "--crop-min", "16", "--crop-max", "16", "--batch-size", "1", "--val-every", "0",
          "--snapshot-every", "0"]
 
-#: Rows whose error is raised inside cbir_dist/store/ (converted to the family on branch i19-store); they
-#: assert only that the line names the URI or path, the store's wording being the store's.
-STORE_SIDE = {
-    "index: --db ftp:// URI", "index: --db not ending in .db", "index: --db a regular file",
-    "query: --db ftp:// URI", "query: --db not ending in .db",
-    "classify: --db ftp:// URI",
-    "info: --db ftp:// URI", "info: --db not ending in .db",
-    "evaluate: --db ftp:// URI",
-}
-
 # (command, what is wrong, argv with {placeholders} from the `world` fixture, what the one line says)
 ROWS = [
     # index
@@ -240,8 +230,7 @@ def _id(row) -> str:
 
 
 def _params() -> list:
-    store_side = pytest.mark.xfail(strict=True, reason="store-side: fixed on i19-store")
-    return [pytest.param(*row, id=_id(row), marks=[store_side] if _id(row) in STORE_SIDE else []) for row in ROWS]
+    return [pytest.param(*row, id=_id(row)) for row in ROWS]
 
 
 @pytest.fixture(scope="module")
@@ -286,4 +275,3 @@ def test_a_bad_argument_exits_2_with_one_line_that_says_what_to_do(world, tmp_pa
 def test_every_subcommand_has_rows():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {row[0] for row in ROWS}
-    assert STORE_SIDE <= {_id(row) for row in ROWS}

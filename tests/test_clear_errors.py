@@ -65,9 +65,9 @@ def test_a_full_disk_mid_job_is_an_environment_error(indexed, tmp_path, monkeypa
         return real(path, *a, **k)
 
     monkeypatch.setattr(tables, "write_parquet", full)
-    import cbir_dist.index.run as run_mod
+    import cbir_dist.index.writer as writer_mod
 
-    monkeypatch.setattr(run_mod, "write_parquet", full)
+    monkeypatch.setattr(writer_mod, "write_parquet", full)
     rc = main(["index", str(data), "--db", str(tmp_path / "f.db"), "--run-dir", str(tmp_path / "run"), *FAST])
     err = capsys.readouterr().err
     assert rc == 1 and "No space left on device" in err and "internal error" not in err, err
@@ -164,5 +164,5 @@ def test_k_beyond_the_store_limit_is_a_usage_error(indexed, capsys):
     photo = sorted(data.rglob("*.png"))[0]  # -k 16384 passes the parser; without its own row it asks for 16385
     assert main(["query", str(photo), "--db", db, "--collection", "c", "-k", "16384", "--exclude-self"]) == 2
     said = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(said) == 1 and "error: k must be an int in [1, 16384]" in said[0], said
-    assert "ask for fewer neighbours" in said[0] and "internal" not in said[0]
+    assert len(said) == 1 and "-k 16384 is too many" in said[0] and "give -k 16383 or less" in said[0], said
+    assert "internal" not in said[0]

@@ -115,7 +115,7 @@ def test_searcher_run_leaves_the_records_as_read_and_shows_the_query_as_given(in
 
 
 def test_query_config_validation():
-    with pytest.raises(ValueError, match="Unknown inpainter"):
+    with pytest.raises(ValueError, match="--inpainter 'deepfill' is unknown"):
         QueryConfig(inpainter="deepfill")
     with pytest.raises(ValueError, match="either"):
         QueryConfig(fringe=1.0, masks_dir="x")
