@@ -11,11 +11,14 @@
    ``stats.json`` read back.
 3. **Table** per backbone: wall s, img/s, per-image cost relative to the smallest N **of the same
    backend and store in this run**, driver peak RSS, peak RSS of the busiest worker, store insert
-   rate (rows / write seconds), seconds per stage (summed over workers).
+   rate (rows / write seconds), seconds per stage (summed over workers); then, per run, the cores
+   the whole machine kept busy (``/proc/stat``) and each process's CPU by role (driver, Ray
+   workers, raylet, GCS, Milvus: ``benchmarks/cpu.py``), and with ``--bound`` each stage's CPU per
+   image under the backend against its cost alone.
 4. **Compute bound** (``--bound``): CPU-seconds per image of each stage measured alone in this
    process on ``--bound-sample`` images (decode, descriptors, backbone, write = fuse + insert into a
-   scratch store, flushed), divided over the cores: the img/s the machine could reach; each Ray
-   run's fraction of it is printed.
+   scratch store, flushed), divided over the cores: the img/s the machine could reach; each run's
+   fraction of it is printed.
 5. **Insert rate** (``--insert``): vectors/s of ``--insert-dim``-d rows from this process into each
    store, ``insert`` against ``upsert``, for several request sizes.
 
@@ -132,17 +135,27 @@ def subset(full: Path, out: Path, n: int) -> Path:
 # --------------------------------------------------------------------------------------- runs
 
 def index_once(images: Path, db: str, collection: str, backend: str, args, env: dict, run_dir: Path) -> dict:
+    """One ``cbir-dist index`` in a fresh process: its stats.json, wall time, the cores the whole machine
+    kept busy meanwhile and the CPU of each process by role (:mod:`cpu`)."""
+    from cpu import MachineCpu, ProcessCpu
+
     cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(images), "--db", db, "--collection", collection,
            "--backbone", args.backbone, "--backend", backend, "--run-dir", str(run_dir), "--shard-size",
            str(args.shard_size), "--overwrite"]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    with MachineCpu() as machine, ProcessCpu() as procs:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **env})
+        procs.driver = p.pid
+        out, err = p.communicate()
     wall = time.perf_counter() - t
     if p.returncode != 0:
-        raise RuntimeError(f"index failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"index failed ({p.returncode}):\n{err[-3000:]}")
     stats = json.loads((run_dir / "stats.json").read_text())
     stats["wall_s"] = wall
-    stats["line"] = p.stdout.strip().splitlines()[-1]
+    stats["line"] = out.strip().splitlines()[-1]
+    stats["cores_busy"], stats["busy_cpu_s"] = round(machine.cores_busy, 3), round(machine.busy_s, 1)
+    stats["steal_cpu_s"], stats["cpu_s_by_role"] = round(machine.steal_s, 1), procs.seconds
     return stats
 
 
@@ -298,12 +311,29 @@ def format_tables(results: dict) -> str:
         st = r["stage_seconds"]
         write_rate = r["rows_written"] / st["write"] if st.get("write") else float("nan")
         worker = r.get("peak_worker_rss_mb") or r["peak_rss_mb"]
-        frac = ""
-        if bound and r["backend_"] == "ray":
-            frac = f"{r['n'] / r['wall_s'] / bound['bound_images_per_s']:.2f}"
+        frac = f"{r['n'] / r['wall_s'] / bound['bound_images_per_s']:.2f}" if bound else ""
         lines.append(f"| {r['store']} | {r['backend_']} | {r['n']} | {r['wall_s']:.1f} | {r['n'] / r['wall_s']:.1f} | "
                      f"{per_img / base[key]:.3f} | {r['peak_rss_mb']:.0f} | {worker:.0f} | {write_rate:.0f} | "
                      + " | ".join(f"{st.get(s, 0):.1f}" for s in STAGES) + f" | {frac} |")
+    lines += ["", "Where the CPU went (whole machine from /proc/stat; each process's CPU by role, sampled from "
+              "/proc every 0.25 s):", "",
+              "| store | backend | N | cores busy | machine CPU s | steal s | CPU s by role |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in results["runs"]:
+        roles = ", ".join(f"{k} {v:.1f}" for k, v in r.get("cpu_s_by_role", {}).items())
+        lines.append(f"| {r['store']} | {r['backend_']} | {r['n']} | {r.get('cores_busy', float('nan')):.2f} of "
+                     f"{os.cpu_count()} | {r.get('busy_cpu_s', float('nan')):.1f} | {r.get('steal_cpu_s', 0):.1f} | "
+                     f"{roles} |")
+    if bound:
+        lines += ["", "Each stage's CPU per image under the backend against its cost measured alone (ratio):", "",
+                  "| store | backend | N | " + " | ".join(bound["cpu_s_per_image"]) + " |",
+                  "|---|---|---:|" + "---:|" * len(bound["cpu_s_per_image"])]
+        for r in results["runs"]:
+            cells = []
+            for stage, alone in bound["cpu_s_per_image"].items():
+                items = r["stage_items"].get(stage) or 0
+                under = r["stage_seconds"].get(stage, 0.0) / items if items else float("nan")
+                cells.append(f"{1000 * under:.2f} ms ({under / alone:.2f}×)" if alone and items else "")
+            lines.append(f"| {r['store']} | {r['backend_']} | {r['n']} | " + " | ".join(cells) + " |")
     for store, rates in (results.get("insert") or {}).items():
         lines += ["", f"Insert rate into `{store}` from this process ({rates[0]['dim']}-d, {rates[0]['rows']} rows, "
                   "flushed at the end):", "", "| op | rows per call | vectors/s |", "|---|---:|---:|"]
