@@ -54,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "wang1000"))
     p.add_argument("--sizes", default="1000,10000", help="comma-separated image counts")
     p.add_argument("--backbone", default="none", help="none (descriptors only) or a backbone (imagenet weights)")
-    p.add_argument("--backends", default="local,ray")
+    p.add_argument("--backends", default="local,ray",
+                   help="comma-separated: local, local:N (N worker processes, --workers N), ray")
     p.add_argument("--stores", default="lite,server")
     p.add_argument("--workdir", default=None, help="where the images and stores go (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
@@ -139,9 +140,10 @@ def index_once(images: Path, db: str, collection: str, backend: str, args, env: 
     kept busy meanwhile and the CPU of each process by role (:mod:`cpu`)."""
     from cpu import MachineCpu, ProcessCpu
 
+    backend, _, workers = backend.partition(":")
     cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(images), "--db", db, "--collection", collection,
            "--backbone", args.backbone, "--backend", backend, "--run-dir", str(run_dir), "--shard-size",
-           str(args.shard_size), "--overwrite"]
+           str(args.shard_size), "--overwrite", *(["--workers", workers] if workers else [])]
     t = time.perf_counter()
     with MachineCpu() as machine, ProcessCpu() as procs:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -269,10 +271,11 @@ def main(argv=None) -> int:
                                                                            args.insert_rows)
                 for backend in backends:
                     for n in sizes:
-                        run_dir = work / "runs" / f"{store}_{backend}_{n}"
+                        run_dir = work / "runs" / f"{store}_{backend.replace(':', 'x')}_{n}"
                         if run_dir.exists():
                             shutil.rmtree(run_dir)
-                        stats = index_once(folders[n], uri, f"scale_{backend}", backend, args, env, run_dir)
+                        stats = index_once(folders[n], uri, f"scale_{backend.replace(':', 'x')}", backend, args, env,
+                                           run_dir)
                         stats.update(store=store, backend_=backend, n=n, loadavg=os.getloadavg())
                         results["runs"].append(stats)
                         print(f"{store} {backend} {n}: {stats['line']} ({stats['wall_s']:.0f} s)", file=sys.stderr)

@@ -46,6 +46,7 @@ ROWS = [
                                          "--weights", "{tmp}/no_such.pt", "--descriptors", ""],
      "--weights {tmp}/no_such.pt: no such file"),
     ("index", "--shard-size 0", ["index", "{data}", "--shard-size", "0", *FAST], "0 is out of range: give 1 or more"),
+    ("index", "--workers 0", ["index", "{data}", "--workers", "0", *FAST], "0 is out of range: give 1 or more"),
     ("index", "--index-type unknown", ["index", "{data}", "--index-type", "IVF", *FAST], "invalid choice: 'IVF'"),
     ("index", "--fringe 0", ["index", "{data}", "--db", "{tmp}/n.db", "--fringe", "0", *FAST],
      "--fringe must be a positive frequency"),

@@ -228,6 +228,45 @@ def test_the_writer_takes_computed_shards_as_values_and_marks_them_only_when_flu
         run.abort()
 
 
+def test_worker_processes_write_the_same_rows_as_one_process_and_resume(tmp_path, folder):
+    one = _cfg(tmp_path, folder, db=str(tmp_path / "one.db"), run_dir=str(tmp_path / "r1"), shard_size=4)
+    two = _cfg(tmp_path, folder, db=str(tmp_path / "two.db"), run_dir=str(tmp_path / "r2"), shard_size=4, workers=2)
+    s1, s2 = run_index(descriptor_spec(), one), run_index(descriptor_spec(), two)
+    assert (s2.indexed, s2.duplicates, s2.rejected, s2.rows_written) == (s1.indexed, s1.duplicates, s1.rejected,
+                                                                         s1.rows_written) == (24, 1, 2, 24)
+    count1, rows1, ids1 = _all_rows(one)
+    count2, rows2, ids2 = _all_rows(two)
+    assert count2 == count1 == 24 and ids2 == ids1
+    np.testing.assert_array_equal(rows2["vector"], rows1["vector"])  # bit for bit
+    assert pq.read_table(tmp_path / "r2" / "manifest.parquet").to_pydict() == \
+        pq.read_table(tmp_path / "r1" / "manifest.parquet").to_pydict()
+    stats = json.loads((tmp_path / "r2" / "stats.json").read_text())
+    # the copy of an image in another shard may be described too (then dropped by the writer)
+    assert stats["workers"] == 2 and stats["stage_items"]["decode"] == 27
+    assert 24 <= stats["stage_items"]["descriptors"] <= 25
+    # a lost marker: the workers read that shard again and describe nothing (its ids are stored)
+    (tmp_path / "r2" / "shards" / "00002.done").unlink()
+    again = run_index(descriptor_spec(), two)
+    stats = json.loads((tmp_path / "r2" / "stats.json").read_text())
+    assert again.rows_written == 0 and again.already_present > 0 and again.indexed == 24
+    assert stats["shards_processed"] == 1 and stats["stage_items"]["descriptors"] == 0
+
+
+def test_worker_processes_damage_and_reconstruct_the_same_way(tmp_path, folder):
+    from cbir_dist.damage.hook import DamageConfig, DamageTransform
+
+    step = DamageTransform(DamageConfig(fringe=2.0, inpainter="telea"))
+    one = _cfg(tmp_path, folder, db=str(tmp_path / "one.db"), run_dir=str(tmp_path / "r1"))
+    two = _cfg(tmp_path, folder, db=str(tmp_path / "two.db"), run_dir=str(tmp_path / "r2"), workers=2)
+    run_index(descriptor_spec(), one, transform=step)
+    run_index(descriptor_spec(), two, transform=step)
+    np.testing.assert_array_equal(_all_rows(two)[1]["vector"], _all_rows(one)[1]["vector"])
+    stats = [json.loads((tmp_path / r / "stats.json").read_text()) for r in ("r1", "r2")]
+    # every decoded image is damaged when read (the duplicate too: duplicates are known only to the writer)
+    assert stats[0]["stage_items"]["inpaint"] == stats[1]["stage_items"]["inpaint"] == 25
+    assert stats[1]["stage_seconds"]["inpaint"] > 0
+
+
 def test_stream_ending_early_is_a_job_error(tmp_path, folder):
     run = IndexRun(descriptor_spec(), _cfg(tmp_path, folder))
     try:
@@ -244,7 +283,7 @@ def test_no_images_is_a_job_error(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"shard_size": 0}, {"batch_size": 0}, {"backend": "spark"}, {"torch_threads": 0},
-                                {"deep_actors": 0}, {"max_pixels": 0}])
+                                {"deep_actors": 0}, {"max_pixels": 0}, {"workers": 0}])
 def test_config_is_validated(kw):
     with pytest.raises(ValueError):
         IndexConfig("x", **kw)

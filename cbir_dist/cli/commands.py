@@ -85,7 +85,7 @@ def cmd_index(args) -> int:
         follow_symlinks=args.follow_symlinks,
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
-        torch_threads=args.torch_threads, deep_actors=args.deep_actors,
+        torch_threads=args.torch_threads, deep_actors=args.deep_actors, workers=args.workers,
         deep_resources=dict(args.deep_resource),
     )
     from ..damage.hook import DamageConfig, damage_transform

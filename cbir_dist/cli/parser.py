@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 EPILOG = """examples:
   cbir-dist demo                                      # generate, index and query a small set end to end
@@ -184,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild the collection from IMAGES_DIR alone: built beside the old one, which it "
                         "replaces only when the job succeeds (the run's shards start over)")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
-                   help="local = one process (the default); ray = Ray Data pipeline on the Ray cluster in "
+                   help="local = this machine (the default); ray = Ray Data pipeline on the Ray cluster in "
                         "$RAY_ADDRESS, else a local one")
+    p.add_argument("--workers", type=_int_in(1), default=1, metavar="N",
+                   help="local: N worker processes decode, damage and describe the shards, this process writes "
+                        "(default 1: this process alone; the cores it may use: %d)" % len(os.sched_getaffinity(0)))
     _add_damage_args(p, "image")
     p.add_argument("--torch-threads", type=_int_in(1), default=None,
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")

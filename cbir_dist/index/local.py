@@ -1,14 +1,20 @@
-"""The one-process backend of the index job: read, decode, damage and describe each shard here.
+"""The local backend of the index job: read, decode, damage and describe each shard on this machine.
 
-It computes the plan's pending shards one after the other and hands each to the run's writer as a
+It computes the plan's pending shards and hands each to the run's writer, in this process, as a
 value (:class:`~.writer.ComputedShard`); images whose ids the plan found stored are read (their id
-is their content) but neither damaged nor described, nor is a later copy of an image described in
-this run.
+is their content) but neither damaged nor described. With ``config.workers`` = 1 the shards are
+computed here, one after the other, and a later copy of an image is not described again; with N > 1
+by N worker processes (``spawn``ed: the parent may hold a store's threads), each with its own
+:class:`ShardProcessor` (backbone included) and an equal share of the pixel budget, at most N + 1
+shards in flight; the parent stays the single writer and takes the shards in file order, so the
+rows are the same (a copy of an image in another shard may then be described twice, and dropped).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -121,21 +127,78 @@ class ShardProcessor:
 ProcessorFactory = Callable[..., ShardProcessor]
 
 
+def _compute(processor: ShardProcessor, index: int, files: Sequence[ImageFile], stored: np.ndarray,
+             described: set[int]) -> ComputedShard:
+    """One shard: read it, skip the stored ids and those in ``described`` (updated), describe the rest."""
+    recs = processor.read(files, stored)
+    todo = []
+    for r in recs:
+        if r.status == OK and r.id not in described:
+            described.add(r.id)
+            todo.append(r)
+    return ComputedShard(index, recs, np.asarray([r.id for r in todo], np.int64), processor.describe(todo))
+
+
 def _computed(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
               transform: ImageTransform | None, opened: list) -> Iterator[ComputedShard]:
-    """The plan's pending shards, computed in order: read, skip the stored, describe the rest."""
+    """The plan's pending shards, computed in order in this process."""
     described: set[int] = set()  # ids described in this run: a later copy is a duplicate, not described again
     for shard in run.plan.pending:
         if not opened:  # load the backbone only when there is work left
             opened.append(factory(run.spec, config, transform=transform, clock=run.clock))
-        processor = opened[0]
-        recs = processor.read(run.plan.files_of(shard), run.plan.stored)
-        todo = []
-        for r in recs:
-            if r.status == OK and r.id not in described:
-                described.add(r.id)
-                todo.append(r)
-        yield ComputedShard(shard.index, recs, np.asarray([r.id for r in todo], np.int64), processor.describe(todo))
+        yield _compute(opened[0], shard.index, run.plan.files_of(shard), run.plan.stored, described)
+
+
+_WORKER: dict = {}  # in a worker process: its processor and the stored ids
+
+
+def _worker_init(spec: FeatureSpec, config: IndexConfig, transform: ImageTransform | None,
+                 stored: np.ndarray) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
+    _WORKER.update(processor=ShardProcessor(spec, config, transform=transform), stored=stored)
+
+
+def _worker_shard(index: int, files: list[ImageFile]) -> tuple[ComputedShard, StageClock]:
+    processor = _WORKER["processor"]
+    processor.clock = StageClock()  # this shard's stage seconds, added to the run's by the parent
+    computed = _compute(processor, index, files, _WORKER["stored"], set())
+    for r in computed.records:
+        r.image = None  # records travel back without pixels
+    return computed, processor.clock
+
+
+def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None) -> Iterator[ComputedShard]:
+    """The plan's pending shards, computed by ``config.workers`` processes, yielded in file order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = iter(run.plan.pending)
+    share = replace(config, pixel_budget=max(1, config.pixel_budget // config.workers),
+                    torch_threads=config.torch_threads or 1)
+    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(run.spec, share, transform, run.plan.stored)) as pool:
+        flight: deque = deque()
+
+        def submit() -> None:
+            shard = next(pending, None)
+            if shard is not None:
+                flight.append(pool.submit(_worker_shard, shard.index, run.plan.files_of(shard)))
+
+        for _ in range(config.workers + 1):
+            submit()
+        while flight:
+            try:
+                computed, clock = flight.popleft().result()
+            except BrokenProcessPool as exc:
+                raise PipelineError(f"an index worker process died ({exc}); rerun the same command: the job "
+                                    "resumes") from exc
+            submit()
+            for stage, seconds in clock.seconds.items():
+                run.clock.add(stage, seconds, clock.counts[stage])
+            yield computed
 
 
 def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: ImageTransform | None = None,
@@ -144,7 +207,10 @@ def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, trans
     run = IndexRun(spec, config, store=store)
     opened: list[ShardProcessor] = []
     try:
-        run.write(_computed(run, config, processor_factory or ShardProcessor, transform, opened))
+        if config.workers > 1 and run.plan.pending:
+            run.write(_pooled(run, config, transform))
+        else:
+            run.write(_computed(run, config, processor_factory or ShardProcessor, transform, opened))
     except BaseException:
         run.abort()
         raise

@@ -111,6 +111,8 @@ class IndexConfig:
     window_files: int = 8192  # ray backend: pending files per Ray Dataset (the driver's memory bound)
     #: local backend: decoded pixels held at once (64 M = 192 MB of RGB), whatever the shard size
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
+    #: local backend: worker processes computing shards (1: this process alone); see .local
+    workers: int = 1
 
     def __post_init__(self):
         if self.shard_size < 1 or self.batch_size < 1:
@@ -127,6 +129,8 @@ class IndexConfig:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
         if self.pixel_budget < 1:
             raise UsageError(f"pixel_budget must be >= 1, got {self.pixel_budget}")
+        if self.workers < 1:
+            raise UsageError(f"workers must be >= 1, got {self.workers}")
         if self.window_files < 1:
             raise UsageError(f"window_files must be >= 1, got {self.window_files}")
 
@@ -203,7 +207,8 @@ class IndexRun:
             S.write_tables(plan.run_dir, plan.shards, missing)
             S.write_stats(plan.run_dir / "stats.json", summary, seconds=time.perf_counter() - self.t_start,
                           shards=plan.shards, clock=self.clock, workers=workers, backend=config.backend,
-                          collection=config.collection, db=plan.target.uri, spec_dim=self.spec.dim)
+                          collection=config.collection, db=plan.target.uri, spec_dim=self.spec.dim,
+                          processes=config.workers if config.backend == "local" else 1)
             plan.store.record_run(S.run_record(summary, run_dir=plan.run_dir, images_dir=config.images_dir,
                                                backend=config.backend))
             if plan.final_store is not None and rows_written and not n_missing:

@@ -125,7 +125,8 @@ def write_tables(run_dir: Path, shards: Sequence, missing: dict[int, np.ndarray]
 
 
 def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Sequence, clock: StageClock,
-                workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int) -> None:
+                workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int,
+                processes: int = 1) -> None:
     """``stats.json``: the summary's counts, timings per stage, memory, and where each stage ran."""
     peak_mb = peak_rss_mb()
     stats = {
@@ -147,6 +148,7 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "peak_rss_mb": round(peak_mb, 1),
         "peak_worker_rss_mb": round(workers.peak_rss_mb, 1) if workers.peak_rss_mb else None,
         "backend": backend,
+        "workers": processes,  # local backend: processes that computed the shards
         "stage_nodes": {k: sorted(v) for k, v in workers.nodes.items()},
         "stage_node_items": workers.node_items,
         "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in workers.node_seconds.items()},
