@@ -9,7 +9,7 @@ both from ``/proc``:
   nothing else on the machine: it counts every process.
 - **each process by role** (:class:`ProcessCpu`): a thread samples ``/proc/[pid]/stat`` of every
   process every ``interval`` seconds and keeps each one's CPU (utime + stime) since it was first
-  seen, summed by role (:func:`role`: ``driver`` for the command's own pid, Ray's ``worker``,
+  seen, summed by role (:func:`role`: ``driver`` for the command's own pid, ``worker`` (Ray's, or the local backend's),
   ``raylet``, ``gcs``, ``ray other``, ``milvus``, ``other``). A process that lives less than one
   interval may be missed; the machine's figure is the complete one.
 
@@ -59,8 +59,8 @@ def role(cmdline: str, pid: int, driver: int | None) -> str:
         return "gcs"
     if "raylet" in cmdline:
         return "raylet"
-    if cmdline.startswith("ray::") or "default_worker.py" in cmdline:
-        return "worker"
+    if cmdline.startswith("ray::") or "default_worker.py" in cmdline or "multiprocessing.spawn" in cmdline:
+        return "worker"  # a Ray worker, or a local backend's worker process (--workers N)
     if "/ray/" in cmdline or "ray/_private" in cmdline or "dashboard" in cmdline:
         return "ray other"
     if "milvus" in cmdline:

@@ -27,6 +27,8 @@ def _cpu():
     ("ray::IDLE", "worker"),
     ("python .../ray/_private/workers/default_worker.py --node-ip-address=...", "worker"),
     ("python -u .../ray/dashboard/agent.py", "ray other"),
+    ("python -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7) --multiprocessing-fork",
+     "worker"),
     ("/tmp/m/bin/milvus run standalone", "milvus"),
     ("bash", "other"),
 ])
