@@ -252,6 +252,26 @@ def test_worker_processes_write_the_same_rows_as_one_process_and_resume(tmp_path
     assert stats["shards_processed"] == 1 and stats["stage_items"]["descriptors"] == 0
 
 
+def test_a_failed_write_with_worker_processes_fails_the_job_and_a_rerun_finishes_it(tmp_path, folder, monkeypatch):
+    from cbir_dist.index.writer import ShardWriter
+
+    cfg = _cfg(tmp_path, folder, shard_size=4, workers=2)
+    real, calls = ShardWriter.write, []
+
+    def write_then_fail(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full (injected)")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ShardWriter, "write", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        run_index(descriptor_spec(), cfg)
+    monkeypatch.undo()
+    s = run_index(descriptor_spec(), cfg)  # the run dir was released; the rerun resumes
+    assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2) and _all_rows(cfg)[0] == 24
+
+
 def test_worker_processes_damage_and_reconstruct_the_same_way(tmp_path, folder):
     from cbir_dist.damage.hook import DamageConfig, DamageTransform
 

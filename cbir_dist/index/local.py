@@ -178,15 +178,16 @@ def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None
     pending = iter(run.plan.pending)
     share = replace(config, pixel_budget=max(1, config.pixel_budget // config.workers),
                     torch_threads=config.torch_threads or 1)
-    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(run.spec, share, transform, run.plan.stored)) as pool:
-        flight: deque = deque()
+    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(run.spec, share, transform, run.plan.stored))
+    flight: deque = deque()
 
-        def submit() -> None:
-            shard = next(pending, None)
-            if shard is not None:
-                flight.append(pool.submit(_worker_shard, shard.index, run.plan.files_of(shard)))
+    def submit() -> None:
+        shard = next(pending, None)
+        if shard is not None:
+            flight.append(pool.submit(_worker_shard, shard.index, run.plan.files_of(shard)))
 
+    try:
         for _ in range(config.workers + 1):
             submit()
         while flight:
@@ -199,11 +200,14 @@ def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None
             for stage, seconds in clock.seconds.items():
                 run.clock.add(stage, seconds, clock.counts[stage])
             yield computed
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed write waits for the shards running, no more
 
 
 def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: ImageTransform | None = None,
                     processor_factory: ProcessorFactory | None = None):
-    """Index ``config.images_dir`` in this process; see :func:`cbir_dist.index.run_index`."""
+    """Index ``config.images_dir`` on this machine (``config.workers`` processes); see
+    :func:`cbir_dist.index.run_index`."""
     run = IndexRun(spec, config, store=store)
     opened: list[ShardProcessor] = []
     try:
