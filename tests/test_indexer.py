@@ -287,6 +287,20 @@ def test_worker_processes_damage_and_reconstruct_the_same_way(tmp_path, folder):
     assert stats[1]["stage_seconds"]["inpaint"] > 0
 
 
+def test_a_plan_that_fails_after_creating_the_collection_leaves_none(tmp_path, folder, monkeypatch):
+    import cbir_dist.index.plan as plan
+
+    def full(*a, **k):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(plan, "_write_listing", full)  # after the collection was created
+    cfg = _cfg(tmp_path, folder)
+    with pytest.raises(OSError, match="disk full"):
+        run_index(descriptor_spec(), cfg)
+    with VectorStore(cfg.db, cfg.collection) as store:
+        assert not store.exists()
+
+
 def test_stream_ending_early_is_a_job_error(tmp_path, folder):
     run = IndexRun(descriptor_spec(), _cfg(tmp_path, folder))
     try:

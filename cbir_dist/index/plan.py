@@ -139,6 +139,7 @@ class RunPlan:
             self._open_target(spec)
             self._plan_shards(f for part in ([first], entries) for f in part)
         except BaseException:
+            self.drop_if_created(whatever_it_holds=self.final_store is not None)  # a failed plan leaves none
             self.close()
             raise
 
