@@ -3,9 +3,10 @@
 :class:`RunPlan` opens the target (the collection, or with ``--overwrite`` the one built beside it;
 the stored spec is checked, or the collection created), takes the run directory's lock, streams the
 listing into ``listing.parquet`` and cuts it into :class:`Shard` s, trusting the markers that vouch
-for these very files and this very collection (:class:`~.target.Target`). It also takes the ids the
-collection already stores (:attr:`RunPlan.stored`), which reach the backends before any compute, so
-an image whose row is stored is read (its id is its content) but never described again.
+for these very files and this very collection (:class:`~.target.Target`). It also lists the ids the
+collection already stores (:attr:`RunPlan.stored`, when a backend first asks), which reach the
+backends before any compute, so an image whose row is stored is read (its id is its content) but
+never described again.
 
 The plan writes nothing into the store but the collection it creates; the rows go through the
 writer (:mod:`.writer`). The run directory's files are documented in :mod:`.run`.
@@ -20,6 +21,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -110,9 +112,8 @@ class RunPlan:
     ``--overwrite`` the one built beside it), ``final_store`` (with ``--overwrite``: the collection to
     replace), ``spec`` (the stored spec wins over the requested one: it may hold fitted statistics),
     ``fitted`` (the spec is standardised on the whole collection: rows follow in :mod:`.fitted`),
-    ``target``, ``run_dir``, ``shards``, ``stored`` (sorted ids already in the collection; empty when
-    every image must be described anyway: a new collection, fitted specs, ``--save-features``) and
-    ``created`` (the identity of the collection this run created, "" when it did not).
+    ``target``, ``run_dir``, ``shards``, ``stored`` (sorted ids already in the collection, listed when a
+    backend first asks) and ``created`` (the identity of the collection this run created, "" when it did not).
 
     Raises :class:`~cbir_dist.errors.InputError` when there is nothing to index,
     :class:`~cbir_dist.errors.SpecMismatchError` when the collection was built with another spec and
@@ -181,8 +182,7 @@ class RunPlan:
         # another job's --overwrite) has another identity, and they stop vouching
         self.target = Target(store.target_uri, config.collection, spec_digest(self.spec),
                              store.identity() if store.exists() else "")
-        describe_all = self.fitted or config.save_features or not self.existed
-        self.stored = NO_IDS if describe_all else store.stored_ids()
+        self._describe_all = self.fitted or config.save_features or not self.existed
 
     def _plan_shards(self, entries) -> None:
         shard_dir = self.run_dir / "shards"
@@ -210,6 +210,13 @@ class RunPlan:
         n_done = sum(s.done for s in self.shards)
         if n_done:
             log.info("resuming: %d of %d shards already done in %s", n_done, len(self.shards), shard_dir)
+
+    @cached_property
+    def stored(self) -> np.ndarray:
+        """The sorted ids already in the collection (empty when every image is described anyway: a new
+        collection, fitted specs, ``--save-features``). Listed from the store on first use, which the
+        backends make only when a shard is pending, before its first compute."""
+        return NO_IDS if self._describe_all else self.store.stored_ids()
 
     @property
     def files(self) -> int:
