@@ -197,8 +197,7 @@ def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None
                 raise PipelineError(f"an index worker process died ({exc}); rerun the same command: the job "
                                     "resumes") from exc
             submit()
-            for stage, seconds in clock.seconds.items():
-                run.clock.add(stage, seconds, clock.counts[stage])
+            run.clock.add_all(clock)
             yield computed
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a failed write waits for the shards running, no more

@@ -178,8 +178,7 @@ class IndexRun:
         """
         plan, config, w = self.plan, self.config, self.writer.written
         workers = workers or WorkerStats()
-        for stage, secs in workers.seconds.items():
-            self.clock.add(stage, secs, workers.counts.get(stage, 0))
+        self.clock.add_all(workers)
         rows_written, summary = w.rows_written, None
         try:
             self.writer.commit(force=True)

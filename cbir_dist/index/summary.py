@@ -65,6 +65,11 @@ class StageClock:
         self.seconds[stage] += float(seconds)
         self.counts[stage] += int(count)
 
+    def add_all(self, other) -> None:
+        """Add another account's ``seconds`` and ``counts`` per stage (a worker's, a graph's)."""
+        for stage, seconds in other.seconds.items():
+            self.add(stage, seconds, other.counts.get(stage, 0))
+
     def per_second(self) -> dict:
         return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None)
                 for k, s in self.seconds.items()}
