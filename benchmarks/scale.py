@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 STAGES = ("decode", "descriptors", "deep", "write")
+WARM = 64  # images each stage sees before the bound's sample is timed
 
 
 def parse_args(argv=None):
@@ -62,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--bound", action="store_true", help="measure each stage alone: the machine's compute bound")
-    p.add_argument("--bound-sample", type=int, default=300)
+    p.add_argument("--bound-sample", type=int, default=1000)
     p.add_argument("--insert", action="store_true", help="measure the stores' insert rate from this process")
     p.add_argument("--insert-dim", type=int, default=1584)
     p.add_argument("--insert-rows", type=int, default=20000)
@@ -171,15 +172,29 @@ def start_server(root: Path):
 # --------------------------------------------------------------------------------------- bound
 
 def compute_bound(images: Path, args, store_uri: str, token: str | None) -> dict:
-    """CPU-seconds per image of each stage, measured alone on a sample, and the img/s 2 cores allow."""
+    """CPU-seconds per image of each stage, measured alone on a sample, and the img/s the cores allow.
+
+    Each stage runs on one thread, as in the backends' workers (OpenCV and torch set to one thread:
+    a library's own pool would add its threads' overhead to the CPU counted), after a warm-up of
+    ``WARM`` images that pays the one-time costs (imports, first allocations, the model's first
+    batches), which the runs spread over thousands of images.
+    """
+    import cv2
+    import torch
+
     import cbir_dist.features.extract as fx
     from cbir_dist.features.profiles import build_spec
     from cbir_dist.io.files import list_images
     from cbir_dist.io.records import read_record
     from cbir_dist.store import VectorStore
 
-    files = list_images(images)[: args.bound_sample]
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    files = list_images(images)[: args.bound_sample + WARM]
+    warm, files = files[:WARM], files[WARM:]
     spec = build_spec(backbone=None if args.backbone == "none" else args.backbone)
+    warm_imgs = [read_record(f).image for f in warm]
+    fx.handcrafted_features(warm_imgs, spec.blocks)
     cpu = {}
     t = time.process_time()
     recs = [read_record(f) for f in files]
@@ -190,7 +205,7 @@ def compute_bound(images: Path, args, store_uri: str, token: str | None) -> dict
     cpu["descriptors"] = (time.process_time() - t) / len(files)
     if spec.deep is not None:
         deep = fx.DeepFeatures(spec.deep, num_threads=1)
-        deep(imgs[:8])  # warm-up
+        deep(warm_imgs)
         t = time.process_time()
         feats["deep"] = deep(imgs)
         cpu["deep"] = (time.process_time() - t) / len(files)
@@ -205,9 +220,10 @@ def compute_bound(images: Path, args, store_uri: str, token: str | None) -> dict
         store.drop()
     finally:
         store.close()
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     per_image = sum(cpu.values())
-    return {"cpu_s_per_image": cpu, "cores": cores, "bound_images_per_s": cores / per_image}
+    return {"cpu_s_per_image": cpu, "cores": cores, "bound_images_per_s": cores / per_image,
+            "sample": len(files), "warm_up": len(warm)}
 
 
 # --------------------------------------------------------------------------------------- insert
@@ -301,7 +317,8 @@ def format_tables(results: dict) -> str:
     bound = results.get("bound")
     if bound:
         cpu = ", ".join(f"{k} {1000 * v:.2f}" for k, v in bound["cpu_s_per_image"].items())
-        lines += [f"Compute bound: CPU ms per image measured alone — {cpu}; {bound['cores']} cores → "
+        lines += [f"Compute bound: CPU ms per image measured alone on {bound.get('sample', '?')} images, one "
+                  f"thread, after a warm-up — {cpu}; {bound['cores']} cores → "
                   f"**{bound['bound_images_per_s']:.1f} img/s**.", ""]
     lines += ["| store | backend | N | wall s | img/s | cost/img vs smallest N | driver peak RSS MB | busiest worker "
               "peak RSS MB | insert rows/s | " + " | ".join(f"{s} s" for s in STAGES) + " | of bound |",
@@ -332,9 +349,13 @@ def format_tables(results: dict) -> str:
                   "|---|---|---:|" + "---:|" * len(bound["cpu_s_per_image"])]
         for r in results["runs"]:
             cells = []
+            # the workers' CPU per stage where the backend measures it (Ray), else the stage's seconds
+            # (the local backend's stages run on one thread each: their seconds are their CPU)
+            spent = r.get("stage_cpu_seconds") or {}
             for stage, alone in bound["cpu_s_per_image"].items():
                 items = r["stage_items"].get(stage) or 0
-                under = r["stage_seconds"].get(stage, 0.0) / items if items else float("nan")
+                seconds = spent.get(stage) or r["stage_seconds"].get(stage, 0.0)
+                under = seconds / items if items else float("nan")
                 cells.append(f"{1000 * under:.2f} ms ({under / alone:.2f}×)" if alone and items else "")
             lines.append(f"| {r['store']} | {r['backend_']} | {r['n']} | " + " | ".join(cells) + " |")
     for store, rates in (results.get("insert") or {}).items():

@@ -74,8 +74,16 @@ def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray
     assert stats["backend"] == "ray" and stats["rows_written"] == 24
     assert stats["stage_items"]["decode"] == 27 and stats["stage_items"]["deep"] == 25
     assert all(stats["stage_seconds"][s] > 0 for s in ("decode", "deep", "descriptors", "write"))
+    # the workers' CPU per stage, beside their wall seconds
+    assert all(stats["stage_cpu_seconds"][s] > 0 for s in ("decode", "deep", "descriptors"))
+    assert stats["stage_cpu_seconds"]["inpaint"] == 0
+    assert stats["ray_plan"]["pool_size"] >= 1 and stats["ray_plan"]["task_cpus"] > 0  # how the CPUs were split
     assert stats["peak_worker_rss_mb"] > 0
     assert set(stats["stage_nodes"]) == {"decode", "descriptors", "deep"}
+    # the graph's Ray Data settings went to its own datasets; this process's context is as it was
+    import ray
+
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
 
 
 def _network_hook(tmp_path):
@@ -127,11 +135,11 @@ def test_network_in_a_pool_of_its_own_gives_the_same_features(folder, local_ray,
 
 def test_network_plan_gives_the_network_a_pool_only_when_asked():
     fused = plan_stages({"CPU": 2.0}, GraphConfig(), network=True)
-    assert fused.inpaint_pool == 0 and fused.actor_cpus == 1.0  # the backbone's actors hold the network
+    assert fused.inpaint_pool == 0 and fused.pool_size == 2  # the backbone's actors hold the network
     sep = plan_stages({"CPU": 2.0}, GraphConfig(inpaint_placement="separate"), network=True)
     assert (sep.inpaint_pool, sep.pool_size) == (1, 1) and sep.inpaint_cpus + sep.actor_cpus + sep.task_cpus <= 2
     sep16 = plan_stages({"CPU": 16.0}, GraphConfig(inpaint_placement="separate"), network=True)
-    assert sep16.inpaint_pool + sep16.pool_size == 10 and sep16.inpaint_cpus == 1.0
+    assert sep16.inpaint_pool + sep16.pool_size == 16 and sep16.inpaint_cpus == 0.5
     gpu = plan_stages({"CPU": 8.0, "GPU": 2.0}, GraphConfig(inpaint_placement="separate"), network=True)
     assert gpu.actor_gpus == gpu.inpaint_gpus == 0.5 and gpu.inpaint_pool == gpu.pool_size == 2
     alone = plan_stages({"CPU": 8.0, "GPU": 2.0}, GraphConfig(), network=True, deep=False)
@@ -204,11 +212,13 @@ def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
 @pytest.mark.parametrize(
     ("cluster", "kw", "expect"),
     [
-        ({"CPU": 2.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, actor_gpus=0.0, pool_size=1, torch_threads=1)),
+        # CPU only: one task slot and one single-threaded actor per CPU
+        ({"CPU": 2.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=2, torch_threads=1)),
         ({"CPU": 1.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=1)),
-        ({"CPU": 16.0}, {}, dict(task_cpus=1.0, actor_cpus=1.0, pool_size=10)),
-        ({"CPU": 4.0}, {}, dict(pool_size=2)),
-        ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=3)),  # capped: one CPU stays for the tasks
+        ({"CPU": 16.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, pool_size=16)),
+        ({"CPU": 4.0}, {"deep_actors": 3}, dict(pool_size=3)),
+        ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=7)),  # capped: one task slot stays for the tasks
+        ({"CPU": 4.0}, {"torch_threads": 2}, dict(pool_size=4, torch_threads=2)),
         ({"CPU": 8.0, "GPU": 2.0}, {}, dict(actor_gpus=1.0, actor_cpus=1.0, pool_size=2)),
         ({"CPU": 8.0, "GPU": 2.0}, {"device": "cpu"}, dict(actor_gpus=0.0)),
         ({"CPU": 4.0, "GPU": 1.0}, {"deep_resources": {"gpu_node": 1}}, dict(actor_resources={"gpu_node": 1})),
@@ -220,6 +230,14 @@ def test_plan_never_lets_actors_take_every_cpu(cluster, kw, expect):
         assert getattr(plan, key) == value, key
     if not plan.actor_gpus:
         assert plan.pool_size * plan.actor_cpus + plan.task_cpus <= cluster["CPU"]
+
+
+def test_plan_without_actors_gives_each_task_a_cpu():
+    plan = plan_stages({"CPU": 2.0}, GraphConfig(), deep=False)
+    assert (plan.task_cpus, plan.pool_size, plan.inpaint_pool) == (1.0, 0, 0)
+    # a network inpainter without a backbone takes the backbone's plan
+    alone = plan_stages({"CPU": 2.0}, GraphConfig(), network=True, deep=False)
+    assert (alone.inpaint_pool, alone.inpaint_cpus, alone.task_cpus) == (2, 0.5, 0.5)
 
 
 def test_plan_needs_cpus():

@@ -44,7 +44,7 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
     resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
     from dataclasses import replace
 
-    plan = plan_actors(cluster, config)
+    plan = plan_actors(cluster, config, deep=deep or network)  # a network without a backbone takes its plan
     if not network or (deep and config.inpaint_placement == "fused"):
         return plan
     if not deep:
@@ -63,29 +63,36 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
     return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
 
 
-def plan_actors(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
-    """Split the cluster between CPU tasks and backbone actors so that neither can starve the other.
+#: CPU-only clusters: the logical CPU of one task slot and of one single-threaded backbone actor. Each
+#: CPU holds one of each, so the tasks alone, or the actors alone, can fill every core when the
+#: other stage has nothing to do (the tasks wait on a full queue, or the actors on an empty one);
+#: when both have work, two threads share each core (see docs/scaling.md for what that measured).
+CPU_SLOT = 0.5
+
+
+def plan_actors(cluster: Mapping[str, float], config: GraphConfig, *, deep: bool = True) -> StagePlan:
+    """Split the cluster between CPU tasks and backbone actors so that every core has work.
 
     With GPUs (and ``config.device`` not ``"cpu"``): one actor per GPU (``num_gpus=1``, one CPU to
-    feed it). Without: up to one single-threaded actor per CPU for two thirds of the CPUs (the
-    backbone usually costs more than decoding and descriptors; Ray Data grows the pool from one
-    actor as batches queue up), and never more than ``CPU - task_cpus`` CPUs together, so at least
-    one read/descriptor task can always run (an actor pool holding every CPU would leave the tasks
-    that feed it unscheduled: the job hangs without an error).
+    feed it), one task per remaining CPU. Without: one task and one single-threaded actor per CPU
+    (:data:`CPU_SLOT` each; ``deep_actors`` caps the pool), and never more than ``CPU - task_cpus``
+    CPUs for the pool, so at least one read/descriptor task can always run (an actor pool holding
+    every CPU would leave the tasks that feed it unscheduled: the job hangs without an error).
+    With no actors at all (``deep`` False: no backbone, no network) each task takes one CPU.
     """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = float(cluster.get("GPU", 0.0))
     if cpus <= 0:
         raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
-    task_cpus = 1.0 if cpus >= 2 else 0.5
     extra = dict(config.deep_resources) if config.deep_resources else None
     if gpus >= 1 and (config.device is None or str(config.device).startswith("cuda")):
         pool = config.deep_actors or int(gpus)
-        return StagePlan(task_cpus, 1.0 if cpus >= 2 else 0.0, 1.0, min(pool, int(gpus)),
+        return StagePlan(1.0 if cpus >= 2 else 0.5, 1.0 if cpus >= 2 else 0.0, 1.0, min(pool, int(gpus)),
                          config.torch_threads, extra)
-    budget = cpus - task_cpus
-    actor_cpus = 1.0 if budget >= 1 else max(budget, 0.25)
-    pool = config.deep_actors or max(1, int(cpus * 2 // 3))
-    pool = max(1, min(pool, int(budget // actor_cpus)))
-    threads = config.torch_threads or max(1, int(actor_cpus))
-    return StagePlan(task_cpus, actor_cpus, 0.0, pool, threads, extra)
+    if not deep:
+        return StagePlan(min(1.0, cpus), 0.0, 0.0, 0, None, extra)
+    slot = min(CPU_SLOT, cpus / 2)
+    pool = config.deep_actors or max(1, int(cpus))
+    pool = max(1, min(pool, int(round((cpus - slot) / slot, 6))))
+    threads = config.torch_threads or 1
+    return StagePlan(slot, slot, 0.0, pool, threads, extra)

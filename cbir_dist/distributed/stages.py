@@ -6,9 +6,14 @@ or a network inpainter's CPU half), :func:`describe_batch` (the handcrafted desc
 :class:`DeepActor` (the backbone, optionally after a network inpainter) and :class:`InpaintActor`
 (a network inpainter's own pool). A per-file failure is a row's status and reason, never a failed task.
 
-Every stage measures itself: rows carry ``t_<stage>`` (the batch's seconds shared among its rows),
-the node id that ran it (``node_<stage>``) and the worker's peak RSS (``rss_mb``), which the driver
-sums into :class:`~.graph.GraphStats`.
+Every stage measures itself: rows carry ``t_<stage>`` (the batch's wall seconds shared among its
+rows), ``c_<stage>`` (the CPU seconds the worker process spent on it, all its threads: the stage's
+cost whatever else shares the core), the node id that ran it (``node_<stage>``) and the worker's
+peak RSS (``rss_mb``), which the driver sums into :class:`~.graph.GraphStats`.
+
+Each worker runs its stage on one thread (OpenCV's pool is set to one thread in every worker that
+runs a stage; a backbone actor's torch threads are the plan's): the tasks and actors are the
+parallelism, and a library's own thread pool on top of them only makes them compete for the cores.
 """
 
 from __future__ import annotations
@@ -39,8 +44,13 @@ ImageTransform = Callable[[np.ndarray, str], np.ndarray]
 
 
 def time_column(stage: str) -> str:
-    """The column of a stage's seconds per row."""
+    """The column of a stage's wall seconds per row."""
     return f"t_{stage}"
+
+
+def cpu_column(stage: str) -> str:
+    """The column of a stage's CPU seconds per row (the worker process's, all threads)."""
+    return f"c_{stage}"
 
 
 def node_column(stage: str) -> str:
@@ -52,11 +62,33 @@ def _rss_mb() -> float:
     return peak_rss_mb()
 
 
-def _stamp(out: dict, stage: str, seconds: float, n: int) -> dict:
-    out[time_column(stage)] = np.full(n, seconds / max(n, 1), np.float64)
-    out[node_column(stage)] = np.array([node_id()] * n, dtype=object)
-    out[RSS] = np.full(n, _rss_mb(), np.float64)
-    return out
+_ONE_THREAD = False
+
+
+def _one_thread() -> None:
+    """OpenCV on one thread in this worker (once per process; see the module docstring)."""
+    global _ONE_THREAD
+    if not _ONE_THREAD:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _ONE_THREAD = True
+
+
+class _Clock:
+    """Wall and process CPU time since it was made; :meth:`stamp` writes a stage's columns."""
+
+    def __init__(self):
+        _one_thread()
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stamp(self, out: dict, stage: str, n: int) -> dict:
+        per = max(n, 1)
+        out[time_column(stage)] = np.full(n, (time.perf_counter() - self.wall) / per, np.float64)
+        out[cpu_column(stage)] = np.full(n, (time.process_time() - self.cpu) / per, np.float64)
+        out[node_column(stage)] = np.array([node_id()] * n, dtype=object)
+        out[RSS] = np.full(n, _rss_mb(), np.float64)
+        return out
 
 
 def _object_array(items: Sequence) -> np.ndarray:
@@ -74,7 +106,7 @@ def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_B
 
     Files whose ids are among the sorted ``stored`` ids get status ``stored`` and no image: the
     later stages, which work on ``ok`` rows only, pass them by."""
-    t = time.perf_counter()
+    clock = _Clock()
     recs = [read_record(ImageFile(str(p), str(lab), str(why)), max_pixels=max_pixels, max_bytes=max_bytes)
             for p, lab, why in zip(batch[C.PATH], batch[C.LABEL], batch[C.REASON])]
     for r in recs:
@@ -91,7 +123,7 @@ def decode_batch(batch: dict, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_B
         C.ERROR: _object_array([r.error for r in recs]),
         C.IMAGE: _object_array([r.image if r.image is not None else _EMPTY_IMAGE for r in recs]),
     }
-    return _stamp(out, "decode", time.perf_counter() - t, len(recs))
+    return clock.stamp(out, "decode", len(recs))
 
 
 def _ok_rows(batch: dict) -> np.ndarray:
@@ -117,7 +149,7 @@ def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
     For a network inpainter only its CPU half runs here (:meth:`DamageTransform.prepare`): the image
     column then holds the pre-fills and a ``known`` column the masks, for the network's actors.
     """
-    t = time.perf_counter()
+    clock = _Clock()
     rows = _ok_rows(batch)
     images = _object_array(list(batch[C.IMAGE]))
     paths = batch[C.PATH]
@@ -140,7 +172,7 @@ def transform_batch(batch: dict, *, transform: ImageTransform) -> dict:
     out[C.IMAGE], out[C.STATUS], out[C.ERROR] = images, status, error
     if network:
         out[KNOWN] = known
-    return _stamp(out, "inpaint", time.perf_counter() - t, len(paths))
+    return clock.stamp(out, "inpaint", len(paths))
 
 
 def refine_batch(batch: dict, stage) -> dict:
@@ -191,16 +223,16 @@ class InpaintActor:
         self.stage.load()
 
     def __call__(self, batch: dict) -> dict:
-        t = time.perf_counter()
+        clock = _Clock()
         out = refine_batch(batch, self.stage)
-        return _stamp(out, "inpaint_net", time.perf_counter() - t, len(batch[C.ID]))
+        return clock.stamp(out, "inpaint_net", len(batch[C.ID]))
 
 
 def describe_batch(batch: dict, *, blocks: Sequence[Block], keep_image: bool = True) -> dict:
     """Handcrafted descriptor blocks of the ok rows (zeros on the others) as ``feat_<block>`` columns."""
     from ..features.extract import handcrafted_features
 
-    t = time.perf_counter()
+    clock = _Clock()
     n = len(batch[C.ID])
     rows = _ok_rows(batch)
     feats = handcrafted_features(_images(batch, rows), blocks)
@@ -211,7 +243,7 @@ def describe_batch(batch: dict, *, blocks: Sequence[Block], keep_image: bool = T
         col = np.zeros((n, b.dim), np.float32)
         col[rows] = feats[b.name]
         out[C.block_column(b.name)] = col
-    return _stamp(out, "descriptors", time.perf_counter() - t, n)
+    return clock.stamp(out, "descriptors", n)
 
 
 class DeepActor:
@@ -237,13 +269,13 @@ class DeepActor:
     def __call__(self, batch: dict) -> dict:
         n = len(batch[C.ID])
         if self.stage is not None:
-            t = time.perf_counter()
-            batch = _stamp(refine_batch(batch, self.stage), "inpaint_net", time.perf_counter() - t, n)
-        t = time.perf_counter()
+            clock = _Clock()
+            batch = clock.stamp(refine_batch(batch, self.stage), "inpaint_net", n)
+        clock = _Clock()
         rows = _ok_rows(batch)
         col = np.zeros((n, self.block.dim), np.float32)
         if len(rows):
             col[rows] = self.deep(_images(batch, rows))
         out = {k: v for k, v in batch.items() if k != C.IMAGE or self.stage is not None}
         out[C.block_column(DEEP)] = col
-        return _stamp(out, "deep", time.perf_counter() - t, n)
+        return clock.stamp(out, "deep", n)

@@ -81,6 +81,6 @@ def run_index_ray(spec: FeatureSpec, config: IndexConfig, *, store=None,
     except BaseException:
         run.abort()
         raise
-    return run.close(WorkerStats(seconds=stats.seconds, counts=stats.counts, nodes=stats.nodes,
-                                 node_items=stats.node_items, node_seconds=stats.node_seconds,
-                                 peak_rss_mb=stats.worker_peak_rss_mb))
+    return run.close(WorkerStats(seconds=stats.seconds, counts=stats.counts, cpu_seconds=stats.cpu_seconds,
+                                 plan=stats.plan, nodes=stats.nodes, node_items=stats.node_items,
+                                 node_seconds=stats.node_seconds, peak_rss_mb=stats.worker_peak_rss_mb))

@@ -77,11 +77,14 @@ class StageClock:
 
 @dataclass
 class WorkerStats:
-    """What a distributed backend's workers report: seconds and ok-image counts per stage, the nodes
-    that ran each stage (with their rows and seconds), and the busiest worker's peak RSS."""
+    """What a distributed backend's workers report: seconds and ok-image counts per stage, the CPU
+    seconds the workers spent on each (when measured), the nodes that ran each stage (with their
+    rows and seconds), and the busiest worker's peak RSS."""
 
     seconds: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    cpu_seconds: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)  # how the backend split the cluster (Ray: its StagePlan)
     nodes: dict = field(default_factory=dict)  # stage -> node ids
     node_items: dict = field(default_factory=dict)  # stage -> node id -> rows
     node_seconds: dict = field(default_factory=dict)  # stage -> node id -> seconds
@@ -148,6 +151,9 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "seconds": round(seconds, 3),
         "images_per_s": round(summary.files / seconds, 3) if seconds > 0 else None,
         "stage_seconds": summary.stage_seconds,
+        # the workers' CPU per stage (Ray backend): a stage's cost whatever shares its core
+        "stage_cpu_seconds": {k: round(v, 3) for k, v in workers.cpu_seconds.items()} or None,
+        "ray_plan": workers.plan or None,  # CPU tasks, actor pool sizes and their CPUs / GPUs
         "stage_items": dict(clock.counts),
         "stage_images_per_s": clock.per_second(),
         "peak_rss_mb": round(peak_mb, 1),
