@@ -248,3 +248,44 @@ def test_two_processes_exporting_at_once_leave_one_whole_file(tmp_path, weight_f
     assert not list(tmp_path.glob(".*.tmp"))
     bb = _onnx(path)
     assert bb.source == "cache" and (_row_error(bb(_images(1)), want) < TOLERANCE).all()
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+def test_indexed_with_torch_queried_with_onnx_and_recorded(tmp_path, capsys):
+    """The runtime is no part of the spec: a collection indexed in torch is queried in ONNX Runtime
+    (each image finds itself at a distance near 0); stats.json, the summary line and info say what ran."""
+    import json
+
+    from cbir_dist.cli import main
+    from cbir_dist.demo import make_dataset
+
+    data = make_dataset(tmp_path / "images", per_class=2, size=40)
+    db, run = str(tmp_path / "t.db"), tmp_path / "run"
+    common = ["--db", db, "--collection", "t"]
+    assert main(["index", str(data), *common, "--backbone", "mobilenet_v2", "--weights", "random",
+                 "--descriptors", "correlogram", "--image-size", "32", "--run-dir", str(run),
+                 "--runtime", "torch"]) == 0
+    out = capsys.readouterr().out
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["runtime"].startswith("torch ") and stats["runtime"].endswith(" cpu fp32")
+    assert f"; backbone on {stats['runtime']}" in out
+    hits = tmp_path / "hits.jsonl"
+    assert main(["query", str(data), *common, "-k", "1", "--out", str(hits), "--weights-override", "random",
+                 "--runtime", "onnx"]) == 0
+    rows = [json.loads(line) for line in hits.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["path"] == r["query"] and r["distance"] < 1e-3 for r in rows), rows[:2]
+    capsys.readouterr()
+    assert main(["info", *common]) == 0
+    assert f"backbone on {stats['runtime']}" in capsys.readouterr().out
+
+
+def test_cli_runtime_choices_are_the_library_s():
+    from cbir_dist.cli import parser
+
+    assert parser.RUNTIMES == R.RUNTIMES
+    p = parser.build_parser()
+    for cmd in (["index", "d"], ["query", "q"], ["classify", "d"], ["evaluate", "d", "--out", "o"], ["demo"]):
+        assert p.parse_args([*cmd, "--runtime", "torch"]).runtime == "torch"
+        assert p.parse_args(cmd).runtime == "auto"

@@ -59,6 +59,7 @@ from .stages import (
     PART,
     POS,
     RSS,
+    RUNTIME,
     STAGES,
     DeepActor,
     ImageTransform,
@@ -100,6 +101,7 @@ class GraphConfig:
     deep_resources: Mapping[str, float] | None = None
     progress: bool = True
     inpaint_placement: str = "fused"
+    runtime: str = "auto"  # what runs the backbone in the actors (features.backbones.load_backbone)
 
     def __post_init__(self):
         if self.inpaint_placement not in PLACEMENTS:
@@ -120,6 +122,7 @@ class GraphStats:
     worker_peak_rss_mb: float = 0.0
     node_items: dict = field(default_factory=dict)
     node_seconds: dict = field(default_factory=dict)
+    runtimes: set = field(default_factory=set)  # what ran the backbone, as the actors report it
 
     def add_batch(self, batch: dict) -> None:
         n = len(batch[C.ID])
@@ -137,6 +140,8 @@ class GraphStats:
                     secs[node] = secs.get(node, 0.0) + float(t)
         if RSS in batch and n:
             self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, float(np.max(batch[RSS])))
+        if RUNTIME in batch and n_ok:
+            self.runtimes.update(str(x) for x in batch[RUNTIME])
 
 
 class PartResult(NamedTuple):
@@ -203,7 +208,8 @@ def _build(ray, items, spec, config, plan, transform, stored):
             DeepActor,
             fn_constructor_args=(deep,),
             fn_constructor_kwargs={"device": config.device, "weights": config.weights_override,
-                                   "batch_size": bs, "torch_threads": plan.torch_threads, "inpaint": inpaint},
+                                   "batch_size": bs, "torch_threads": plan.torch_threads, "inpaint": inpaint,
+                                   "runtime": config.runtime},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.pool_size),
             batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
             **_actor_args(plan.actor_cpus, plan.actor_gpus, plan.actor_resources),
