@@ -76,6 +76,8 @@ def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray
     assert all(stats["stage_seconds"][s] > 0 for s in ("decode", "deep", "descriptors", "write"))
     assert stats["peak_worker_rss_mb"] > 0
     assert set(stats["stage_nodes"]) == {"decode", "descriptors", "deep"}
+    # what ran the backbone, as the actors reported it: the same as in this process (ONNX Runtime on a CPU)
+    assert stats["runtime"] == remote.runtime == local.runtime and local.runtime.startswith("onnxruntime ")
 
 
 def _network_hook(tmp_path):
