@@ -1,7 +1,7 @@
 """The backbones on ONNX Runtime: the runtime choice, the export, its cache beside the weights, the session.
 
-On a CPU, ONNX Runtime runs the same networks several times faster than eager torch (MobileNetV2,
-one thread, batch 32 at 224 px: 26 ms an image in torch, 8 in ONNX Runtime;
+On a CPU, ONNX Runtime runs the same networks faster than eager torch (MobileNetV2, one thread,
+batch 32 at 224 px: about 26 ms an image in torch, 8 in ONNX Runtime; ResNet-50 about 100 and 78;
 ``benchmarks/backbone_runtime.py`` measures both). :func:`choose` picks the runtime:
 
 ``"auto"``
@@ -16,15 +16,18 @@ The exported graph takes the preprocessed uint8 batch ``(N, H, W, 3)`` (:func:`~
 and folds in the normalisation torch does on its device (``(x - 255 mean) / (255 std)`` in float32,
 the very same constants), so both runtimes start from the same bytes; its output is the ``(N, dim)``
 feature. The batch axis is dynamic, and so are H and W except for VGG's ``fc7`` head (its 7x7
-adaptive pool needs a known input size: that export is made for one ``image_size``).
+adaptive pool needs a known input size: that export is made for one ``image_size``, the pool as two
+matrix products).
 
-**Exporter.** The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset 17): on this
-machine it exports MobileNetV2 in 0.5 s where the dynamo exporter takes 11-13 s (ResNet-50 and VGG
-alike, several times slower), for the same features (both within 5e-6 of torch, relative) and the
-same ONNX Runtime speed. Export time counts: it is paid in every process when there is no cache
-(random weights, weights in a read-only folder), e.g. in each Ray actor. The dynamo exporter would
-also need ``onnxscript``. torch deprecates the TorchScript exporter; the cache key holds the exporter,
-the opset and the torch version, so moving to dynamo later only makes new cache files.
+**Exporter.** The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset 17). Measured
+on the development machine (2 shared cores): it exports MobileNetV2 in 0.5 s where the dynamo
+exporter (``dynamo=True``, which moves to opset 18) takes 11-13 s, VGG-16 in 0.8 s against 3.8 s,
+for the same features (both within 5e-6 of torch, relative) and the same ONNX Runtime speed.
+Export time counts: it is paid in every process when there is no cache (random weights, weights in
+a read-only folder), e.g. in each Ray actor. The dynamo exporter also needs ``onnxscript``; it does
+export VGG's fc7 with a dynamic size, which the TorchScript one refuses ("adaptive_avg_pool2d,
+input size not accessible"). torch deprecates the TorchScript exporter; the cache key holds the
+exporter, the opset and the torch version, so moving to dynamo later only makes new cache files.
 
 **Cache.** One ``.onnx`` file per (backbone, head, weights, exporter, opset, torch version [, image
 size for fc7]), beside the weights file (for ``imagenet`` the torch hub's ``checkpoints/``), written
@@ -32,7 +35,9 @@ atomically (a temporary file renamed into place: two processes exporting at once
 own and the last rename wins, both whole). The weights' identity is their file's sha256; the file
 records the full key in its metadata, and a file that ONNX Runtime cannot load, or whose key is not
 the one expected, is exported again. Random weights, and weights in a folder that cannot be written
-(said once at INFO), are exported in memory; the last such export is kept for the process's next load.
+(or has no write permission bit: root is kept out of read-only shared folders too; said once at
+INFO), are exported in memory; the last such export (up to 128 MB) is kept for the
+process's next load of the same weights.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ INPUT, OUTPUT = "images", "features"
 KEY_PROP = "cbir_dist.export_key"  # metadata entry holding the file's full key
 _NOTED: set[str] = set()  # INFO lines already logged once in this process
 _MEMO: dict[str, bytes] = {}  # the last in-memory export: key -> model bytes
+MEMO_MAX_BYTES = 128 << 20  # larger exports (VGG's fc7: 540 MB) are not kept: that memory outweighs the export
 
 
 def _note_once(message: str, *args) -> None:
@@ -290,7 +296,8 @@ def open_session(build, *, name: str, head: str, image_size: int, identity: str,
             why = "random weights have no file to keep it beside"
         _note_once("%s %s: the ONNX export is kept in memory, not cached: %s", name, head, why)
         _MEMO.clear()
-        _MEMO[key] = data
+        if len(data) <= MEMO_MAX_BYTES:
+            _MEMO[key] = data
     return _session(data, num_threads), "memory"
 
 
