@@ -21,13 +21,14 @@ matrix products).
 
 **Exporter.** The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset 17). Measured
 on the development machine (2 shared cores): it exports MobileNetV2 in 0.5 s where the dynamo
-exporter (``dynamo=True``; asked for opset 17 it builds 18 and converts down) takes 11-13 s, VGG-16 in 0.8 s against 3.8 s,
-for the same features (both within 5e-6 of torch, relative) and the same ONNX Runtime speed.
-Export time counts: it is paid in every process when there is no cache (random weights, weights in
-a read-only folder), e.g. in each Ray actor. The dynamo exporter also needs ``onnxscript``; it does
-export VGG's fc7 with a dynamic size, which the TorchScript one refuses ("adaptive_avg_pool2d,
-input size not accessible"). torch deprecates the TorchScript exporter; the cache key holds the
-exporter, the opset and the torch version, so moving to dynamo later only makes new cache files.
+exporter (``dynamo=True``; asked for opset 17 it builds 18 and converts down) takes 11-13 s, and
+VGG-16 in 0.8 s against 3.8 s, for the same features (both within 5e-6 of torch, relative) and the
+same ONNX Runtime speed. Export time counts: it is paid in every process when there is no cache
+(random weights, weights in a read-only folder), e.g. in each Ray actor. The dynamo exporter also
+needs ``onnxscript``; it does export VGG's fc7 with a dynamic size, which the TorchScript one
+refuses ("adaptive_avg_pool2d, input size not accessible"). torch deprecates the TorchScript
+exporter; the cache key holds the exporter, the opset and the torch version, so moving to dynamo
+later only makes new cache files.
 
 **Cache.** One ``.onnx`` file per (backbone, head, weights, exporter, opset, torch version [, image
 size for fc7]), beside the weights file (for ``imagenet`` the torch hub's ``checkpoints/``), written
