@@ -2,8 +2,9 @@
 
     python benchmarks/bench_backbones.py --backbones mobilenet_v2 vgg16 --threads 2 --n 64
 
-Ours: ``cbir_dist.features.backbones`` (OpenCV uint8 resize + crop, normalisation on the device, channels_last,
-inference_mode, bf16 autocast on CUDA). Baseline: the torchvision way — ``weights.transforms()`` on
+Ours: ``cbir_dist.features.backbones`` in torch (OpenCV uint8 resize + crop, normalisation on the device,
+channels_last, inference_mode, bf16 autocast on CUDA); ``benchmarks/backbone_runtime.py`` compares it with
+ONNX Runtime. Baseline: the torchvision way — ``weights.transforms()`` on
 each image tensor, a contiguous fp32 batch, ``torch.no_grad()``, the same cut model. Random weights
 (speed does not depend on them). Inputs: 375 x 500 synthetic photo-like images (resize + crop needed).
 """
@@ -70,7 +71,7 @@ def main() -> None:
     print(f"preprocessing only: ours {args.n / (t1 - t0):8.1f} img/s   torchvision v2 {args.n / (t2 - t1):8.1f} img/s")
     for name in args.backbones:
         model = load_backbone(name, "random", device=args.device, image_size=args.image_size,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, runtime="torch")  # ONNX Runtime: backbone_runtime.py
         plain = model.model.to(memory_format=torch.contiguous_format)
 
         def baseline(images, plain=plain, dev=model.device):

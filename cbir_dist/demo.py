@@ -162,8 +162,10 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = None, backbone: str = "mobilenet_v2",
              weights: str = "imagenet", per_class: int = 12, queries_per_class: int = 12,
-             frequencies=(0.5, 6.0), inpainters=("none", "telea"), page_hits: int = 5) -> DemoResult:
-    """Index ``images`` (or a generated set), query it intact and damaged, write the table and a page."""
+             frequencies=(0.5, 6.0), inpainters=("none", "telea"), page_hits: int = 5,
+             runtime: str = "auto") -> DemoResult:
+    """Index ``images`` (or a generated set), query it intact and damaged, write the table and a page;
+    ``runtime`` runs the backbone (see :func:`cbir_dist.features.backbones.load_backbone`)."""
     from dataclasses import replace
 
     from .errors import InputError, UsageError
@@ -188,9 +190,9 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
     db, collection = str(out / "demo.db"), "demo"
     spec = build_spec(backbone=backbone, weights=weights, descriptors=("correlogram", "gabor"), mode="balanced")
     summary = run_index(spec, IndexConfig(str(data), db=db, collection=collection, run_dir=str(out / "run"),
-                                          overwrite=True, progress=False))
+                                          overwrite=True, progress=False, runtime=runtime))
     log.info("%s (%.1f s)", summary.line(), time.perf_counter() - t0)
-    base = QueryConfig(db=db, collection=collection, k=10, exclude_self=True)
+    base = QueryConfig(db=db, collection=collection, k=10, exclude_self=True, runtime=runtime)
     files = select_queries(list_images(data), queries_per_class)
     labels = sorted({f.label for f in files})
     per_label = max(1, 6 // max(1, len(labels)))

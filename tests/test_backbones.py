@@ -31,12 +31,13 @@ HINTS = ("TORCH_HOME", "--weights PATH", "--backbone none")
 
 @pytest.fixture(scope="module")
 def random_backbone():
-    """Random-weight backbones at 32 px, loaded once per name for the module."""
+    """Random-weight torch backbones at 32 px (their ``model`` is the torch module), loaded once per
+    name for the module; tests/test_backbone_runtime.py compares ONNX Runtime's with them."""
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = load_backbone(name, "random", device="cpu", image_size=SIZE, batch_size=8)
+            cache[name] = load_backbone(name, "random", device="cpu", image_size=SIZE, batch_size=8, runtime="torch")
         return cache[name]
 
     return get
@@ -112,7 +113,7 @@ def test_shape_dtype_determinism_and_discrimination(random_backbone, name):
 
 def test_same_seed_same_model_other_seed_other_model(random_backbone):
     imgs = _images(1)
-    again = load_backbone("mobilenet_v2", "random", device="cpu", image_size=SIZE)
+    again = load_backbone("mobilenet_v2", "random", device="cpu", image_size=SIZE, runtime="torch")
     np.testing.assert_array_equal(again(imgs), random_backbone("mobilenet_v2")(imgs))
     other = load_backbone("mobilenet_v2", "random", device="cpu", image_size=SIZE, seed=1)
     assert other.weights_desc == "random:seed1"
@@ -206,7 +207,7 @@ def _save_vgg_features(tmp_path, random_backbone, wrap=None):
 def test_vgg_features_state_dict_round_trip(tmp_path, random_backbone, wrap):
     path, _ = _save_vgg_features(tmp_path, random_backbone, wrap)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    loaded = load_backbone("vgg16", path, device="cpu", image_size=SIZE, sha256=digest.upper())
+    loaded = load_backbone("vgg16", path, device="cpu", image_size=SIZE, sha256=digest.upper(), runtime="torch")
     assert loaded.weights_desc == f"file:{digest[:16]}" and loaded.dim == 512
     imgs = _images(7)
     np.testing.assert_array_equal(loaded(imgs), random_backbone("vgg16")(imgs))

@@ -48,6 +48,7 @@ ROWS = [
     ("index", "--shard-size 0", ["index", "{data}", "--shard-size", "0", *FAST], "0 is out of range: give 1 or more"),
     ("index", "--workers 0", ["index", "{data}", "--workers", "0", *FAST], "0 is out of range: give 1 or more"),
     ("index", "--index-type unknown", ["index", "{data}", "--index-type", "IVF", *FAST], "invalid choice: 'IVF'"),
+    ("index", "--runtime unknown", ["index", "{data}", "--runtime", "tensorrt", *FAST], "invalid choice: 'tensorrt'"),
     ("index", "--fringe 0", ["index", "{data}", "--db", "{tmp}/n.db", "--fringe", "0", *FAST],
      "--fringe must be a positive frequency"),
     ("index", "--fringe inf", ["index", "{data}", "--db", "{tmp}/n.db", "--fringe", "inf", *FAST],

@@ -84,6 +84,8 @@ def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray
     import ray
 
     assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
+    # what ran the backbone, as the actors reported it: the same as in this process (ONNX Runtime on a CPU)
+    assert stats["runtime"] == remote.runtime == local.runtime and local.runtime.startswith("onnxruntime ")
 
 
 def _network_hook(tmp_path):

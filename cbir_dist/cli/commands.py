@@ -85,7 +85,7 @@ def cmd_index(args) -> int:
         follow_symlinks=args.follow_symlinks,
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
-        torch_threads=args.torch_threads, deep_actors=args.deep_actors, workers=args.workers,
+        torch_threads=args.torch_threads, runtime=args.runtime, deep_actors=args.deep_actors, workers=args.workers,
         deep_resources=dict(args.deep_resource),
     )
     from ..damage.hook import DamageConfig, damage_transform
@@ -139,7 +139,7 @@ def cmd_query(args) -> int:
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
         inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
-        max_bytes=args.max_bytes, backend=args.backend, follow_symlinks=args.follow_symlinks,
+        max_bytes=args.max_bytes, backend=args.backend, follow_symlinks=args.follow_symlinks, runtime=args.runtime,
     )
     damaged, rebuilt, row_caption = _damage_captions(args)
     views = None
@@ -206,7 +206,7 @@ def cmd_demo(args) -> int:
     _writable(args.out, "--out")
     _check_weights(weights=args.weights)
     result = run_demo(args.out, images=args.images, backbone=args.backbone, weights=args.weights,
-                      per_class=args.per_class, queries_per_class=args.queries)
+                      per_class=args.per_class, queries_per_class=args.queries, runtime=args.runtime)
     print(result.summary.line())
     print(format_table(result.rows))
     print(f"page: {result.page}   (open it in a browser: {result.n_page_queries} damaged queries and their hits)")
@@ -244,7 +244,7 @@ def cmd_evaluate(args) -> int:
         descriptors=args.descriptors, fusion=args.fusion, profile=args.profile, weights=args.weights,
         repeats=args.repeats, queries=queries, protocol=args.protocol, missing_fraction=args.missing_fraction,
         k=args.k, seed=args.seed, backend=args.backend, db=args.db, token=_token(args),
-        collection_prefix=args.collection_prefix, network_cpus=args.network_cpus,
+        collection_prefix=args.collection_prefix, network_cpus=args.network_cpus, runtime=args.runtime,
     )
     res = run_evaluate(cfg)
 
@@ -261,7 +261,7 @@ def cmd_classify(args) -> int:
     _check_weights(weights_override=args.weights_override)
     res = run_classify(args.images_dir, db=args.db, collection=args.collection, k=args.k, token=_token(args),
                        out=args.out, batch_size=args.batch_size, weights_override=args.weights_override,
-                       device=args.device, max_pixels=args.max_pixels)
+                       device=args.device, max_pixels=args.max_pixels, runtime=args.runtime)
     line = f"{res['n']} images, {res['failed']} failed"
     if res["accuracy"] is not None:
         m = res["report"]["macro"]

@@ -35,12 +35,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="load the deep block's weights from here instead of what the collection's spec names "
                         "(a state-dict PATH, imagenet, or random); the spec is unchanged")
     p.add_argument("--device", default=None, type=_device, help="torch device for the backbone (default: cuda if available, else cpu)")
+    _add_runtime_arg(p)
     p.add_argument("--batch-size", type=_int_in(1), default=32, help="images per backbone batch (default: 32)")
     p.add_argument("--max-pixels", type=_int_in(1), default=100_000_000,
                    help="reject images with more pixels than this (decompression bombs; default 1e8); "
                         "the one pixel limit: no other check rejects an image this allows")
     p.add_argument("--max-bytes", type=_int_in(1), default=1 << 30,
                    help="reject files larger than this before reading them (default 1 GiB)")
+
+
+def _add_runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the backbone: auto (the default) = ONNX Runtime on a CPU (its export cached "
+                        "beside the weights), torch with bf16 autocast on a GPU; torch; onnx (CPU). Features agree "
+                        "within 1e-4, so a collection indexed with one is queried with the other")
 
 
 def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -78,6 +86,9 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is no torch device: use cpu, cuda, cuda:N or mps")
     return text
 
+
+#: what may run a backbone (cbir_dist.features.onnx_runtime.RUNTIMES; kept here so --help imports nothing)
+RUNTIMES = ("auto", "torch", "onnx")
 
 #: the most neighbours one search returns (Milvus' limit)
 MAX_K = 16384
@@ -264,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-cpus", type=float, default=None, metavar="N",
                    help="CPUs each network-inpainter actor reserves on a cluster without GPUs (default 0: it "
                         "shares the cores with the tasks; with GPUs every actor takes one GPU)")
+    _add_runtime_arg(p)
     p.add_argument("--db", default=None,
                    help="milvus-lite path or Milvus server URI http://host:19530 (default: OUT/eval.db)")
     p.add_argument("--token-file", default=None, metavar="FILE",
@@ -308,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="folder for the images, the collection and results (demo_out)")
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone (default mobilenet_v2; none = descriptors only)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict PATH")
+    _add_runtime_arg(p)
     p.add_argument("--per-class", type=_int_in(1), default=12, help="generated images per class (default 12)")
     p.add_argument("--queries", type=_int_in(1), default=12, metavar="N",
                    help="queries per class, spread evenly over each class (default 12)")

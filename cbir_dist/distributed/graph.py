@@ -60,6 +60,7 @@ from .stages import (
     PART,
     POS,
     RSS,
+    RUNTIME,
     STAGES,
     DeepActor,
     ImageTransform,
@@ -102,6 +103,7 @@ class GraphConfig:
     deep_resources: Mapping[str, float] | None = None
     progress: bool = True
     inpaint_placement: str = "fused"
+    runtime: str = "auto"  # what runs the backbone in the actors (features.backbones.load_backbone)
 
     def __post_init__(self):
         if self.inpaint_placement not in PLACEMENTS:
@@ -125,6 +127,7 @@ class GraphStats:
     node_items: dict = field(default_factory=dict)
     node_seconds: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)  # the last graph's StagePlan, as a dict
+    runtimes: set = field(default_factory=set)  # what ran the backbone, as the actors report it
 
     def add_batch(self, batch: dict) -> None:
         n = len(batch[C.ID])
@@ -143,6 +146,8 @@ class GraphStats:
                     secs[node] = secs.get(node, 0.0) + float(t)
         if RSS in batch and n:
             self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, float(np.max(batch[RSS])))
+        if RUNTIME in batch and n_ok:
+            self.runtimes.update(str(x) for x in batch[RUNTIME])
 
 
 class PartResult(NamedTuple):
@@ -217,7 +222,8 @@ def _build(ray, items, spec, config, plan, transform, stored):
             DeepActor,
             fn_constructor_args=(deep,),
             fn_constructor_kwargs={"device": config.device, "weights": config.weights_override,
-                                   "batch_size": bs, "torch_threads": plan.torch_threads, "inpaint": inpaint},
+                                   "batch_size": bs, "torch_threads": plan.torch_threads, "inpaint": inpaint,
+                                   "runtime": config.runtime},
             compute=_pool(ray, plan.pool_size, batches),
             batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
             **_actor_args(plan.actor_cpus, plan.actor_gpus, plan.actor_resources),

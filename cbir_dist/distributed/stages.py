@@ -9,7 +9,8 @@ or a network inpainter's CPU half), :func:`describe_batch` (the handcrafted desc
 Every stage measures itself: rows carry ``t_<stage>`` (the batch's wall seconds shared among its
 rows), ``c_<stage>`` (the CPU seconds the worker process spent on it, all its threads: the stage's
 cost whatever else shares the core), the node id that ran it (``node_<stage>``) and the worker's
-peak RSS (``rss_mb``), which the driver sums into :class:`~.graph.GraphStats`.
+peak RSS (``rss_mb``), which the driver sums into :class:`~.graph.GraphStats`; the backbone's rows
+also say what ran it (``runtime_deep``).
 
 Each worker runs its stage on one thread (OpenCV's pool is set to one thread in every worker that
 runs a stage; a backbone actor's torch threads are the plan's): the tasks and actors are the
@@ -33,6 +34,7 @@ from .connect import node_id
 PART = "part"  # int, index of the row's part
 POS = "pos"  # int, position of the file inside its part
 RSS = "rss_mb"  # float, peak RSS of the last worker that touched the row
+RUNTIME = "runtime_deep"  # object, what ran the backbone on the row ("onnxruntime 1.32.0", "torch ... cuda bf16")
 KNOWN = "known"  # object, the known-pixel mask a network still has to use (an empty array when none)
 #: ``inpaint``: the hook's CPU part (mask + classical inpainter, or a network's pre-fill); ``inpaint_net``:
 #: the network, in actors
@@ -256,12 +258,12 @@ class DeepActor:
     """
 
     def __init__(self, block: Block, *, device: str | None = None, weights: str | None = None,
-                 batch_size: int = 32, torch_threads: int | None = None, inpaint=None):
+                 batch_size: int = 32, torch_threads: int | None = None, inpaint=None, runtime: str = "auto"):
         from ..features.extract import DeepFeatures
 
         self.block = block
         self.deep = DeepFeatures(block, device=device, weights=weights, batch_size=batch_size,
-                                 num_threads=torch_threads)
+                                 num_threads=torch_threads, runtime=runtime)
         self.stage = _network_stage(inpaint, device, torch_threads) if inpaint is not None else None
         if self.stage is not None:
             self.stage.load()
@@ -278,4 +280,5 @@ class DeepActor:
             col[rows] = self.deep(_images(batch, rows))
         out = {k: v for k, v in batch.items() if k != C.IMAGE or self.stage is not None}
         out[C.block_column(DEEP)] = col
+        out[RUNTIME] = np.array([self.deep.runtime] * n, dtype=object)  # reported back to the driver
         return clock.stamp(out, "deep", n)

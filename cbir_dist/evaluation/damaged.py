@@ -102,9 +102,13 @@ class EvalConfig:
     db: str | None = None  # milvus-lite path or Milvus server URI; None = OUT/eval.db
     token: str | None = field(default=None, repr=False, compare=False)  # never written to results.json
     collection_prefix: str = ""  # prepended to eval_<backbone>, so several runs can share one server
+    runtime: str = "auto"  # what runs the backbones (features.backbones.load_backbone): index and cells
 
     def __post_init__(self):
+        from ..features.onnx_runtime import check_runtime
+
         check_collection_prefix(self.collection_prefix)
+        check_runtime(self.runtime)
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.repeats < 1:
@@ -293,7 +297,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                         _check_rows(existing, valid, db)
             icfg = IndexConfig(cfg.dataset, db=db, collection=cfg.collection(bb), token=cfg.token,
                                run_dir=str(out / "runs" / bb), index_type=cfg.index_type,
-                               weights_override=cfg.weights.get(bb), progress=False)
+                               weights_override=cfg.weights.get(bb), progress=False, runtime=cfg.runtime)
             run_index(spec, icfg)
             stores[bb] = VectorStore(db, cfg.collection(bb), token=cfg.token)
             specs[bb] = stores[bb].spec_json()
@@ -302,7 +306,7 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         # 3. feature cells
         cell_refs = {}
         orig_refs = {bb: ex.submit(original_features_task, specs[bb], cfg.weights.get(bb), query_ref,
-                                   num_cpus=cfg.cell_cpus) for bb in cfg.backbones}
+                                   runtime=cfg.runtime, num_cpus=cfg.cell_cpus) for bb in cfg.backbones}
         for bb in cfg.backbones:
             for f in cfg.frequencies:
                 for i, inp in enumerate(cfg.inpainters):
@@ -311,7 +315,8 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                     damage = ([(f, phases[(f, rep)], cfg.missing_fraction) for rep in range(cfg.repeats)]
                               if i == 0 else None)
                     cell_refs[(bb, f, inp)] = ex.submit(cell_features_task, specs[bb], cfg.weights.get(bb), query_ref,
-                                                        damage, *recons, num_cpus=cfg.cell_cpus)
+                                                        damage, *recons, runtime=cfg.runtime,
+                                                        num_cpus=cfg.cell_cpus)
         # 4. search and score as cells finish
         results = collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs,
                                   [t for t, _ in fsim_parts], bar)

@@ -135,24 +135,25 @@ def quality_task(images: Sequence[np.ndarray], recon: dict, frequency: float, ph
             "fig6": {"damaged": damaged, "reconstructed": restored[j]}, "timeline": timeline}
 
 
-def features_task(spec_json: str, weights: str | None, states: dict[str, list]) -> dict:
-    """Fused query vectors for each state's list of image lists (one list per repeat)."""
+def features_task(spec_json: str, weights: str | None, states: dict[str, list], runtime: str = "auto") -> dict:
+    """Fused query vectors for each state's list of image lists (one list per repeat); ``runtime``
+    runs the backbone (see :func:`cbir_dist.features.backbones.load_backbone`)."""
     from ..features.extract import Extractor
 
     t0 = time.time()
     ext = Extractor(FeatureSpec.from_json(spec_json), weights=weights,
-                    num_threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+                    num_threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))), runtime=runtime)
     out = {state: [ext(imgs) for imgs in per_repeat] for state, per_repeat in states.items()}
     return {"vectors": out, "start": t0, "end": time.time(), "pid": os.getpid()}
 
 
-def original_features_task(spec_json: str, weights: str | None, images: list) -> dict:
+def original_features_task(spec_json: str, weights: str | None, images: list, runtime: str = "auto") -> dict:
     """Vectors of the intact queries (``images`` is a top-level argument so Ray resolves its reference)."""
-    return features_task(spec_json, weights, {"original": [images]})
+    return features_task(spec_json, weights, {"original": [images]}, runtime)
 
 
 def cell_features_task(spec_json: str, weights: str | None, images: list, damage: Sequence | None,
-                       *recons: dict) -> dict:
+                       *recons: dict, runtime: str = "auto") -> dict:
     """Feature cell of one (frequency, inpainter, backbone): vectors of the damaged and/or reconstructed queries.
 
     ``damage`` is ``[(frequency, phase, missing_fraction)]`` per repeat when the damaged queries are
@@ -164,4 +165,4 @@ def cell_features_task(spec_json: str, weights: str | None, images: list, damage
         states["damaged"] = [damaged_images(images, f, ph, mf) for f, ph, mf in damage]
     if recons:
         states["reconstructed"] = [r["reconstructed"] for r in recons]
-    return features_task(spec_json, weights, states)
+    return features_task(spec_json, weights, states, runtime)

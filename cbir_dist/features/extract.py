@@ -29,11 +29,13 @@ class DeepFeatures:
     a machine without internet); the spec itself, stored with the collection, is unchanged. Without
     it, ``imagenet`` weights come from ``$CBIR_WEIGHTS`` when it names this backbone (see
     :func:`cbir_dist.features.weights.local_weights`), else from torchvision's cache or download.
-    ``num_threads`` sets torch's intra-op threads (a process-wide setting; ``None`` leaves it).
+    ``num_threads`` sets torch's intra-op threads (a process-wide setting; ``None`` leaves it) and
+    ONNX Runtime's. ``runtime`` (``auto``, ``torch``, ``onnx``) picks what runs the network (see
+    :func:`~.backbones.load_backbone`); :attr:`runtime` then says what does, for the run's records.
     """
 
     def __init__(self, block: Block, *, device: str | None = None, weights: str | None = None,
-                 batch_size: int = 32, num_threads: int | None = None):
+                 batch_size: int = 32, num_threads: int | None = None, runtime: str = "auto"):
         from .backbones import load_backbone
         from .weights import local_weights
 
@@ -51,7 +53,9 @@ class DeepFeatures:
             image_size=int(p.get("image_size", 224)),
             batch_size=batch_size,
             num_threads=num_threads,
+            runtime=runtime,
         )
+        self.runtime: str = self.model.runtime
         if self.model.dim != block.dim:
             raise SpecMismatchError(
                 f"backbone {p['backbone']} gives {self.model.dim}-d features, spec says {block.dim}")
@@ -82,11 +86,16 @@ class Extractor:
     """All blocks of a spec for a list of images, in one process (the local backend and the query side)."""
 
     def __init__(self, spec: FeatureSpec, *, device: str | None = None, weights: str | None = None,
-                 batch_size: int = 32, num_threads: int | None = None):
+                 batch_size: int = 32, num_threads: int | None = None, runtime: str = "auto"):
         self.spec = spec
         deep = spec.deep
         self.deep = (DeepFeatures(deep, device=device, weights=weights, batch_size=batch_size,
-                                  num_threads=num_threads) if deep else None)
+                                  num_threads=num_threads, runtime=runtime) if deep else None)
+
+    @property
+    def runtime(self) -> str | None:
+        """What runs the backbone (``"onnxruntime 1.32.0"``, ``"torch 2.14.1 cuda bf16"``); None without one."""
+        return self.deep.runtime if self.deep is not None else None
 
     def blocks(self, images: Sequence[np.ndarray], *, timer: StageTimer | None = None) -> dict[str, np.ndarray]:
         """Every block's raw features, block name → ``(N, dim)``; ``timer`` is told each kind's seconds."""

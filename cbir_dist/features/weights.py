@@ -117,8 +117,9 @@ def _download(url: str, dest: Path, *, timeout: float = DOWNLOAD_TIMEOUT_S) -> N
             os.unlink(tmp)
 
 
-def imagenet_file(name: str) -> tuple[Path, str]:
-    """The torch hub cache file of ``name``'s ImageNet weights (downloading it when absent), and its tag."""
+def imagenet_file(name: str) -> tuple[Path, str, str | None]:
+    """The torch hub cache file of ``name``'s ImageNet weights (downloading it when absent), its tag,
+    and its sha256 when it was computed (to check the hash prefix of its name; else None)."""
     import urllib.parse
 
     import torch
@@ -141,6 +142,7 @@ def imagenet_file(name: str) -> tuple[Path, str]:
                 f"({type(exc).__name__}: {exc}). {hint()}"
             ) from exc
     m = _HASH_IN_NAME.search(dest.name)
+    got = None
     if m:
         got = sha256_file(dest)
         if not got.startswith(m.group(1)):
@@ -148,4 +150,4 @@ def imagenet_file(name: str) -> tuple[Path, str]:
                 f"{dest} is corrupt: sha256 {got} does not start with {m.group(1)} as its name says; "
                 f"delete it to download it again. {hint()}"
             )
-    return dest, f"imagenet:{member}"
+    return dest, f"imagenet:{member}", got

@@ -30,7 +30,7 @@ def graph_config(config: IndexConfig) -> GraphConfig:
     """The graph's settings from an index run's."""
     return GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
                        weights_override=config.weights_override, device=config.device,
-                       torch_threads=config.torch_threads, deep_actors=config.deep_actors,
+                       torch_threads=config.torch_threads, runtime=config.runtime, deep_actors=config.deep_actors,
                        deep_resources=config.deep_resources, progress=config.progress)
 
 
@@ -83,4 +83,5 @@ def run_index_ray(spec: FeatureSpec, config: IndexConfig, *, store=None,
         raise
     return run.close(WorkerStats(seconds=stats.seconds, counts=stats.counts, cpu_seconds=stats.cpu_seconds,
                                  plan=stats.plan, nodes=stats.nodes, node_items=stats.node_items,
-                                 node_seconds=stats.node_seconds, peak_rss_mb=stats.worker_peak_rss_mb))
+                                 node_seconds=stats.node_seconds, peak_rss_mb=stats.worker_peak_rss_mb,
+                                 runtimes=set(stats.runtimes)))

@@ -50,7 +50,8 @@ class ShardProcessor:
         self.transform = transform
         self.clock = clock or StageClock()
         self.extractor = Extractor(spec, device=config.device, weights=config.weights_override,
-                                   batch_size=config.batch_size, num_threads=config.torch_threads)
+                                   batch_size=config.batch_size, num_threads=config.torch_threads,
+                                   runtime=config.runtime)
         self._pixels: dict[int, int] = {}  # id(record) -> its image's pixels, for records whose image was dropped
 
     def read(self, files: Sequence[ImageFile], stored: np.ndarray | None = None) -> list[Record]:
@@ -118,6 +119,8 @@ class ShardProcessor:
         return again.image
 
     def features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        if self.extractor.runtime is not None:
+            self.clock.runtimes.add(self.extractor.runtime)
         return self.extractor.blocks(images, timer=self.clock.add)
 
     def close(self) -> None:

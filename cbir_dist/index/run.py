@@ -55,6 +55,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import IncompleteRunError, UsageError
+from ..features.onnx_runtime import check_runtime
 from ..features.spec import FeatureSpec
 from ..io.files import DEFAULT_MAX_BYTES
 from ..io.images import DEFAULT_MAX_PIXELS
@@ -80,8 +81,11 @@ class IndexConfig:
     """Everything an index run needs besides the spec; the CLI and jobs/index.py fill it.
 
     ``torch_threads`` sets torch's intra-op threads for the backbone in both backends (default: the
-    local backend leaves torch alone; a Ray CPU actor uses as many threads as CPUs it holds). Equal
-    thread counts make the two backends' vectors bit-identical on one machine.
+    local backend leaves torch alone; a Ray CPU actor uses as many threads as CPUs it holds), and
+    ONNX Runtime's. Equal thread counts make the two backends' vectors bit-identical on one machine.
+    ``runtime`` (``auto``, ``torch``, ``onnx``) picks what runs the backbone (see
+    :func:`cbir_dist.features.backbones.load_backbone`); what ran is recorded in ``stats.json`` and
+    the collection's run history, and is no part of the spec (either runtime queries the collection).
     ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else 2/3 of the CPUs),
     ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g. ``{"gpu_node": 1}``
     to pin them on tagged nodes). ``max_bytes`` rejects larger files before they are read;
@@ -106,6 +110,7 @@ class IndexConfig:
     backend: str = "local"
     progress: bool = True
     torch_threads: int | None = None
+    runtime: str = "auto"
     deep_actors: int | None = None
     deep_resources: Mapping[str, float] | None = None
     window_files: int = 8192  # ray backend: pending files per Ray Dataset (the driver's memory bound)
@@ -125,6 +130,7 @@ class IndexConfig:
             raise UsageError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise UsageError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        check_runtime(self.runtime)
         if self.deep_actors is not None and self.deep_actors < 1:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
         if self.pixel_budget < 1:
@@ -200,7 +206,7 @@ class IndexRun:
                 files=plan.files, indexed=w.planned - n_missing, duplicates=w.duplicates, rejected=w.rejected,
                 missing=n_missing, planned=w.planned, already_present=w.already_present, rows_written=rows_written,
                 run_dir=str(plan.run_dir), stage_seconds={k: round(v, 3) for k, v in self.clock.seconds.items()},
-                advice=self._lite_advice(rows_written))
+                advice=self._lite_advice(rows_written), runtime=self.clock.runtime())
             if missing:
                 self._withdraw(missing)
             S.write_tables(plan.run_dir, plan.shards, missing)

@@ -45,30 +45,41 @@ class IndexSummary:
     stage_seconds: dict = field(default_factory=dict)
     #: a one-time note for the user (a lite collection that grew past the size a server suits)
     advice: str | None = None
+    #: what ran the backbone (``"onnxruntime 1.32.0"``, ``"torch 2.14.1 cuda bf16"``; several joined
+    #: by ``" + "``); None when no backbone ran (descriptors only, or nothing to describe)
+    runtime: str | None = None
 
     def line(self) -> str:
         missing = f", missing {self.missing}" if self.missing else ""
         from ..io.text import printable
 
+        backbone = f"; backbone on {self.runtime}" if self.runtime else ""
         return (f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected}{missing} "
-                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))})")
+                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))}){backbone}")
 
 
 @dataclass
 class StageClock:
-    """Seconds and item counts per stage (``STAGES``), summed over batches and workers."""
+    """Seconds and item counts per stage (``STAGES``), summed over batches and workers, and the
+    runtimes that ran the backbone (``deep``)."""
 
     seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     counts: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    runtimes: set = field(default_factory=set)
 
     def add(self, stage: str, seconds: float, count: int) -> None:
         self.seconds[stage] += float(seconds)
         self.counts[stage] += int(count)
 
     def add_all(self, other) -> None:
-        """Add another account's ``seconds`` and ``counts`` per stage (a worker's, a graph's)."""
+        """Add another account's ``seconds`` and ``counts`` per stage (a worker's, a graph's) and its runtimes."""
         for stage, seconds in other.seconds.items():
             self.add(stage, seconds, other.counts.get(stage, 0))
+        self.runtimes.update(getattr(other, "runtimes", ()))
+
+    def runtime(self) -> str | None:
+        """The backbone's runtime(s) for the records: ``"onnxruntime 1.32.0"``; None when none ran."""
+        return " + ".join(sorted(self.runtimes)) or None
 
     def per_second(self) -> dict:
         return {k: (round(self.counts[k] / s, 2) if s > 0 and self.counts[k] else None)
@@ -89,6 +100,7 @@ class WorkerStats:
     node_items: dict = field(default_factory=dict)  # stage -> node id -> rows
     node_seconds: dict = field(default_factory=dict)  # stage -> node id -> seconds
     peak_rss_mb: float = 0.0
+    runtimes: set = field(default_factory=set)  # what ran the backbone (the actors' reports)
 
 
 def read_back(store, planned_ids: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -159,6 +171,7 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "peak_rss_mb": round(peak_mb, 1),
         "peak_worker_rss_mb": round(workers.peak_rss_mb, 1) if workers.peak_rss_mb else None,
         "backend": backend,
+        "runtime": summary.runtime,  # what ran the backbone (None: no backbone ran)
         "workers": processes,  # local backend: processes that computed the shards
         "stage_nodes": {k: sorted(v) for k, v in workers.nodes.items()},
         "stage_node_items": workers.node_items,
@@ -177,5 +190,5 @@ def run_record(summary: IndexSummary, *, run_dir: Path, images_dir: str, backend
     s = summary
     return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run_dir).resolve()),
             "images_dir": str(Path(images_dir).resolve()), "host": platform.node(),
-            "backend": backend, "files": s.files, "indexed": s.indexed, "missing": s.missing,
+            "backend": backend, "runtime": s.runtime, "files": s.files, "indexed": s.indexed, "missing": s.missing,
             "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}

@@ -27,7 +27,7 @@ COLUMNS = ("path", "id", "label", "predicted", "votes", "distance", "neighbour_i
 def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "images", k: int = 5,
                  token: str | None = None, out: str | None = None, batch_size: int = 32,
                  weights_override: str | None = None, device: str | None = None,
-                 max_pixels: int = 100_000_000, progress: bool = True) -> dict:
+                 max_pixels: int = 100_000_000, progress: bool = True, runtime: str = "auto") -> dict:
     """Predict the class of every image under ``images_dir``; returns the result columns and a summary.
 
     Returns
@@ -55,7 +55,7 @@ def run_classify(images_dir: str, *, db: str = "cbir.db", collection: str = "ima
                          "to measure the accuracy)")
     searcher = Searcher(QueryConfig(db=db, collection=collection, token=token, k=int(k), exclude_self=True,
                                     batch_size=batch_size, weights_override=weights_override, device=device,
-                                    max_pixels=max_pixels))
+                                    max_pixels=max_pixels, runtime=runtime))
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     try:
         n_rows = searcher.store.count()

@@ -2,7 +2,8 @@
 
 For a collection: its feature spec (blocks, their dims, weights and norms, the fusion mode, the
 backbone and the identity of its weights), its row count, its index type and build parameters,
-the index runs recorded against it (newest last) and, for milvus-lite, the size on disk of the
+the index runs recorded against it (newest last; each with what ran its backbone, e.g. ONNX
+Runtime or torch on CUDA) and, for milvus-lite, the size on disk of the
 store's folder. Without a collection: the collections of the store.
 
 A milvus-lite folder can be open in one process at a time, so the store is opened, read and closed
@@ -141,7 +142,8 @@ def format_info(facts: dict) -> str:
     for r in runs:
         lines.append(f"            {r.get('finished', '?')}  {r.get('backend', '?')}@{r.get('host', '?')}  "
                      f"files {r.get('files', '?')}, indexed {r.get('indexed', '?')}, duplicates "
-                     f"{r.get('duplicates', '?')}, rejected {r.get('rejected', '?')}  from {r.get('images_dir', '?')}")
+                     f"{r.get('duplicates', '?')}, rejected {r.get('rejected', '?')}  from {r.get('images_dir', '?')}"
+                     + (f"  backbone on {r['runtime']}" if r.get("runtime") else ""))
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class QueryConfig:
     batch_size: int = 32
     weights_override: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # what runs the backbone (features.backbones.load_backbone); not part of the spec
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     follow_symlinks: bool = False  # query folders: also read files that symlinks point to outside them
@@ -59,8 +60,11 @@ class QueryConfig:
     progress: bool = True
 
     def __post_init__(self):
+        from ..features.onnx_runtime import check_runtime
+
         if self.backend not in ("local", "ray"):
             raise UsageError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        check_runtime(self.runtime)
         if self.k < 1:
             raise UsageError(f"k must be >= 1, got {self.k}")
         if self.k + self.exclude_self > MAX_TOP_K:  # the search asks for one more, to drop the query's own row
@@ -156,7 +160,7 @@ class Searcher:
             from ..features.extract import Extractor
 
             self._extractor = Extractor(self.spec, device=self.config.device, weights=self.config.weights_override,
-                                        batch_size=self.config.batch_size)
+                                        batch_size=self.config.batch_size, runtime=self.config.runtime)
         return self._extractor
 
     def run(self, records: Sequence[Record], config: QueryConfig | None = None, *, root: str | None = None,
@@ -242,7 +246,8 @@ class Searcher:
 
         config = config or self.config
         gcfg = GraphConfig(batch_size=config.batch_size, max_pixels=config.max_pixels, max_bytes=config.max_bytes,
-                           weights_override=config.weights_override, device=config.device, progress=config.progress)
+                           weights_override=config.weights_override, device=config.device, progress=config.progress,
+                           runtime=config.runtime)
         transform = _damage(config, [f.path for f in files], root, roots)
         recs, feats = describe_files(self.spec, files, gcfg, transform=transform)
         cols = _new_columns()
