@@ -31,7 +31,13 @@ STAGES = ("decode", "inpaint", "inpaint_net", "deep", "descriptors", "write")
 
 @dataclass
 class IndexSummary:
-    """What an index run did; ``indexed`` is read back from the store."""
+    """What an index run did; ``indexed`` is read back from the store.
+
+    ``processes``: how many processes computed the shards (the local backend; None: the backend does
+    not say). ``cores_busy``: the cores the **whole machine** kept busy over the run, every process on
+    it counted (the job's, and any other's), of the ``cores`` this process may use
+    (:mod:`cbir_dist.io.cpu`); None off Linux.
+    """
 
     files: int = 0
     indexed: int = 0
@@ -45,13 +51,24 @@ class IndexSummary:
     stage_seconds: dict = field(default_factory=dict)
     #: a one-time note for the user (a lite collection that grew past the size a server suits)
     advice: str | None = None
+    processes: int | None = None
+    cores_busy: float | None = None
+    cores: int | None = None
 
     def line(self) -> str:
+        """``indexed N, duplicates N, rejected N (see …/errors.parquet)``, then, when known, e.g.
+        ``; 2 processes, 1.9 of 2 cores busy`` (the whole machine's, other processes included)."""
         missing = f", missing {self.missing}" if self.missing else ""
         from ..io.text import printable
 
+        how = []
+        if self.processes:
+            how.append(f"{self.processes} process{'es' if self.processes > 1 else ''}")
+        if self.cores_busy is not None:
+            how.append(f"{self.cores_busy:.1f} of {self.cores} cores busy")
+        ran = "; " + ", ".join(how) if how else ""
         return (f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected}{missing} "
-                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))})")
+                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))}){ran}")
 
 
 @dataclass
@@ -132,7 +149,9 @@ def write_tables(run_dir: Path, shards: Sequence, missing: dict[int, np.ndarray]
 def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Sequence, clock: StageClock,
                 workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int,
                 processes: int = 1) -> None:
-    """``stats.json``: the summary's counts, timings per stage, memory, and where each stage ran."""
+    """``stats.json``: the summary's counts, timings per stage, memory, where each stage ran, and the
+    cores the whole machine kept busy over the run (``cores_busy``, every process on it counted; None
+    off Linux) of the ``cores_available`` to this process."""
     peak_mb = peak_rss_mb()
     stats = {
         "files": summary.files,
@@ -154,6 +173,8 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "peak_worker_rss_mb": round(workers.peak_rss_mb, 1) if workers.peak_rss_mb else None,
         "backend": backend,
         "workers": processes,  # local backend: processes that computed the shards
+        "cores_busy": summary.cores_busy,  # the whole machine's, over the run (other processes included)
+        "cores_available": summary.cores,
         "stage_nodes": {k: sorted(v) for k, v in workers.nodes.items()},
         "stage_node_items": workers.node_items,
         "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in workers.node_seconds.items()},
