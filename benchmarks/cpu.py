@@ -4,9 +4,10 @@ Per-stage timers measure only the time a stage ran; idle cores and the CPU of pr
 sees (Ray's raylet and GCS, Milvus, the driver between stages) show only from outside. Two views,
 both from ``/proc``:
 
-- **the machine** (:class:`MachineCpu`): busy jiffies of ``/proc/stat`` (user, nice, system, irq,
-  softirq; steal apart) before and after, divided by the wall time: the cores kept busy. Run with
-  nothing else on the machine: it counts every process.
+- **the machine** (:class:`~cbir_dist.io.cpu.MachineCpu`, the one the index and evaluate jobs
+  report too): busy jiffies of ``/proc/stat`` (user, nice, system, irq, softirq; steal apart)
+  before and after, divided by the wall time: the cores kept busy. Run with nothing else on the
+  machine: it counts every process.
 - **each process by role** (:class:`ProcessCpu`): a thread samples ``/proc/[pid]/stat`` of every
   process every ``interval`` seconds and keeps each one's CPU (utime + stime) since it was first
   seen, summed by role (:func:`role`: ``driver`` for the command's own pid, ``worker`` (Ray's, or the local backend's),
@@ -22,33 +23,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat() -> tuple[int, int]:
-    """(busy jiffies, steal jiffies) of the whole machine: user, nice, system, irq, softirq; steal."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return user + nice + system + irq + softirq, steal
-
-
-class MachineCpu:
-    """Busy cores of the whole machine over a ``with`` block (see the module docstring)."""
-
-    def __enter__(self) -> "MachineCpu":
-        self._busy0, self._steal0 = _proc_stat()
-        self._t0 = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        busy, steal = _proc_stat()
-        self.wall_s = time.monotonic() - self._t0
-        self.busy_s = (busy - self._busy0) / _HZ
-        self.steal_s = (steal - self._steal0) / _HZ
-        self.cores_busy = self.busy_s / self.wall_s if self.wall_s > 0 else 0.0
+from cbir_dist.io.cpu import _HZ, MachineCpu, _proc_stat  # noqa: F401 - the machine's view lives in the package
 
 
 def role(cmdline: str, pid: int, driver: int | None) -> str:

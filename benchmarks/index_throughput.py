@@ -135,7 +135,7 @@ def backend_run(kind: str, spec, images_dir: Path, work: Path, args) -> dict:
     cfg = IndexConfig(str(images_dir), db=str(work / f"{kind}.db"), collection=kind, run_dir=str(work / f"run_{kind}"),
                       shard_size=args.shard_size, batch_size=args.batch_size, overwrite=True, backend=kind,
                       progress=False, torch_threads=args.torch_threads if kind == "ray" else None,
-                      deep_actors=args.deep_actors)
+                      deep_actors=args.deep_actors, workers=1)  # local: one process, as the plain loop
     t0 = time.perf_counter()
     if kind == "ray":
         from cbir_dist.index.cluster import run_index_ray

@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="1000,10000", help="comma-separated image counts")
     p.add_argument("--backbone", default="none", help="none (descriptors only) or a backbone (imagenet weights)")
     p.add_argument("--backends", default="local,ray",
-                   help="comma-separated: local, local:N (N worker processes, --workers N), ray")
+                   help="comma-separated: local (its default: a process per core), local:N (N worker processes, "
+                        "--workers N; local:1 = one process), ray")
     p.add_argument("--stores", default="lite,server")
     p.add_argument("--workdir", default=None, help="where the images and stores go (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")

@@ -52,7 +52,7 @@ def _run_together(folders, server, token_file, collection, backend, tmp_path):
     for n, folder in enumerate(folders):
         cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(folder), "--db", server.uri, "--token-file",
                str(token_file), "--collection", collection, "--run-dir", str(tmp_path / f"run{n}"),
-               "--shard-size", "4", "--backend", backend, *FAST]
+               "--shard-size", "4", "--backend", backend, "--workers", "1", *FAST]  # the writers are the point
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outs = []

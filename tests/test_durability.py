@@ -22,7 +22,8 @@ from cbir_dist.index.faults import POINTS, InjectedFault
 from cbir_dist.io.files import content_id
 from cbir_dist.store import VectorStore
 
-FAST = ["--backbone", "none", "--descriptors", "glcm"]
+# one process: these jobs are about the writer (the driver); a pool would cost each run seconds of spawning
+FAST = ["--backbone", "none", "--descriptors", "glcm", "--workers", "1"]
 
 
 def make_images(folder: Path, n: int, seed: int, classes: int = 3) -> list[int]:
@@ -131,7 +132,8 @@ def test_fitted_spec_resumes_from_a_failure_at_every_phase(tmp_path, monkeypatch
     """A failure injected at each phase boundary, then a plain rerun: exactly one row per valid image."""
     monkeypatch.chdir(tmp_path)
     ids = make_images(tmp_path / "D", 14, seed=8)
-    args = ["index", "D", "--db", "f.db", "--profile", "texture", "--run-dir", "r", "--shard-size", "4"]
+    args = ["index", "D", "--db", "f.db", "--profile", "texture", "--run-dir", "r", "--shard-size", "4",
+            "--workers", "1"]
     monkeypatch.setenv("CBIR_FAULT", point)
     with pytest.raises(InjectedFault):
         _run_raising(args)
@@ -159,7 +161,7 @@ def test_sigkill_at_each_phase_then_rerun(tmp_path, point):
     """A real SIGKILL (no cleanup at all) at the phase boundaries of a fitted spec, then a rerun."""
     ids = make_images(tmp_path / "D", 14, seed=9)
     args = ["index", str(tmp_path / "D"), "--db", str(tmp_path / "k.db"), "--profile", "texture",
-            "--run-dir", str(tmp_path / "r"), "--shard-size", "4"]
+            "--run-dir", str(tmp_path / "r"), "--shard-size", "4", "--workers", "1"]
     p = _cli(args, env={"CBIR_FAULT": f"{point}:kill"})
     p.communicate(timeout=120)
     assert p.returncode == -signal.SIGKILL
@@ -178,7 +180,7 @@ def test_sigkill_at_a_random_moment_then_rerun(tmp_path, seed):
     ids = make_images(tmp_path / "D", 30, seed=10 + seed)
     run_dir = tmp_path / "r"
     args = ["index", str(tmp_path / "D"), "--db", str(tmp_path / "k.db"), "--profile", "texture",
-            "--run-dir", str(run_dir), "--shard-size", "3"]
+            "--run-dir", str(run_dir), "--shard-size", "3", "--workers", "1"]
     draw = random.Random(seed)
     after_shards, extra_s = draw.randint(1, 9), draw.uniform(0, 0.02)
     t0 = time.monotonic()

@@ -61,6 +61,19 @@ def test_results_json_schema(evaluated):
     assert any(r["psnr_std"] > 0 for r in rec)
 
 
+def test_the_report_and_results_say_how_many_cores_the_machine_kept_busy(evaluated):
+    from cbir_dist.evaluation.report.damaged import run_md
+
+    _, res, out = evaluated
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["cores_available"] >= 1 and 0 < saved["cores_busy"] == res["cores_busy"]
+    html = (out / "report.html").read_text()
+    assert "The run" in html and f"{saved['cores_busy']:.1f} of {saved['cores_available']} cores busy" in html
+    # off Linux (no /proc/stat) the figure is absent, the rest of the paragraph stays
+    text = run_md({**saved, "cores_busy": None})
+    assert "cores busy" not in text.replace("Cores busy", "") and f"{saved['wall_seconds']:.0f} s; " in text
+
+
 def test_intact_precision_matches_a_brute_force_recount(evaluated):
     """P@1 and P@5 of the intact queries equal a numpy recount over the stored vectors (exclude-self)."""
     from cbir_dist.store import VectorStore

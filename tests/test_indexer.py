@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,8 +75,10 @@ def folder(tmp_path):
 
 
 def _cfg(tmp_path, data, **kw):
+    """One process unless a test asks for workers (``workers=None``: the default, the cores available):
+    a pool costs each run a few seconds of spawning, and most tests here are about the driver."""
     kw = {"shard_size": 8, "db": str(tmp_path / "t.db"), "collection": "t", "run_dir": str(tmp_path / "run"),
-          "progress": False, **kw}
+          "progress": False, "workers": 1, **kw}
     return IndexConfig(str(data), **kw)
 
 
@@ -93,7 +96,8 @@ def test_counts_add_up_and_bad_files_are_listed(tmp_path, folder):
     assert (s.files, s.indexed, s.duplicates, s.rejected) == (27, 24, 1, 2)
     assert s.indexed + s.duplicates + s.rejected == s.files
     assert s.rows_written == 24
-    assert s.line() == f"indexed 24, duplicates 1, rejected 2 (see {tmp_path / 'run' / 'errors.parquet'})"
+    assert s.line().startswith(f"indexed 24, duplicates 1, rejected 2 (see {tmp_path / 'run' / 'errors.parquet'}); "
+                               "1 process, ")
     err = pq.read_table(tmp_path / "run" / "errors.parquet").to_pydict()
     reasons = dict(zip([Path(p).name for p in err["path"]], zip(err["status"], err["reason"])))
     assert reasons["empty.png"] == (REJECTED, "empty file (0 bytes)")
@@ -228,9 +232,11 @@ def test_the_writer_takes_computed_shards_as_values_and_marks_them_only_when_flu
         run.abort()
 
 
-def test_worker_processes_write_the_same_rows_as_one_process_and_resume(tmp_path, folder):
+def test_by_default_worker_processes_write_the_same_rows_as_one_process_and_resume(tmp_path, folder, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # 2 cores, wherever it runs
     one = _cfg(tmp_path, folder, db=str(tmp_path / "one.db"), run_dir=str(tmp_path / "r1"), shard_size=4)
-    two = _cfg(tmp_path, folder, db=str(tmp_path / "two.db"), run_dir=str(tmp_path / "r2"), shard_size=4, workers=2)
+    two = _cfg(tmp_path, folder, db=str(tmp_path / "two.db"), run_dir=str(tmp_path / "r2"), shard_size=4,
+               workers=None)  # the default: the cores this process may use
     s1, s2 = run_index(descriptor_spec(), one), run_index(descriptor_spec(), two)
     assert (s2.indexed, s2.duplicates, s2.rejected, s2.rows_written) == (s1.indexed, s1.duplicates, s1.rejected,
                                                                          s1.rows_written) == (24, 1, 2, 24)
@@ -244,12 +250,17 @@ def test_worker_processes_write_the_same_rows_as_one_process_and_resume(tmp_path
     # the copy of an image in another shard may be described too (then dropped by the writer)
     assert stats["workers"] == 2 and stats["stage_items"]["decode"] == 27
     assert 24 <= stats["stage_items"]["descriptors"] <= 25
-    # a lost marker: the workers read that shard again and describe nothing (its ids are stored)
-    (tmp_path / "r2" / "shards" / "00002.done").unlink()
+    # the whole machine's busy cores over the run, of the cores available, in stats.json and the line
+    assert stats["cores_available"] == 2 and 0 < stats["cores_busy"] == s2.cores_busy
+    assert re.search(r"\); 2 processes, \d+\.\d of 2 cores busy$", s2.line()), s2.line()
+    assert re.search(r"\); 1 process, \d+\.\d of 2 cores busy$", s1.line()), s1.line()
+    # lost markers: the workers read those shards again and describe nothing (their ids are stored)
+    for n in (2, 4):
+        (tmp_path / "r2" / "shards" / f"0000{n}.done").unlink()
     again = run_index(descriptor_spec(), two)
     stats = json.loads((tmp_path / "r2" / "stats.json").read_text())
     assert again.rows_written == 0 and again.already_present > 0 and again.indexed == 24
-    assert stats["shards_processed"] == 1 and stats["stage_items"]["descriptors"] == 0
+    assert stats["shards_processed"] == 2 and stats["stage_items"]["descriptors"] == 0 and stats["workers"] == 2
 
 
 def test_a_failed_write_with_worker_processes_fails_the_job_and_a_rerun_finishes_it(tmp_path, folder, monkeypatch):
@@ -285,6 +296,52 @@ def test_worker_processes_damage_and_reconstruct_the_same_way(tmp_path, folder):
     # every decoded image is damaged when read (the duplicate too: duplicates are known only to the writer)
     assert stats[0]["stage_items"]["inpaint"] == stats[1]["stage_items"]["inpaint"] == 25
     assert stats[1]["stage_seconds"]["inpaint"] > 0
+
+
+def test_workers_default_to_the_cores_this_process_may_use_and_never_outnumber_the_shards(monkeypatch):
+    from cbir_dist.cli.parser import build_parser
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert IndexConfig("x").workers is None and build_parser().parse_args(["index", "x"]).workers is None
+    assert [IndexConfig("x").processes(n) for n in (0, 1, 4, 6, 100)] == [1, 1, 4, 6, 6]
+    assert [IndexConfig("x", workers=3).processes(n) for n in (0, 2, 100)] == [1, 2, 3]
+    assert IndexConfig("x", workers=1).processes(100) == 1
+
+
+def test_a_job_of_one_shard_starts_no_pool(tmp_path, folder, monkeypatch):
+    import concurrent.futures
+
+    def no_pool(*a, **k):
+        raise AssertionError("a pool was started for one shard")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    s = run_index(descriptor_spec(), _cfg(tmp_path, folder, shard_size=256, workers=None))  # 27 files, 1 shard
+    assert (s.indexed, s.duplicates, s.rejected, s.processes) == (24, 1, 2, 1)
+    assert json.loads((tmp_path / "run" / "stats.json").read_text())["workers"] == 1
+    with pytest.raises(AssertionError, match="a pool was started"):  # the check would see one
+        run_index(descriptor_spec(), _cfg(tmp_path, folder, shard_size=4, workers=None, db=str(tmp_path / "p.db"),
+                                          run_dir=str(tmp_path / "r2")))
+
+
+def test_a_transform_worker_processes_cannot_take_is_refused_before_any_work(tmp_path, folder):
+    from cbir_dist.errors import UsageError
+
+    with pytest.raises(UsageError, match="worker processes.*workers=1"):
+        run_index(descriptor_spec(), _cfg(tmp_path, folder, workers=2), transform=lambda image, path: image)
+
+
+def test_without_proc_stat_the_cores_busy_are_absent_not_a_crash(tmp_path, folder, monkeypatch):
+    import cbir_dist.io.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_proc_stat", lambda: None)  # off Linux
+    with cpu.MachineCpu() as machine:
+        pass
+    assert machine.cores_busy is None and machine.busy_s is None and machine.wall_s >= 0
+    s = run_index(descriptor_spec(), _cfg(tmp_path, folder))
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert s.cores_busy is None and stats["cores_busy"] is None and stats["cores_available"] >= 1
+    assert s.line().endswith("errors.parquet); 1 process"), s.line()
 
 
 def test_a_plan_that_fails_after_creating_the_collection_leaves_none(tmp_path, folder, monkeypatch):
@@ -337,12 +394,34 @@ def test_transform_hook_changes_the_vectors(tmp_path, folder):
     assert np.array_equal(ra["id"], rb["id"]) and not np.allclose(ra["vector"], rb["vector"])
 
 
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid``: pid -> command line."""
+    kids = {}
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if d.name.isdigit() and int(fields[1]) == pid and fields[0] != "Z":
+                kids[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_run_then_resume(tmp_path):
     """Kill the CLI job with SIGKILL once a shard is done, rerun it: every valid image exactly once."""
     data = make_folder(tmp_path, per_class=12, size=48)  # 72 images + 3 bad files, 25 shards of 3
     db, run_dir = tmp_path / "k.db", tmp_path / "krun"
     cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
-           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram,gabor"]
+           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram,gabor",
+           "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     markers = run_dir / "shards"
@@ -366,3 +445,27 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     count, rows, ids = _all_rows(cfg)
     assert count == 72 and len(ids) == 72
     assert sorted(rows["id"].tolist()) == ids  # every valid image stored, each id once
+
+
+def test_the_worker_processes_of_a_killed_job_end_with_it_and_a_rerun_finishes(tmp_path):
+    """SIGKILL leaves the job no chance to stop its pool: its workers notice and end; the rerun resumes."""
+    data = make_folder(tmp_path, per_class=6, size=48)  # 36 images + 3 bad files, 13 shards of 3
+    db, run_dir = tmp_path / "k.db", tmp_path / "krun"
+    cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
+           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram",
+           "--workers", "2"]
+    # no pipes: a worker outliving the job would hold them open, and reading them would wait for it
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, deadline = [], time.monotonic() + 120
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers = [p for p, cmdline in _children(proc.pid).items() if "multiprocessing.spawn" in cmdline]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL and len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "the killed job's worker processes outlived it"
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^indexed 36, duplicates 1, rejected 2 .*; 2 processes, ", res.stdout, re.M), res.stdout

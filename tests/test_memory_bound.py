@@ -64,7 +64,8 @@ def test_peak_memory_does_not_grow_with_the_shard(tmp_path):
     for shard in (256, 4):
         run = tmp_path / f"run{shard}"
         r = subprocess.run([sys.executable, "-m", "cbir_dist.cli", "index", str(tmp_path / "data"), "--db",
-                            str(tmp_path / f"m{shard}.db"), "--run-dir", str(run), "--shard-size", str(shard), *FAST],
+                            str(tmp_path / f"m{shard}.db"), "--run-dir", str(run), "--shard-size", str(shard), *FAST,
+                            "--workers", "1"],  # the process whose peak stats.json gives decodes the images
                            capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-2000:]
         assert "indexed 16," in r.stdout

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--backbone", "none", "--descriptors", "correlogram"]
 
 
-def _index(data, db, run_dir, *extra):
-    return main(["index", str(data), "--db", str(db), "--collection", "c", "--run-dir", str(run_dir), *FAST, *extra])
+def _index(data, db, run_dir, *extra):  # one process: a pool would only cost seconds of spawning here
+    return main(["index", str(data), "--db", str(db), "--collection", "c", "--run-dir", str(run_dir), *FAST,
+                 "--workers", "1", *extra])
 
 
 def _rows(db) -> tuple[int, list[str]]:

@@ -30,8 +30,9 @@ def deep_spec():
 
 
 def _cfg(tmp_path, data, name, backend, **kw):
+    """The local backend in one process: the reference (worker processes give its rows: test_indexer)."""
     return IndexConfig(str(data), db=str(tmp_path / f"{name}.db"), collection=name, run_dir=str(tmp_path / name),
-                       shard_size=8, batch_size=4, progress=False, backend=backend, torch_threads=1, **kw)
+                       shard_size=8, batch_size=4, progress=False, backend=backend, torch_threads=1, workers=1, **kw)
 
 
 def _stored(cfg):

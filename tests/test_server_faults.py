@@ -105,7 +105,8 @@ def test_server_killed_mid_index_then_restarted_and_rerun(tmp_path, server, back
     ids = _images(tmp_path / "data", 400)
     run_dir = tmp_path / "run"
     args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
-            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir), "--backend", backend]
+            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir), "--backend", backend,
+            "--workers", "1"]  # the kill must land between group commits: one process, as measured
     env = {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "6", "CBIR_MILVUS_TIMEOUT_S": "5"}
     job = _index(args, env)
     _wait_markers(run_dir, 3, job)
@@ -130,7 +131,7 @@ def test_server_restarted_within_the_retry_budget_the_job_carries_on(tmp_path, s
     ids = _images(tmp_path / "data", 400)  # 200 shards: the kill lands between group commits (see above)
     run_dir = tmp_path / "run"
     args = [str(tmp_path / "data"), "--db", server.uri, "--collection", "faults", "--backbone", "none",
-            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir)]
+            "--descriptors", "glcm,correlogram", "--shard-size", "2", "--run-dir", str(run_dir), "--workers", "1"]
     job = _index(args, {"MILVUS_TOKEN": TOKEN, "CBIR_MILVUS_RETRY_S": "240"})
     _wait_markers(run_dir, 3, job)
     _kill_server_under(job, server)

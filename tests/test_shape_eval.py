@@ -124,6 +124,9 @@ def test_shape_profile_end_to_end_through_the_store(shape_run):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "bull" in page
     assert "P@1" in res["summary"] and "affine" in res["summary"]
+    # the cores this machine kept busy over the run, of those available: results.json, the page, the summary
+    busy = f"{on_disk['cores_busy']:.1f} of {on_disk['cores_available']} cores busy"
+    assert on_disk["cores_busy"] > 0 and busy in page and busy in res["summary"]
 
 
 def test_texture_profile_end_to_end(tmp_path):

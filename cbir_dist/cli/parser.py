@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from ..io.cpu import cores_available
 
 EPILOG = """examples:
   cbir-dist demo                                      # generate, index and query a small set end to end
@@ -198,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = this machine (the default); ray = Ray Data pipeline on the Ray cluster in "
                         "$RAY_ADDRESS, else a local one")
-    p.add_argument("--workers", type=_int_in(1), default=1, metavar="N",
+    p.add_argument("--workers", type=_int_in(1), default=None, metavar="N",
                    help="local: N worker processes decode, damage and describe the shards, this process writes "
-                        "(default 1: this process alone; the cores it may use: %d)" % len(os.sched_getaffinity(0)))
+                        "(default: the cores it may use, here %d, never more than the shards to do; 1: this "
+                        "process alone)" % cores_available())
     _add_damage_args(p, "image")
     p.add_argument("--torch-threads", type=_int_in(1), default=None,
                    help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")

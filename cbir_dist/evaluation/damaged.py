@@ -226,13 +226,14 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     from ..damage.inpaint import is_network
     from ..distributed.tasks import make_executor
     from ..index import IndexConfig, run_index
+    from ..io.cpu import MachineCpu, cores_available
     from ..io.files import list_images
     from ..io.progress import progress as progress_bar
     from ..io.records import OK, mark_duplicates, read_record
     from ..store import VectorStore
     from .report.damaged import write_report
 
-    t_start = time.time()
+    t_start, cpu = time.time(), MachineCpu().start()  # this machine's busy cores, every process on it
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(cfg.dataset)
@@ -332,12 +333,16 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t_start, 2)
     from .report.damaged import timeline_summary
+    from .report.html import cores_text
 
+    cpu.stop()
+    results["cores_busy"] = None if cpu.cores_busy is None else round(cpu.cores_busy, 2)
+    results["cores_available"] = cores_available()
     results["concurrency"] = timeline_summary(results["timeline"])
     if progress:
         c = results["concurrency"]
         print(f"evaluate: {len(results['timeline'])} tasks on {c['workers']} processes, {c['mean_concurrency']:.2f} "
-              f"running at once on average over {c['span_s']:.0f} s", file=sys.stderr, flush=True)
+              f"running at once on average over {c['span_s']:.0f} s{cores_text(results)}", file=sys.stderr, flush=True)
     for s in stores.values():
         s.close()
     write_report(results, out, dataset=cfg.dataset)

@@ -320,9 +320,10 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
     The returned dict is what ``results.json`` holds plus ``"summary"``: a few lines with the
     headline figures (printed by the CLI).
     """
+    from ..io.cpu import MachineCpu, cores_available
     from ..io.files import list_images
 
-    t_start = time.perf_counter()
+    t_start, cpu = time.perf_counter(), MachineCpu().start()  # this machine's busy cores, every process on it
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(cfg.dataset)
@@ -375,6 +376,7 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
         timings["ablation"] = round(time.perf_counter() - t, 2)
 
     timings["total"] = round(time.perf_counter() - t_start, 2)
+    cpu.stop()
     results = {
         "config": {**public_config(asdict(cfg)), "spec": json.loads(stored_spec.to_json()), "n_files": orig.n_files,
                    "n_database": len(orig.db_ids), "n_duplicates": orig.n_duplicates, "n_rejected": orig.n_rejected,
@@ -385,6 +387,8 @@ def run_shape_evaluate(cfg: ShapeEvalConfig) -> dict:
         "per_class": {"knn_k": int(cfg.knn_k[0]), "classes": per_class},
         "ablation": ablation,
         "timings": timings,
+        "cores_busy": None if cpu.cores_busy is None else round(cpu.cores_busy, 2),
+        "cores_available": cores_available(),
         "query_path_check": {"queries": min(QUERY_CHECK, len(orig.queries.paths)), "max_abs_diff": check},
     }
     results["summary"] = summary_text(results)

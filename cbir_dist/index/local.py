@@ -2,9 +2,12 @@
 
 It computes the plan's pending shards and hands each to the run's writer, in this process, as a
 value (:class:`~.writer.ComputedShard`); images whose ids the plan found stored are read (their id
-is their content) but neither damaged nor described. With ``config.workers`` = 1 the shards are
-computed here, one after the other, and a later copy of an image is not described again; with N > 1
-by N worker processes (``spawn``ed: the parent may hold a store's threads), each with its own
+is their content) but neither damaged nor described. The run uses N processes,
+:meth:`IndexConfig.processes <.run.IndexConfig.processes>`: ``config.workers`` (default: the cores
+this process may use), never more than the shards pending. With N = 1 (one shard pending, or
+``--workers 1``, or a ``processor_factory``, whose processors run here) the shards are computed
+here, one after the other, and a later copy of an image is not described again; with N > 1 by N
+worker processes (``spawn``ed: the parent may hold a store's threads), each with its own
 :class:`ShardProcessor` (backbone included) and an equal share of the pixel budget, at most N + 1
 shards in flight; the parent stays the single writer and takes the shards in file order, so the
 rows are the same (a copy of an image in another shard may then be described twice, and dropped).
@@ -12,6 +15,8 @@ rows are the same (a copy of an image in another shard may then be described twi
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -20,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..damage.hook import apply_transform
-from ..errors import PipelineError
+from ..errors import PipelineError, UsageError
 from ..features.extract import Extractor
 from ..features.spec import FeatureSpec
 from ..io.files import ImageFile
@@ -155,10 +160,19 @@ def _computed(run: IndexRun, config: IndexConfig, factory: ProcessorFactory,
 _WORKER: dict = {}  # in a worker process: its processor and the stored ids
 
 
+def _exit_with(parent: int) -> None:
+    """In a worker: end this process as soon as ``parent`` (the job) is gone, killed included."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _worker_init(spec: FeatureSpec, config: IndexConfig, transform: ImageTransform | None,
-                 stored: np.ndarray) -> None:
+                 stored: np.ndarray, parent: int) -> None:
     import cv2
 
+    # a job killed with SIGKILL cannot stop its pool: without this its workers would wait for work forever
+    threading.Thread(target=_exit_with, args=(parent,), name="exit-with-the-job", daemon=True).start()
     cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
     _WORKER.update(processor=ShardProcessor(spec, config, transform=transform), stored=stored)
 
@@ -172,17 +186,30 @@ def _worker_shard(index: int, files: list[ImageFile]) -> tuple[ComputedShard, St
     return computed, processor.clock
 
 
-def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None) -> Iterator[ComputedShard]:
-    """The plan's pending shards, computed by ``config.workers`` processes, yielded in file order."""
+def _sendable(transform: ImageTransform | None) -> None:
+    """Refuse, before any work, a transform that cannot go to the worker processes (pickled)."""
+    import pickle
+
+    try:
+        pickle.dumps(transform)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise UsageError(f"the image transform {transform!r} cannot be sent to worker processes ({exc}): define it "
+                         "at a module's top level, or index in this process alone (workers=1, --workers 1)") from exc
+
+
+def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None,
+            workers: int) -> Iterator[ComputedShard]:
+    """The plan's pending shards, computed by ``workers`` processes, yielded in file order."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     pending = iter(run.plan.pending)
-    share = replace(config, pixel_budget=max(1, config.pixel_budget // config.workers),
+    share = replace(config, pixel_budget=max(1, config.pixel_budget // workers),
                     torch_threads=config.torch_threads or 1)
-    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(run.spec, share, transform, run.plan.stored))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init,
+                               initargs=(run.spec, share, transform, run.plan.stored, os.getpid()))
     flight: deque = deque()
 
     def submit() -> None:
@@ -191,7 +218,7 @@ def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None
             flight.append(pool.submit(_worker_shard, shard.index, run.plan.files_of(shard)))
 
     try:
-        for _ in range(config.workers + 1):
+        for _ in range(workers + 1):
             submit()
         while flight:
             try:
@@ -208,13 +235,15 @@ def _pooled(run: IndexRun, config: IndexConfig, transform: ImageTransform | None
 
 def run_index_local(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: ImageTransform | None = None,
                     processor_factory: ProcessorFactory | None = None):
-    """Index ``config.images_dir`` on this machine (``config.workers`` processes); see
-    :func:`cbir_dist.index.run_index`."""
+    """Index ``config.images_dir`` on this machine (``config.processes`` processes: a
+    ``processor_factory``'s run in this one); see :func:`cbir_dist.index.run_index`."""
     run = IndexRun(spec, config, store=store)
     opened: list[ShardProcessor] = []
     try:
-        if config.workers > 1 and run.plan.pending:
-            run.write(_pooled(run, config, transform))
+        run.processes = 1 if processor_factory is not None else config.processes(len(run.plan.pending))
+        if run.processes > 1:
+            _sendable(transform)
+            run.write(_pooled(run, config, transform, run.processes))
         else:
             run.write(_computed(run, config, processor_factory or ShardProcessor, transform, opened))
     except BaseException:

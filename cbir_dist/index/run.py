@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import IncompleteRunError, UsageError
 from ..features.onnx_runtime import check_runtime
 from ..features.spec import FeatureSpec
+from ..io.cpu import MachineCpu, cores_available
 from ..io.files import DEFAULT_MAX_BYTES
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.progress import progress as progress_bar
@@ -89,7 +90,8 @@ class IndexConfig:
     ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else 2/3 of the CPUs),
     ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g. ``{"gpu_node": 1}``
     to pin them on tagged nodes). ``max_bytes`` rejects larger files before they are read;
-    ``follow_symlinks`` lets symlinks that leave the input folder in.
+    ``follow_symlinks`` lets symlinks that leave the input folder in. ``workers``: the local
+    backend's processes (default: the cores this process may use); see :meth:`processes`.
     """
 
     images_dir: str
@@ -116,8 +118,9 @@ class IndexConfig:
     window_files: int = 8192  # ray backend: pending files per Ray Dataset (the driver's memory bound)
     #: local backend: decoded pixels held at once (64 M = 192 MB of RGB), whatever the shard size
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
-    #: local backend: worker processes computing shards (1: this process alone); see .local
-    workers: int = 1
+    #: local backend: worker processes computing shards (1: this process alone; None: the cores this
+    #: process may use); see :meth:`processes` and .local
+    workers: int | None = None
 
     def __post_init__(self):
         if self.shard_size < 1 or self.batch_size < 1:
@@ -135,10 +138,16 @@ class IndexConfig:
             raise UsageError(f"deep_actors must be >= 1, got {self.deep_actors}")
         if self.pixel_budget < 1:
             raise UsageError(f"pixel_budget must be >= 1, got {self.pixel_budget}")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, got {self.workers}")
         if self.window_files < 1:
             raise UsageError(f"window_files must be >= 1, got {self.window_files}")
+
+    def processes(self, pending: int) -> int:
+        """The processes the local backend computes ``pending`` shards with: ``workers`` (default: the
+        cores this process may use, :func:`~cbir_dist.io.cpu.cores_available`), never more than the
+        shards pending, and at least 1 (this process alone: no pool)."""
+        return max(1, min(self.workers or cores_available(), pending))
 
     def resolved_run_dir(self, target_uri: str) -> Path:
         """``run_dir``, or ``runs/index-<collection>-<8 hex of the store URI>`` (one per target)."""
@@ -161,10 +170,13 @@ class IndexRun:
 
     def __init__(self, spec: FeatureSpec, config: IndexConfig, *, store=None, progress: bool | None = None):
         self.t_start = time.perf_counter()
+        self.cpu = MachineCpu().start()  # the whole machine's busy cores over the run (summary, stats.json)
         self.config = config
         self.plan = RunPlan(spec, config, store=store)
         self.spec = self.plan.spec  # the fitted spec once a fitted run commits
         self.clock = StageClock()
+        #: processes that computed the shards, when the backend says (the local backend: 1 or its workers)
+        self.processes: int | None = None
         show = config.progress if progress is None else progress
         self.bar = progress_bar(self.plan.files, show, "index", "img")
         self.writer = ShardWriter(self.plan.store, self.spec, self.plan.target, fitted=self.plan.fitted,
@@ -202,18 +214,21 @@ class IndexRun:
             self.clock.add("write", time.perf_counter() - t, 0)
             missing = S.read_back(plan.store, w.planned_ids)
             n_missing = sum(len(v) for v in missing.values())
+            self.cpu.stop()
             summary = IndexSummary(
                 files=plan.files, indexed=w.planned - n_missing, duplicates=w.duplicates, rejected=w.rejected,
                 missing=n_missing, planned=w.planned, already_present=w.already_present, rows_written=rows_written,
                 run_dir=str(plan.run_dir), stage_seconds={k: round(v, 3) for k, v in self.clock.seconds.items()},
-                advice=self._lite_advice(rows_written), runtime=self.clock.runtime())
+                advice=self._lite_advice(rows_written), runtime=self.clock.runtime(), processes=self.processes,
+                cores_busy=None if self.cpu.cores_busy is None else round(self.cpu.cores_busy, 2),
+                cores=cores_available())
             if missing:
                 self._withdraw(missing)
             S.write_tables(plan.run_dir, plan.shards, missing)
             S.write_stats(plan.run_dir / "stats.json", summary, seconds=time.perf_counter() - self.t_start,
                           shards=plan.shards, clock=self.clock, workers=workers, backend=config.backend,
                           collection=config.collection, db=plan.target.uri, spec_dim=self.spec.dim,
-                          processes=config.workers if config.backend == "local" else 1)
+                          processes=self.processes or 1)
             plan.store.record_run(S.run_record(summary, run_dir=plan.run_dir, images_dir=config.images_dir,
                                                backend=config.backend))
             if plan.final_store is not None and rows_written and not n_missing:

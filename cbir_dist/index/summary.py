@@ -31,7 +31,13 @@ STAGES = ("decode", "inpaint", "inpaint_net", "deep", "descriptors", "write")
 
 @dataclass
 class IndexSummary:
-    """What an index run did; ``indexed`` is read back from the store."""
+    """What an index run did; ``indexed`` is read back from the store.
+
+    ``processes``: how many processes computed the shards (the local backend; None: the backend does
+    not say). ``cores_busy``: the cores the **whole machine** kept busy over the run, every process on
+    it counted (the job's, and any other's), of the ``cores`` this process may use
+    (:mod:`cbir_dist.io.cpu`); None off Linux.
+    """
 
     files: int = 0
     indexed: int = 0
@@ -48,14 +54,26 @@ class IndexSummary:
     #: what ran the backbone (``"onnxruntime 1.32.0"``, ``"torch 2.14.1 cuda bf16"``; several joined
     #: by ``" + "``); None when no backbone ran (descriptors only, or nothing to describe)
     runtime: str | None = None
+    processes: int | None = None
+    cores_busy: float | None = None
+    cores: int | None = None
 
     def line(self) -> str:
+        """``indexed N, duplicates N, rejected N (see …/errors.parquet)``, then, when known, e.g.
+        ``; backbone on onnxruntime 1.32.0; 2 processes, 1.9 of 2 cores busy`` (the cores: the whole
+        machine's, other processes included)."""
         missing = f", missing {self.missing}" if self.missing else ""
         from ..io.text import printable
 
+        how = []
+        if self.processes:
+            how.append(f"{self.processes} process{'es' if self.processes > 1 else ''}")
+        if self.cores_busy is not None:
+            how.append(f"{self.cores_busy:.1f} of {self.cores} cores busy")
         backbone = f"; backbone on {self.runtime}" if self.runtime else ""
+        ran = "; " + ", ".join(how) if how else ""
         return (f"indexed {self.indexed}, duplicates {self.duplicates}, rejected {self.rejected}{missing} "
-                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))}){backbone}")
+                f"(see {printable(str(Path(self.run_dir) / 'errors.parquet'))}){backbone}{ran}")
 
 
 @dataclass
@@ -147,7 +165,9 @@ def write_tables(run_dir: Path, shards: Sequence, missing: dict[int, np.ndarray]
 def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Sequence, clock: StageClock,
                 workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int,
                 processes: int = 1) -> None:
-    """``stats.json``: the summary's counts, timings per stage, memory, and where each stage ran."""
+    """``stats.json``: the summary's counts, timings per stage, memory, where each stage ran, and the
+    cores the whole machine kept busy over the run (``cores_busy``, every process on it counted; None
+    off Linux) of the ``cores_available`` to this process."""
     peak_mb = peak_rss_mb()
     stats = {
         "files": summary.files,
@@ -173,6 +193,8 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "backend": backend,
         "runtime": summary.runtime,  # what ran the backbone (None: no backbone ran)
         "workers": processes,  # local backend: processes that computed the shards
+        "cores_busy": summary.cores_busy,  # the whole machine's, over the run (other processes included)
+        "cores_available": summary.cores,
         "stage_nodes": {k: sorted(v) for k, v in workers.nodes.items()},
         "stage_node_items": workers.node_items,
         "stage_node_seconds": {k: {n: round(t, 3) for n, t in v.items()} for k, v in workers.node_seconds.items()},

@@ -10,8 +10,8 @@ import numpy as np
 from ...io.tables import save_figure, write_json, write_text
 from .figures import draw_hits_row
 from .figures import plt as _plt
+from .html import cores_text, write_html
 from .html import json_default as _json_default
-from .html import write_html
 
 
 def _pm(rec: dict, key: str, digits: int = 1) -> str:
@@ -162,6 +162,19 @@ def timeline_summary(timeline: list[dict]) -> dict:
             "workers": len({t["pid"] for t in timeline})}
 
 
+def run_md(results: dict) -> str:
+    """The run in a few lines: its wall time, its tasks' concurrency, and the cores this machine kept busy."""
+    c = results.get("concurrency") or timeline_summary(results.get("timeline", []))
+    lines = ["## The run", "",
+             f"{results.get('wall_seconds', 0):.0f} s; {len(results.get('timeline', []))} tasks on {c['workers']} "
+             f"processes, {c['mean_concurrency']:.2f} running at once on average over {c['span_s']:.0f} s"
+             f"{cores_text(results)}."]
+    if results.get("cores_busy") is not None:
+        lines += ["", "Cores busy: the whole machine's (every process on it, the job's and any other's) over the "
+                      "run, of the cores the job may use; on a cluster, the driver's machine only."]
+    return "\n".join(lines) + "\n"
+
+
 def plot_timeline(results: dict, path: Path) -> None:
     """Gantt chart of the tasks, one lane per worker process: gaps in a lane are idle time of that worker.
 
@@ -188,7 +201,7 @@ def plot_timeline(results: dict, path: Path) -> None:
     ax.invert_yaxis()
     summ = timeline_summary(tl)
     ax.set_title(f"{len(tl)} tasks on {summ['workers']} processes; mean {summ['mean_concurrency']:.2f} running at once "
-                 f"over {summ['span_s']:.0f} s", fontsize=9)
+                 f"over {summ['span_s']:.0f} s{cores_text(results)}", fontsize=9)
     ax.set_xlabel("seconds since the first task started (red network, orange reconstruction, green quality, "
                   "grey FSIM references, blue features)")
     fig.tight_layout()
@@ -238,6 +251,7 @@ def write_report(results: dict, out: Path, *, dataset: str = "") -> None:
                   out / "fig6.png")
         images.append(("Fig. 6 — a query and its neighbours", out / "fig6.png"))
     images.append(("Task timeline (concurrency of the cells)", out / "timeline.png"))
-    write_html(out, [("table1", t1), ("table2", t2)], images, f"cbir_dist evaluation — {dataset}")
+    write_html(out, [("table1", t1), ("table2", t2), ("run", run_md(results))], images,
+               f"cbir_dist evaluation — {dataset}")
 
 

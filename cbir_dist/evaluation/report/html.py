@@ -62,6 +62,14 @@ def write_html(out: Path, sections: Sequence[tuple[str, str]], images: Sequence[
 
 
 
+def cores_text(results: dict) -> str:
+    """``"; 1.9 of 2 cores busy"``: the cores this machine kept busy over an evaluation (``cores_busy``:
+    every process on it counted, the job's, Ray's and any other's; not a cluster's other nodes) of the
+    ``cores_available`` to it, or ``""`` when not measured (off Linux)."""
+    busy = results.get("cores_busy")
+    return "" if busy is None else f"; {busy:.1f} of {results.get('cores_available')} cores busy"
+
+
 def json_default(o):
     if isinstance(o, np.generic):
         return o.item()

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...io.tables import save_figure, write_json, write_text
 from .figures import plt as _plt
+from .html import cores_text
 
 GRID_TOP = 8
 
@@ -93,7 +94,8 @@ def shape_table(results: dict) -> str:
             lines.append(f"| {name} | {r['dim']} | {_f(r['p_at_1'])} | {_f(r['p_at_5'])} | {_f(r['p_at_10'])} | "
                          f"{_f(r['map'])} | {_f(r['bullseye'])} | {_f(r['knn_accuracy'])} |")
     t = results.get("timings", {})
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:g}" for k, v in t.items()) + "."]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:g}" for k, v in t.items()) + cores_text(results)
+              + (" (this machine's, every process on it)" if cores_text(results) else "") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +136,7 @@ def summary_text(results: dict) -> str:
         lines.append(f"ablation (numpy): best P@1 {_f(best['p_at_1'])} with {best['name']} "
                      f"(bull's-eye {_f(best['bullseye'])})")
     lines.append(f"wrote {cfg['out']}/results.json, table_{cfg['profile']}.md, report.html "
-                 f"({results['timings']['total']:.0f} s)")
+                 f"({results['timings']['total']:.0f} s{cores_text(results)})")
     return "\n".join(lines)
 
 
