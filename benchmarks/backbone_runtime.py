@@ -5,8 +5,9 @@
 
 For each backbone (random weights: speed does not depend on them) the same extractor is loaded with
 ``runtime="torch"`` and ``runtime="onnx"`` (:mod:`cbir_dist.features.onnx_runtime`; the export is made
-in memory and not timed), warmed up on 2 images, then timed ONCE on one batch of ``--batch`` images of
-``--size`` + 32 px a side (the resize is then a no-op and the crop a copy: the figure is the network's).
+in memory and not timed), warmed up on 2 images, then timed on ``--repeats`` batches of ``--batch``
+images of ``--size`` + 32 px a side (the median batch is printed; the two runtimes alternate, so a
+change in the machine's speed falls on both) (the resize is then a no-op and the crop a copy: the figure is the network's).
 Prints ms per image for both, their ratio, the largest norm-relative difference of the two runtimes'
 features, and the load average (``os.getloadavg()``) around each measurement: on a shared machine the
 figures move with it. Targets on one thread, batch 32, 224 px: MobileNetV2 <= 10 ms, ResNet-50 <= 80 ms.
@@ -28,8 +29,7 @@ def _images(n: int, side: int) -> list[np.ndarray]:
     return [np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
-def _timed(model, images) -> tuple[float, np.ndarray]:
-    model(images[:2])  # warm-up: kernel selection, first allocations
+def _once(model, images) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
     feats = model(images)
     return (time.perf_counter() - t0) / len(images), feats
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads (default 1)")
     ap.add_argument("--batch", type=int, default=32, help="images in the timed batch (default 32)")
     ap.add_argument("--size", type=int, default=224, help="crop fed to the network (default 224)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed batches per runtime; the median is printed")
     args = ap.parse_args()
 
     import logging
@@ -58,17 +59,20 @@ def main() -> None:
           f"{'load avg 1 min':>16}")
     for name in args.backbones:
         kw = dict(device="cpu", image_size=args.size, batch_size=args.batch, num_threads=args.threads)
-        torch_bb = load_backbone(name, "random", runtime="torch", **kw)
-        t_torch, f_torch = _timed(torch_bb, images)
-        del torch_bb
-        load_torch = os.getloadavg()[0]
-        onnx_bb = load_backbone(name, "random", runtime="onnx", **kw)
-        t_onnx, f_onnx = _timed(onnx_bb, images)
-        del onnx_bb
-        load_onnx = os.getloadavg()[0]
+        models = {rt: load_backbone(name, "random", runtime=rt, **kw) for rt in ("torch", "onnx")}
+        for m in models.values():
+            m(images[:2])  # warm-up: kernel selection, first allocations
+        times, feats = {rt: [] for rt in models}, {}
+        for _ in range(args.repeats):
+            for rt, m in models.items():
+                t, feats[rt] = _once(m, images)
+                times[rt].append(t)
+        del models
+        t_torch, t_onnx = float(np.median(times["torch"])), float(np.median(times["onnx"]))
+        f_torch, f_onnx = feats["torch"], feats["onnx"]
         rel = float((np.linalg.norm(f_onnx - f_torch, axis=1) / np.linalg.norm(f_torch, axis=1)).max())
         print(f"{name:<14}{t_torch * 1e3:>14.1f}{t_onnx * 1e3:>20.1f}{t_torch / t_onnx:>7.2f}x{rel:>14.1e}"
-              f"{f'{load_torch:.2f} / {load_onnx:.2f}':>16}", flush=True)
+              f"{os.getloadavg()[0]:>16.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def test_ray_and_local_backends_write_identical_rows(tmp_path, folder, local_ray
     # the workers' CPU per stage, beside their wall seconds
     assert all(stats["stage_cpu_seconds"][s] > 0 for s in ("decode", "deep", "descriptors"))
     assert stats["stage_cpu_seconds"]["inpaint"] == 0
-    assert stats["ray_plan"]["pool_size"] >= 1 and stats["ray_plan"]["task_cpus"] > 0  # how the CPUs were split
+    # how the CPUs were split: no GPU, so one actor per CPU runs the whole pipeline
+    assert stats["ray_plan"]["whole"] is True and stats["ray_plan"]["pool_size"] >= 1
     assert stats["peak_worker_rss_mb"] > 0
     assert set(stats["stage_nodes"]) == {"decode", "descriptors", "deep"}
     # the graph's Ray Data settings went to its own datasets; this process's context is as it was
@@ -138,7 +139,7 @@ def test_network_in_a_pool_of_its_own_gives_the_same_features(folder, local_ray,
 
 def test_network_plan_gives_the_network_a_pool_only_when_asked():
     fused = plan_stages({"CPU": 2.0}, GraphConfig(), network=True)
-    assert fused.inpaint_pool == 0 and fused.pool_size == 2  # the backbone's actors hold the network
+    assert fused.inpaint_pool == 0 and fused.pool_size == 2 and fused.whole  # the network in the whole pipeline
     sep = plan_stages({"CPU": 2.0}, GraphConfig(inpaint_placement="separate"), network=True)
     assert (sep.inpaint_pool, sep.pool_size) == (1, 1) and sep.inpaint_cpus + sep.actor_cpus + sep.task_cpus <= 2
     sep16 = plan_stages({"CPU": 16.0}, GraphConfig(inpaint_placement="separate"), network=True)
@@ -215,15 +216,18 @@ def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
 @pytest.mark.parametrize(
     ("cluster", "kw", "expect"),
     [
-        # CPU only: one task slot and one single-threaded actor per CPU
-        ({"CPU": 2.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=2, torch_threads=1)),
-        ({"CPU": 1.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, actor_gpus=0.0, pool_size=1)),
-        ({"CPU": 16.0}, {}, dict(task_cpus=0.5, actor_cpus=0.5, pool_size=16)),
+        # CPU only: one single-threaded actor per CPU, each running the whole pipeline
+        ({"CPU": 2.0}, {}, dict(task_cpus=0.0, actor_cpus=1.0, actor_gpus=0.0, pool_size=2, torch_threads=1,
+                                whole=True)),
+        ({"CPU": 1.0}, {}, dict(actor_cpus=1.0, pool_size=1, whole=True)),
+        ({"CPU": 0.5}, {}, dict(actor_cpus=0.5, pool_size=1, whole=True)),
+        ({"CPU": 16.0}, {}, dict(actor_cpus=1.0, pool_size=16)),
         ({"CPU": 4.0}, {"deep_actors": 3}, dict(pool_size=3)),
-        ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=7)),  # capped: one task slot stays for the tasks
+        ({"CPU": 4.0}, {"deep_actors": 9}, dict(pool_size=4)),  # capped: one per CPU
         ({"CPU": 4.0}, {"torch_threads": 2}, dict(pool_size=4, torch_threads=2)),
-        ({"CPU": 8.0, "GPU": 2.0}, {}, dict(actor_gpus=1.0, actor_cpus=1.0, pool_size=2)),
-        ({"CPU": 8.0, "GPU": 2.0}, {"device": "cpu"}, dict(actor_gpus=0.0)),
+        ({"CPU": 8.0, "GPU": 2.0}, {"device": "cpu"}, dict(actor_gpus=0.0, pool_size=8, whole=True)),
+        # GPUs: CPU tasks feed one backbone actor per GPU
+        ({"CPU": 8.0, "GPU": 2.0}, {}, dict(task_cpus=1.0, actor_gpus=1.0, actor_cpus=1.0, pool_size=2, whole=False)),
         ({"CPU": 4.0, "GPU": 1.0}, {"deep_resources": {"gpu_node": 1}}, dict(actor_resources={"gpu_node": 1})),
     ],
 )
@@ -233,6 +237,13 @@ def test_plan_never_lets_actors_take_every_cpu(cluster, kw, expect):
         assert getattr(plan, key) == value, key
     if not plan.actor_gpus:
         assert plan.pool_size * plan.actor_cpus + plan.task_cpus <= cluster["CPU"]
+
+
+def test_plan_with_a_separate_network_pool_on_cpus_splits_each_cpu():
+    # CPU only, inpaint_placement="separate": CPU tasks, a backbone pool and the network's pool, half a CPU each
+    plan = plan_stages({"CPU": 4.0}, GraphConfig(inpaint_placement="separate"), network=True)
+    assert not plan.whole and (plan.task_cpus, plan.actor_cpus, plan.inpaint_cpus) == (0.5, 0.5, 0.5)
+    assert plan.pool_size * plan.actor_cpus + plan.inpaint_pool * plan.inpaint_cpus + plan.task_cpus <= 4
 
 
 def test_plan_without_actors_gives_each_task_a_cpu():

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, NamedTuple, Sequence
@@ -72,6 +73,7 @@ from .stages import (
     node_column,
     time_column,
     transform_batch,
+    whole_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -206,10 +208,22 @@ def _build(ray, items, spec, config, plan, transform, stored):
     bs = config.batch_size
     batches = max(1, math.ceil(len(items) / bs))
     ds = ray.data.from_items(items, override_num_blocks=batches)
+    decode = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes, "stored": stored}
+    if plan.whole:  # CPU only: the whole pipeline in each task, one per CPU
+        return ds.map_batches(
+            whole_batch,
+            fn_kwargs={"token": uuid.uuid4().hex, "block": spec.deep,
+                       "hand": [b for b in spec.blocks if b.name != DEEP], "decode": decode,
+                       "transform": transform, "device": config.device, "weights": config.weights_override,
+                       "batch_size": bs, "torch_threads": plan.torch_threads, "runtime": config.runtime},
+            batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
+            num_cpus=plan.actor_cpus, max_retries=TASK_RETRIES,
+            **({"concurrency": plan.pool_size} if config.deep_actors else {}),
+            **({"resources": dict(plan.actor_resources)} if plan.actor_resources else {}),
+        )
     task_args = dict(batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
                      num_cpus=plan.task_cpus, max_retries=TASK_RETRIES)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes,
-                                                 "stored": stored}, **task_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs=decode, **task_args)
     if transform is not None:
         ds = ds.map_batches(transform_batch, fn_kwargs={"transform": transform}, **task_args)
     network = transform if is_network(transform) else None

@@ -21,7 +21,8 @@ class StagePlan:
     """Resources of the CPU tasks, of the backbone actor pool and of a network inpainter's own pool.
 
     ``inpaint_pool`` is 0 when the network has no pool of its own (no network, or fused into the
-    backbone's actors).
+    backbone's actors). ``whole``: CPU only, one kind of CPU task runs the whole per-image pipeline
+    (:func:`~.stages.whole_batch`), ``actor_cpus`` each, at most ``pool_size`` at once; no actors.
     """
 
     task_cpus: float
@@ -34,6 +35,7 @@ class StagePlan:
     inpaint_gpus: float = 0.0
     inpaint_pool: int = 0
     inpaint_threads: int | None = None
+    whole: bool = False
 
 
 def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: bool = False,
@@ -44,6 +46,8 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
     resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
     from dataclasses import replace
 
+    if deep and not _on_gpus(cluster, config) and (not network or config.inpaint_placement == "fused"):
+        return plan_whole(cluster, config)
     plan = plan_actors(cluster, config, deep=deep or network)  # a network without a backbone takes its plan
     if not network or (deep and config.inpaint_placement == "fused"):
         return plan
@@ -61,6 +65,29 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
                        inpaint_threads=plan.torch_threads)
     share = plan.actor_cpus / 2
     return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
+
+
+def _on_gpus(cluster: Mapping[str, float], config: GraphConfig) -> bool:
+    """The backbone runs on the cluster's GPUs (it has some, and ``config.device`` is not the CPU)."""
+    return float(cluster.get("GPU", 0.0)) >= 1 and (config.device is None or str(config.device).startswith("cuda"))
+
+
+def plan_whole(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
+    """CPU only, with a backbone: one task per CPU running the whole pipeline of its batch
+    (:func:`~.stages.whole_batch`, its backbone on one thread, ``torch_threads``), as the local
+    backend's workers do; ``deep_actors`` caps how many run at once.
+
+    Measured on 2 cores, 10,000 images with MobileNetV2 (docs/scaling.md): split into CPU tasks and
+    a backbone pool, the stages waited on each other; the whole pipeline in each process keeps every
+    core on its own stream of images.
+    """
+    cpus = float(cluster.get("CPU", 0.0))
+    if cpus <= 0:
+        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
+    actor_cpus = min(1.0, cpus)
+    pool = max(1, min(config.deep_actors or int(cpus // actor_cpus), int(cpus // actor_cpus)))
+    extra = dict(config.deep_resources) if config.deep_resources else None
+    return StagePlan(0.0, actor_cpus, 0.0, pool, config.torch_threads or 1, extra, whole=True)
 
 
 #: CPU-only clusters: the logical CPU of one task slot and of one single-threaded backbone actor. Each
@@ -85,7 +112,7 @@ def plan_actors(cluster: Mapping[str, float], config: GraphConfig, *, deep: bool
     if cpus <= 0:
         raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
     extra = dict(config.deep_resources) if config.deep_resources else None
-    if gpus >= 1 and (config.device is None or str(config.device).startswith("cuda")):
+    if _on_gpus(cluster, config):
         pool = config.deep_actors or int(gpus)
         return StagePlan(1.0 if cpus >= 2 else 0.5, 1.0 if cpus >= 2 else 0.0, 1.0, min(pool, int(gpus)),
                          config.torch_threads, extra)
