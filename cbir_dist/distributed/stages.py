@@ -3,8 +3,9 @@
 Each stage is a plain function (or an actor class) on ``dict[str, np.ndarray]`` batches:
 :func:`decode_batch` (read, hash, decode), :func:`transform_batch` (the damage-and-reconstruct hook,
 or a network inpainter's CPU half), :func:`describe_batch` (the handcrafted descriptors),
-:class:`DeepActor` (the backbone, optionally after a network inpainter) and :class:`InpaintActor`
-(a network inpainter's own pool). A per-file failure is a row's status and reason, never a failed task.
+:class:`DeepActor` (the backbone, optionally after a network inpainter), :class:`InpaintActor`
+(a network inpainter's own pool) and, on clusters without GPUs, :func:`whole_batch` (all of them in
+one CPU task). A per-file failure is a row's status and reason, never a failed task.
 
 Every stage measures itself: rows carry ``t_<stage>`` (the batch's wall seconds shared among its
 rows), ``c_<stage>`` (the CPU seconds the worker process spent on it, all its threads: the stage's
@@ -284,14 +285,14 @@ class DeepActor:
         return clock.stamp(out, "deep", n)
 
 
-class ImageActor:
+class WholePipeline:
     """The whole per-image pipeline of a batch in one process (CPU-only clusters; see :func:`whole_batch`).
 
     Read and decode (:func:`decode_batch`), the hook (:func:`transform_batch`), then the backbone
     (:class:`DeepActor`, a network inpainter first when there is one) and the descriptors
     (:func:`describe_batch`), in the order the images need them: the descriptors before the backbone
     (which drops the images), or after a network that reconstructs them. Without GPUs this keeps
-    every core on the images: one such actor per CPU, each on one thread, is the local backend's
+    every core on the images: one such pipeline per CPU, each on one thread, is the local backend's
     worker pool on Ray; no image crosses the object store, and no stage waits for another's pool.
     """
 
@@ -318,11 +319,11 @@ class ImageActor:
         return self.deep(batch)  # drops the images
 
 
-_WHOLE: dict[str, ImageActor] = {}  # this worker process's pipeline, by the graph's token
+_WHOLE: dict[str, WholePipeline] = {}  # this worker process's pipeline, by the graph's token
 
 
 def whole_batch(batch: dict, *, token: str, block: Block, **kwargs) -> dict:
-    """CPU-only clusters: the whole pipeline of ``batch`` in a CPU task (:class:`ImageActor`).
+    """CPU-only clusters: the whole pipeline of ``batch`` in a CPU task (:class:`WholePipeline`).
 
     The pipeline (the backbone, a network inpainter) is built on the worker process's first batch of
     the graph named by ``token`` and kept for the process's later batches of that graph (Ray reuses
@@ -333,5 +334,5 @@ def whole_batch(batch: dict, *, token: str, block: Block, **kwargs) -> dict:
     pipeline = _WHOLE.get(token)
     if pipeline is None:
         _WHOLE.clear()
-        pipeline = _WHOLE[token] = ImageActor(block, **kwargs)
+        pipeline = _WHOLE[token] = WholePipeline(block, **kwargs)
     return pipeline(batch)
