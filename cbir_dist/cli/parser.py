@@ -205,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "process alone)" % cores_available())
     _add_damage_args(p, "image")
     p.add_argument("--torch-threads", type=_int_in(1), default=None,
-                   help="torch threads per backbone process (default: torch's own choice locally, 1 per Ray actor)")
+                   help="threads per backbone process (default: 1 in each worker process — the local backend's "
+                        "pool, Ray's without GPUs — else torch's own choice)")
     p.add_argument("--deep-actors", type=_int_in(1), default=None,
-                   help="ray: number of backbone actors (default: one per GPU, else what the CPUs allow)")
+                   help="ray: number of backbone actors (default: one per GPU); without GPUs, of tasks running "
+                        "the whole pipeline at once (default: one per CPU)")
     p.add_argument("--deep-resource", type=_resource, action="append", default=[], metavar="NAME=AMOUNT",
                    help="ray: custom resource each backbone actor asks for, e.g. deep=1 to pin them to tagged nodes")
     _add_model_args(p)

@@ -7,9 +7,15 @@
       └─ map_batches(transform_batch)     CPU tasks: the optional damage-and-reconstruct hook (a classical
                                           inpainter whole; a network's mask, damage and classical pre-fill)
       └─ map_batches(describe_batch)      CPU tasks: the handcrafted descriptor blocks
-      └─ map_batches(DeepActor)           actor pool: the backbone, loaded once per actor; 1 GPU each when
-                                          the cluster has GPUs, else a CPU share that leaves room for tasks
+      └─ map_batches(DeepActor)           actor pool: the backbone, loaded once per actor, 1 GPU each
       └─ iter_batches → driver            rows regrouped into their parts (:class:`PartResult`)
+
+On a cluster without GPUs the graph is one kind of CPU task, one per CPU, each running the whole
+pipeline of its batch (:func:`~.stages.whole_batch`: decode, the hook, the descriptors, the backbone
+built once per worker process): split into CPU tasks and a backbone pool, the two waited on each
+other and left cores idle (docs/scaling.md, "Every core busy")::
+
+    from_items ─ map_batches(whole_batch) ─ iter_batches → driver
 
 With a *network* inpainter (``two-stage``) its network runs in the backbone's actors, on the
 pre-filled batch, before the backbone (``inpaint_placement="fused"``, the default), and the
@@ -17,8 +23,10 @@ descriptors follow the actors::
 
       decode ─ transform (mask, pre-fill) ─ DeepActor(network + backbone, keeps the image) ─ describe_batch
 
-``"separate"`` gives the network a pool of its own (:class:`~.stages.InpaintActor`) between the
-pre-fill and the descriptors; with no backbone in the spec the network's pool is the only one.
+Without GPUs the network runs in the whole-pipeline task, after the pre-fill and before the
+backbone and the descriptors. ``"separate"`` gives the network a pool of its own
+(:class:`~.stages.InpaintActor`) between the pre-fill and the descriptors; with no backbone in the
+spec the network's pool is the only one.
 Classical inpainters never leave the CPU tasks.
 
 Consecutive CPU stages with the same resources are fused by Ray Data into one task, so a decoded
@@ -87,9 +95,10 @@ ACTOR_RESTARTS = 5  # a backbone actor that died is restarted this often (its pe
 class GraphConfig:
     """What the graph needs to run: batch size, decode limits, backbone placement and weights.
 
-    ``torch_threads`` sets torch's intra-op threads in each backbone actor (default: as many as the
-    CPUs the actor holds); ``deep_actors`` caps the backbone actor pool (default: one per GPU, else
-    2/3 of the CPUs); ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g.
+    ``torch_threads`` sets the backbone's intra-op threads in each actor or whole-pipeline task
+    (default: torch's own choice beside a GPU, one without GPUs); ``deep_actors`` caps the backbone
+    actor pool, or without GPUs the whole-pipeline tasks running at once (default: one per GPU, else
+    one per CPU); ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g.
     ``{"deep": 1}`` to pin them on tagged nodes). ``inpaint_placement`` says where a network
     inpainter runs: ``"fused"`` in the backbone's actors, ``"separate"`` in a pool of its own (the
     same resources as the backbone's; on GPUs the two pools share each GPU).
@@ -117,8 +126,9 @@ class GraphStats:
     """Per-stage seconds and ok-image counts, the nodes that ran each stage, the busiest worker's peak RSS.
 
     ``seconds`` are wall seconds in the workers, ``cpu_seconds`` the CPU the workers spent on each
-    stage (a stage sharing its core with others takes longer, not more CPU). ``node_items`` and ``node_seconds`` split each stage's rows and seconds by the node that ran
-    them (stage → node id → rows / seconds; rows counted like ``counts``).
+    stage (a stage sharing its core with others takes longer, not more CPU). ``node_items`` and
+    ``node_seconds`` split each stage's rows and seconds by the node that ran them (stage → node id
+    → rows / seconds; rows counted like ``counts``).
     """
 
     seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))

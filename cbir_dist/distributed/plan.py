@@ -90,10 +90,11 @@ def plan_whole(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
     return StagePlan(0.0, actor_cpus, 0.0, pool, config.torch_threads or 1, extra, whole=True)
 
 
-#: CPU-only clusters: the logical CPU of one task slot and of one single-threaded backbone actor. Each
-#: CPU holds one of each, so the tasks alone, or the actors alone, can fill every core when the
-#: other stage has nothing to do (the tasks wait on a full queue, or the actors on an empty one);
-#: when both have work, two threads share each core (see docs/scaling.md for what that measured).
+#: CPU-only clusters whose stages keep their pools (a network inpainter placed ``"separate"``): the
+#: logical CPU of one task slot and of one single-threaded actor. Each CPU holds one of each, so the
+#: tasks alone, or the actors alone, can fill every core when the other stage has nothing to do;
+#: when both have work, two threads share each core. (With a backbone and no separate network the
+#: whole pipeline runs in each task instead: :func:`plan_whole`.)
 CPU_SLOT = 0.5
 
 

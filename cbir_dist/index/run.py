@@ -87,7 +87,8 @@ class IndexConfig:
     ``runtime`` (``auto``, ``torch``, ``onnx``) picks what runs the backbone (see
     :func:`cbir_dist.features.backbones.load_backbone`); what ran is recorded in ``stats.json`` and
     the collection's run history, and is no part of the spec (either runtime queries the collection).
-    ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU, else 2/3 of the CPUs),
+    ``deep_actors`` caps the Ray backbone actor pool (default: one per GPU; without GPUs, the tasks
+    that run the whole pipeline at once: one per CPU),
     ``deep_resources`` adds custom Ray resources each backbone actor needs (e.g. ``{"gpu_node": 1}``
     to pin them on tagged nodes). ``max_bytes`` rejects larger files before they are read;
     ``follow_symlinks`` lets symlinks that leave the input folder in. ``workers``: the local
