@@ -216,7 +216,7 @@ def test_a_dead_worker_is_retried_not_fatal(tmp_path, folder, local_ray):
 @pytest.mark.parametrize(
     ("cluster", "kw", "expect"),
     [
-        # CPU only: one single-threaded actor per CPU, each running the whole pipeline
+        # CPU only: one task per CPU, each running the whole pipeline (its backbone on one thread)
         ({"CPU": 2.0}, {}, dict(task_cpus=0.0, actor_cpus=1.0, actor_gpus=0.0, pool_size=2, torch_threads=1,
                                 whole=True)),
         ({"CPU": 1.0}, {}, dict(actor_cpus=1.0, pool_size=1, whole=True)),
@@ -246,9 +246,10 @@ def test_plan_with_a_separate_network_pool_on_cpus_splits_each_cpu():
     assert plan.pool_size * plan.actor_cpus + plan.inpaint_pool * plan.inpaint_cpus + plan.task_cpus <= 4
 
 
-def test_plan_without_actors_gives_each_task_a_cpu():
-    plan = plan_stages({"CPU": 2.0}, GraphConfig(), deep=False)
-    assert (plan.task_cpus, plan.pool_size, plan.inpaint_pool) == (1.0, 0, 0)
+def test_plan_without_a_backbone_runs_the_whole_pipeline_in_tasks():
+    for cluster in ({"CPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}):  # descriptors only: no GPU needed
+        plan = plan_stages(cluster, GraphConfig(), deep=False)
+        assert plan.whole and (plan.actor_cpus, plan.actor_gpus, plan.inpaint_pool) == (1.0, 0.0, 0)
     # a network inpainter without a backbone takes the backbone's plan
     alone = plan_stages({"CPU": 2.0}, GraphConfig(), network=True, deep=False)
     assert (alone.inpaint_pool, alone.inpaint_cpus, alone.task_cpus) == (2, 0.5, 0.5)
@@ -291,18 +292,20 @@ def _actor_pids(name: str) -> list[int]:
     return pids
 
 
-def test_a_killed_backbone_actor_is_restarted(tmp_path, folder, local_ray):
-    """SIGKILL the backbone actor's process as soon as it exists: Ray restarts it and the job completes."""
+def test_a_killed_whole_pipeline_worker_is_retried(tmp_path, folder, local_ray):
+    """Without GPUs the backbone runs in the whole-pipeline tasks: SIGKILL the first such worker as soon
+    as it exists; Ray retries its task in another worker (which builds the backbone again) and the job
+    completes with every row. (With GPUs the backbone's actors are restarted instead: ACTOR_RESTARTS.)"""
     import signal
     import threading
 
     killed: list[int] = []
-    before = set(_actor_pids("DeepActor"))
+    before = set(_actor_pids("whole_batch"))
 
     def killer():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
-            for pid in set(_actor_pids("DeepActor")) - before:
+            for pid in set(_actor_pids("whole_batch")) - before:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 break
@@ -310,11 +313,11 @@ def test_a_killed_backbone_actor_is_restarted(tmp_path, folder, local_ray):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    s = run_index_ray(deep_spec(), _cfg(tmp_path, folder, "actorkill", "ray"))
+    s = run_index_ray(deep_spec(), _cfg(tmp_path, folder, "taskkill", "ray"))
     thread.join()
-    assert killed, "the backbone actor was never seen"
+    assert killed, "the whole-pipeline worker was never seen"
     assert (s.indexed, s.duplicates, s.rejected) == (24, 1, 2) and s.rows_written == 24
-    assert _stored(_cfg(tmp_path, folder, "actorkill", "ray"))[1] == 24
+    assert _stored(_cfg(tmp_path, folder, "taskkill", "ray"))[1] == 24
 
 
 # Last in the file: it shuts down the module's Ray instance to start a multi-node cluster.

@@ -10,10 +10,10 @@
       └─ map_batches(DeepActor)           actor pool: the backbone, loaded once per actor, 1 GPU each
       └─ iter_batches → driver            rows regrouped into their parts (:class:`PartResult`)
 
-On a cluster without GPUs the graph is one kind of CPU task, one per CPU, each running the whole
-pipeline of its batch (:func:`~.stages.whole_batch`: decode, the hook, the descriptors, the backbone
-built once per worker process): split into CPU tasks and a backbone pool, the two waited on each
-other and left cores idle (docs/scaling.md, "Every core busy")::
+On a cluster without GPUs, and for a spec without a backbone, the graph is one kind of CPU task,
+one per CPU, each running the whole pipeline of its batch (:func:`~.stages.whole_batch`: decode,
+the hook, the descriptors, the backbone built once per worker process): split into CPU tasks and a backbone pool, the two waited on each other
+and left cores idle (docs/scaling.md, "Every core busy")::
 
     from_items ─ map_batches(whole_batch) ─ iter_batches → driver
 
@@ -216,10 +216,10 @@ def _pool(ray, size: int, batches: int):
 
 def _build(ray, items, spec, config, plan, transform, stored):
     bs = config.batch_size
+    decode = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes, "stored": stored}
     batches = max(1, math.ceil(len(items) / bs))
     ds = ray.data.from_items(items, override_num_blocks=batches)
-    decode = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes, "stored": stored}
-    if plan.whole:  # CPU only: the whole pipeline in each task, one per CPU
+    if plan.whole:  # the whole pipeline in each task, one per CPU
         return ds.map_batches(
             whole_batch,
             fn_kwargs={"token": uuid.uuid4().hex, "block": spec.deep,
@@ -228,7 +228,7 @@ def _build(ray, items, spec, config, plan, transform, stored):
                        "batch_size": bs, "torch_threads": plan.torch_threads, "runtime": config.runtime},
             batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
             num_cpus=plan.actor_cpus, max_retries=TASK_RETRIES,
-            **({"concurrency": plan.pool_size} if config.deep_actors else {}),
+            **({"concurrency": plan.pool_size} if config.deep_actors and spec.deep is not None else {}),
             **({"resources": dict(plan.actor_resources)} if plan.actor_resources else {}),
         )
     task_args = dict(batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,

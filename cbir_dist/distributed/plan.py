@@ -46,6 +46,8 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
     resources: half a GPU each per GPU, or the CPU budget in two (tasks keep theirs)."""
     from dataclasses import replace
 
+    if not deep and not network:  # descriptors only: no actors anywhere
+        return plan_whole(cluster, config)
     if deep and not _on_gpus(cluster, config) and (not network or config.inpaint_placement == "fused"):
         return plan_whole(cluster, config)
     plan = plan_actors(cluster, config, deep=deep or network)  # a network without a backbone takes its plan
@@ -73,9 +75,10 @@ def _on_gpus(cluster: Mapping[str, float], config: GraphConfig) -> bool:
 
 
 def plan_whole(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
-    """CPU only, with a backbone: one task per CPU running the whole pipeline of its batch
-    (:func:`~.stages.whole_batch`, its backbone on one thread, ``torch_threads``), as the local
-    backend's workers do; ``deep_actors`` caps how many run at once.
+    """One task per CPU running the whole pipeline of its batch (:func:`~.stages.whole_batch`, a
+    backbone on one thread, ``torch_threads``), as the local backend's workers do: on clusters
+    without GPUs, and for specs without a backbone (nothing then needs an actor); ``deep_actors``
+    caps how many run at once.
 
     Measured on 2 cores, 10,000 images with MobileNetV2 (docs/scaling.md): split into CPU tasks and
     a backbone pool, the stages waited on each other; the whole pipeline in each process keeps every

@@ -286,29 +286,32 @@ class DeepActor:
 
 
 class WholePipeline:
-    """The whole per-image pipeline of a batch in one process (CPU-only clusters; see :func:`whole_batch`).
+    """The whole per-image pipeline of a batch in one process (see :func:`whole_batch`).
 
     Read and decode (:func:`decode_batch`), the hook (:func:`transform_batch`), then the backbone
-    (:class:`DeepActor`, a network inpainter first when there is one) and the descriptors
-    (:func:`describe_batch`), in the order the images need them: the descriptors before the backbone
-    (which drops the images), or after a network that reconstructs them. Without GPUs this keeps
-    every core on the images: one such pipeline per CPU, each on one thread, is the local backend's
-    worker pool on Ray; no image crosses the object store, and no stage waits for another's pool.
+    (:class:`DeepActor`, a network inpainter first when there is one; none when ``block`` is None)
+    and the descriptors (:func:`describe_batch`), in the order the images need them: the
+    descriptors before the backbone (which drops the images), or after a network that reconstructs
+    them. Without GPUs this keeps every core on the images: one such pipeline per CPU, each on one thread, is the local backend's worker pool on
+    Ray; no image crosses the object store, and no stage waits for another's pool.
     """
 
-    def __init__(self, block: Block, *, hand: Sequence[Block], decode: dict, transform=None,
+    def __init__(self, block: Block | None, *, hand: Sequence[Block], decode: dict, transform=None,
                  device: str | None = None, weights: str | None = None, batch_size: int = 32,
                  torch_threads: int | None = None, runtime: str = "auto"):
         _one_thread()
         self.hand, self.decode, self.transform = list(hand), dict(decode), transform
         self.network = transform if is_network(transform) else None
-        self.deep = DeepActor(block, device=device, weights=weights, batch_size=batch_size,
-                              torch_threads=torch_threads, inpaint=self.network, runtime=runtime)
+        self.deep = None if block is None else DeepActor(block, device=device, weights=weights,
+                                                         batch_size=batch_size, torch_threads=torch_threads,
+                                                         inpaint=self.network, runtime=runtime)
 
     def __call__(self, batch: dict) -> dict:
         batch = decode_batch(batch, **self.decode)
         if self.transform is not None:
             batch = transform_batch(batch, transform=self.transform)
+        if self.deep is None:
+            return describe_batch(batch, blocks=self.hand, keep_image=False)
         if self.network is not None:  # the network reconstructs the images the descriptors describe
             batch = self.deep(batch)
             if not self.hand:
@@ -322,8 +325,9 @@ class WholePipeline:
 _WHOLE: dict[str, WholePipeline] = {}  # this worker process's pipeline, by the graph's token
 
 
-def whole_batch(batch: dict, *, token: str, block: Block, **kwargs) -> dict:
-    """CPU-only clusters: the whole pipeline of ``batch`` in a CPU task (:class:`WholePipeline`).
+def whole_batch(batch: dict, *, token: str, block: Block | None, **kwargs) -> dict:
+    """The whole pipeline of ``batch`` in a CPU task (:class:`WholePipeline`): the graph of clusters
+    without GPUs, and of specs without a backbone.
 
     The pipeline (the backbone, a network inpainter) is built on the worker process's first batch of
     the graph named by ``token`` and kept for the process's later batches of that graph (Ray reuses
