@@ -12,8 +12,9 @@
 
 On a cluster without GPUs, and for a spec without a backbone, the graph is one kind of CPU task,
 one per CPU, each running the whole pipeline of its batch (:func:`~.stages.whole_batch`: decode,
-the hook, the descriptors, the backbone built once per worker process): split into CPU tasks and a backbone pool, the two waited on each other
-and left cores idle (docs/scaling.md, "Every core busy")::
+the hook, the descriptors, the backbone built once per worker process): split into CPU tasks and
+a backbone pool, the two waited on each other and left cores idle (docs/scaling.md, "Every core
+busy")::
 
     from_items ─ map_batches(whole_batch) ─ iter_batches → driver
 

@@ -4,8 +4,8 @@ Each stage is a plain function (or an actor class) on ``dict[str, np.ndarray]`` 
 :func:`decode_batch` (read, hash, decode), :func:`transform_batch` (the damage-and-reconstruct hook,
 or a network inpainter's CPU half), :func:`describe_batch` (the handcrafted descriptors),
 :class:`DeepActor` (the backbone, optionally after a network inpainter), :class:`InpaintActor`
-(a network inpainter's own pool) and, on clusters without GPUs, :func:`whole_batch` (all of them in
-one CPU task). A per-file failure is a row's status and reason, never a failed task.
+(a network inpainter's own pool) and, on clusters without GPUs and for specs without a backbone,
+:func:`whole_batch` (all of them in one CPU task). A per-file failure is a row's status and reason, never a failed task.
 
 Every stage measures itself: rows carry ``t_<stage>`` (the batch's wall seconds shared among its
 rows), ``c_<stage>`` (the CPU seconds the worker process spent on it, all its threads: the stage's
@@ -292,8 +292,9 @@ class WholePipeline:
     (:class:`DeepActor`, a network inpainter first when there is one; none when ``block`` is None)
     and the descriptors (:func:`describe_batch`), in the order the images need them: the
     descriptors before the backbone (which drops the images), or after a network that reconstructs
-    them. Without GPUs this keeps every core on the images: one such pipeline per CPU, each on one thread, is the local backend's worker pool on
-    Ray; no image crosses the object store, and no stage waits for another's pool.
+    them. Without GPUs this keeps every core on the images: one such pipeline per CPU, each on one
+    thread, is the local backend's worker pool on Ray; no image crosses the object store, and no
+    stage waits for another's pool.
     """
 
     def __init__(self, block: Block | None, *, hand: Sequence[Block], decode: dict, transform=None,
