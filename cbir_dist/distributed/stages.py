@@ -5,7 +5,8 @@ Each stage is a plain function (or an actor class) on ``dict[str, np.ndarray]`` 
 or a network inpainter's CPU half), :func:`describe_batch` (the handcrafted descriptors),
 :class:`DeepActor` (the backbone, optionally after a network inpainter), :class:`InpaintActor`
 (a network inpainter's own pool) and, on clusters without GPUs and for specs without a backbone,
-:func:`whole_batch` (all of them in one CPU task). A per-file failure is a row's status and reason, never a failed task.
+:func:`whole_batch` (all of them in one CPU task). A per-file failure is a row's status and
+reason, never a failed task.
 
 Every stage measures itself: rows carry ``t_<stage>`` (the batch's wall seconds shared among its
 rows), ``c_<stage>`` (the CPU seconds the worker process spent on it, all its threads: the stage's
