@@ -415,13 +415,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _index_cmd(data, db, run_dir, *, descriptors: str, workers: int) -> list[str]:
+    """The CLI index job the kill tests start and rerun: collection ``k``, shards of 3, no backbone."""
+    return [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
+            "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", descriptors,
+            "--workers", str(workers)]
+
+
 def test_sigkill_mid_run_then_resume(tmp_path):
     """Kill the CLI job with SIGKILL once a shard is done, rerun it: every valid image exactly once."""
     data = make_folder(tmp_path, per_class=12, size=48)  # 72 images + 3 bad files, 25 shards of 3
     db, run_dir = tmp_path / "k.db", tmp_path / "krun"
-    cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
-           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram,gabor",
-           "--workers", "1"]
+    cmd = _index_cmd(data, db, run_dir, descriptors="correlogram,gabor", workers=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     markers = run_dir / "shards"
@@ -451,9 +456,7 @@ def test_the_worker_processes_of_a_killed_job_end_with_it_and_a_rerun_finishes(t
     """SIGKILL leaves the job no chance to stop its pool: its workers notice and end; the rerun resumes."""
     data = make_folder(tmp_path, per_class=6, size=48)  # 36 images + 3 bad files, 13 shards of 3
     db, run_dir = tmp_path / "k.db", tmp_path / "krun"
-    cmd = [sys.executable, "-m", "cbir_dist.cli", "index", str(data), "--db", str(db), "--collection", "k",
-           "--run-dir", str(run_dir), "--shard-size", "3", "--backbone", "none", "--descriptors", "correlogram",
-           "--workers", "2"]
+    cmd = _index_cmd(data, db, run_dir, descriptors="correlogram", workers=2)
     # no pipes: a worker outliving the job would hold them open, and reading them would wait for it
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers, deadline = [], time.monotonic() + 120

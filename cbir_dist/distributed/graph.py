@@ -218,13 +218,14 @@ def _pool(ray, size: int, batches: int):
 def _build(ray, items, spec, config, plan, transform, stored):
     bs = config.batch_size
     decode = {"max_pixels": config.max_pixels, "max_bytes": config.max_bytes, "stored": stored}
+    hand = [b for b in spec.blocks if b.name != DEEP]
     batches = max(1, math.ceil(len(items) / bs))
     ds = ray.data.from_items(items, override_num_blocks=batches)
     if plan.whole:  # the whole pipeline in each task, one per CPU
         return ds.map_batches(
             whole_batch,
             fn_kwargs={"token": uuid.uuid4().hex, "block": spec.deep,
-                       "hand": [b for b in spec.blocks if b.name != DEEP], "decode": decode,
+                       "hand": hand, "decode": decode,
                        "transform": transform, "device": config.device, "weights": config.weights_override,
                        "batch_size": bs, "torch_threads": plan.torch_threads, "runtime": config.runtime},
             batch_size=bs, batch_format="numpy", udf_modifying_row_count=False,
@@ -239,7 +240,6 @@ def _build(ray, items, spec, config, plan, transform, stored):
         ds = ds.map_batches(transform_batch, fn_kwargs={"transform": transform}, **task_args)
     network = transform if is_network(transform) else None
     deep = spec.deep
-    hand = [b for b in spec.blocks if b.name != DEEP]
     fused = network is not None and deep is not None and config.inpaint_placement == "fused"
 
     def deep_stage(ds, inpaint=None):

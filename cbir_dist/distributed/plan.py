@@ -69,6 +69,14 @@ def plan_stages(cluster: Mapping[str, float], config: GraphConfig, *, network: b
     return replace(plan, actor_cpus=share, inpaint_cpus=share, inpaint_pool=1, inpaint_threads=plan.torch_threads)
 
 
+def _cpus(cluster: Mapping[str, float]) -> float:
+    """The cluster's CPUs; a cluster without any cannot run the read and descriptor tasks."""
+    cpus = float(cluster.get("CPU", 0.0))
+    if cpus <= 0:
+        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
+    return cpus
+
+
 def _on_gpus(cluster: Mapping[str, float], config: GraphConfig) -> bool:
     """The backbone runs on the cluster's GPUs (it has some, and ``config.device`` is not the CPU)."""
     return float(cluster.get("GPU", 0.0)) >= 1 and (config.device is None or str(config.device).startswith("cuda"))
@@ -84,9 +92,7 @@ def plan_whole(cluster: Mapping[str, float], config: GraphConfig) -> StagePlan:
     a backbone pool, the stages waited on each other; the whole pipeline in each process keeps every
     core on its own stream of images.
     """
-    cpus = float(cluster.get("CPU", 0.0))
-    if cpus <= 0:
-        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
+    cpus = _cpus(cluster)
     actor_cpus = min(1.0, cpus)
     pool = max(1, min(config.deep_actors or int(cpus // actor_cpus), int(cpus // actor_cpus)))
     extra = dict(config.deep_resources) if config.deep_resources else None
@@ -111,10 +117,8 @@ def plan_actors(cluster: Mapping[str, float], config: GraphConfig, *, deep: bool
     every CPU would leave the tasks that feed it unscheduled: the job hangs without an error).
     With no actors at all (``deep`` False: no backbone, no network) each task takes one CPU.
     """
-    cpus = float(cluster.get("CPU", 0.0))
+    cpus = _cpus(cluster)
     gpus = float(cluster.get("GPU", 0.0))
-    if cpus <= 0:
-        raise PipelineError("the Ray cluster has no CPUs to run the read and descriptor tasks on")
     extra = dict(config.deep_resources) if config.deep_resources else None
     if _on_gpus(cluster, config):
         pool = config.deep_actors or int(gpus)

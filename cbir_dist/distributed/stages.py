@@ -301,7 +301,6 @@ class WholePipeline:
     def __init__(self, block: Block | None, *, hand: Sequence[Block], decode: dict, transform=None,
                  device: str | None = None, weights: str | None = None, batch_size: int = 32,
                  torch_threads: int | None = None, runtime: str = "auto"):
-        _one_thread()
         self.hand, self.decode, self.transform = list(hand), dict(decode), transform
         self.network = transform if is_network(transform) else None
         self.deep = None if block is None else DeepActor(block, device=device, weights=weights,

@@ -81,8 +81,9 @@ ImageTransform = Callable[[np.ndarray, str], np.ndarray]
 class IndexConfig:
     """Everything an index run needs besides the spec; the CLI and jobs/index.py fill it.
 
-    ``torch_threads`` sets torch's intra-op threads for the backbone in both backends (default: the
-    local backend leaves torch alone; a Ray CPU actor uses as many threads as CPUs it holds), and
+    ``torch_threads`` sets torch's intra-op threads for the backbone in both backends (default: one
+    process leaves torch alone; each local worker process, and each Ray process without GPUs, uses
+    one thread; a GPU actor leaves torch alone), and
     ONNX Runtime's. Equal thread counts make the two backends' vectors bit-identical on one machine.
     ``runtime`` (``auto``, ``torch``, ``onnx``) picks what runs the backbone (see
     :func:`cbir_dist.features.backbones.load_backbone`); what ran is recorded in ``stats.json`` and
