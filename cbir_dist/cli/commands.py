@@ -294,5 +294,19 @@ def cmd_train_inpainter(args) -> int:
     return 0
 
 
-COMMANDS = {"train-inpainter": cmd_train_inpainter, "index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
+def cmd_train_mask_estimator(args) -> int:
+    import json
+
+    from ..training.mask_estimator import run_from_args
+
+    for option in ("out", "weights_out"):
+        if getattr(args, option):
+            _writable(getattr(args, option), "--" + option.replace("_", "-"))
+    meta = run_from_args(args)
+    print(json.dumps({"step": meta["step"], "val": meta["final_validation"],
+                      "weights": args.weights_out or str(Path(args.out) / "mask_estimator.pt")}, indent=2))
+    return 0
+
+
+COMMANDS = {"train-mask-estimator": cmd_train_mask_estimator, "train-inpainter": cmd_train_inpainter, "index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "classify": cmd_classify, "info": cmd_info}

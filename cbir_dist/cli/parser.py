@@ -312,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p)
 
+    # train-mask-estimator
+    p = sub.add_parser("train-mask-estimator", help="train the network that finds the missing region of a damaged photo",
+                       description="Train the mask estimator (--detect-mask) on class-per-folder image directories: crops "
+                                   "damaged by fringe and free-form masks filled with black, white or a flat colour, then "
+                                   "resized and JPEG-compressed as a photo travels. --out is the run folder (metrics, "
+                                   "checkpoints; a rerun resumes); the weights go to --weights-out (default "
+                                   "OUT/mask_estimator.pt) with their provenance JSON beside them.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from ..training.mask_estimator import add_arguments as add_mask_train_arguments
+
+    add_mask_train_arguments(p)
+
     # demo
     p = sub.add_parser("demo", help="index a labelled set, query it intact and damaged, print P@1/5/10, write a page",
                        description="End-to-end demo in a local milvus-lite collection: index --images DIR (class = "

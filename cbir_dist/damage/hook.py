@@ -2,7 +2,9 @@
 
 An image is *damaged* by a known-pixel mask (its missing pixels zeroed: the paper's ``M ⊙ I``) and
 *reconstructed* by an inpainter. The mask is a fringe pattern (``--fringe HZ``) or a per-file mask
-from a folder (``--masks DIR``: the file of the same relative path, or the same name, as PNG).
+from a folder (``--masks DIR``: the file of the same relative path, or the same name, as PNG). With
+``--detect-mask`` the mask is *estimated* from the photo itself (:mod:`.detect`): the photo as it
+comes, or after ``--fringe``/``--masks`` damaged it (to measure what not knowing the mask costs).
 :class:`DamageTransform` is that step as one picklable object: the ``(image, path) -> image`` hook
 the index backends apply to every decoded image (inside Ray CPU tasks on the Ray backend), and
 :meth:`~DamageTransform.damage`, which returns the damaged image beside the reconstruction
@@ -32,8 +34,11 @@ from ..io.text import os_path
 
 @dataclass(frozen=True)
 class DamageConfig:
-    """How images are damaged and reconstructed; inactive (``active`` is False) when neither
-    ``fringe`` nor ``masks_dir`` is given.
+    """How images are damaged and reconstructed; inactive (``active`` is False) when none of
+    ``fringe``, ``masks_dir`` and ``detect_mask`` is given.
+
+    ``detect_mask``: reconstruct through the mask :func:`~cbir_dist.damage.detect.estimate_known_mask`
+    finds in the image (after the ``fringe``/``masks_dir`` damage, when one is given).
 
     ``root`` is the folder the images' paths are relative to, for finding their masks in
     ``masks_dir`` by relative path. An unknown ``inpainter`` is a usage error here, before any image.
@@ -46,6 +51,7 @@ class DamageConfig:
     phase: float = 0.0
     inpainter: str = "none"
     root: str | None = None
+    detect_mask: bool = False
 
     def __post_init__(self):
         from .inpaint import available_inpainters
@@ -68,7 +74,7 @@ class DamageConfig:
 
     @property
     def active(self) -> bool:
-        return self.fringe is not None or self.masks_dir is not None
+        return self.fringe is not None or self.masks_dir is not None or self.detect_mask
 
 
 def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.ndarray | None:
@@ -107,10 +113,17 @@ def _relative(path: str, root: str | None) -> Path:
 @dataclass(frozen=True)
 class Damaged:
     """One image after the damage step, as values: ``damaged`` (its missing pixels zeroed, ``M ⊙ I``)
-    and ``reconstructed`` (inpainted); both the image itself when it is intact (no mask)."""
+    and ``reconstructed`` (inpainted); both the image itself when it is intact (no mask). ``known`` is
+    the mask it was reconstructed through (None when intact); with ``--detect-mask`` the estimated one."""
 
     damaged: np.ndarray
     reconstructed: np.ndarray
+    known: np.ndarray | None = None
+
+    @property
+    def missing_fraction(self) -> float:
+        """Share of the image's pixels that were missing (0.0 when intact)."""
+        return 0.0 if self.known is None else float(1.0 - self.known.mean())
 
 
 class DamageTransform:
@@ -130,15 +143,16 @@ class DamageTransform:
 
     def __init__(self, config: DamageConfig, roots: Mapping[str, str | None] | None = None):
         if not config.active:
-            raise UsageError("DamageTransform needs --fringe or --masks")
+            raise UsageError("DamageTransform needs --fringe, --masks or --detect-mask")
         self.config = config
         self.roots = dict(roots or {})
         self._configs: dict[str | None, DamageConfig] = {config.root: config}
         self._inpainter = None
         self._whole = None
+        self._estimator = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_inpainter": None, "_whole": None}
+        return {**self.__dict__, "_inpainter": None, "_whole": None, "_estimator": None}
 
     @property
     def network(self) -> bool:
@@ -153,7 +167,17 @@ class DamageTransform:
         self._cpu_inpainter()
         if self.network:
             self._network().load()
+        if self.config.detect_mask:
+            self._mask_estimator()
         return self
+
+    def _mask_estimator(self):
+        """The mask estimator, loaded once per process (in the process that runs the step)."""
+        if self._estimator is None:
+            from .detect import default_estimator
+
+            self._estimator = default_estimator()
+        return self._estimator
 
     def _cpu_inpainter(self):
         if self._inpainter is None:
@@ -176,13 +200,25 @@ class DamageTransform:
             self._configs[root] = replace(self.config, root=root)
         return known_mask(image.shape, path, self._configs[root])
 
+    def estimate(self, image: np.ndarray) -> np.ndarray | None:
+        """The mask the estimator finds in ``image``; None when it finds nothing missing."""
+        known = self._mask_estimator()(image)
+        return None if known.all() else known
+
     def zero_fill(self, image: np.ndarray, path: str = "") -> tuple[np.ndarray, np.ndarray | None]:
         """``(damaged, known)``: ``image`` with the missing pixels of its mask zeroed, and the mask;
-        ``(image, None)`` when it is intact."""
+        ``(image, None)`` when it is intact.
+
+        With ``detect_mask`` the mask is the one estimated in the image after the ``--fringe`` or
+        ``--masks`` damage (if any); its pixels are zeroed as any other mask's."""
         from .masks import apply_mask
 
         known = self.known(image, path)
-        return (image, None) if known is None else (apply_mask(image, known), known)
+        damaged = image if known is None else apply_mask(image, known)
+        if self.config.detect_mask:
+            known = self.estimate(damaged)
+            damaged = damaged if known is None else apply_mask(damaged, known)
+        return damaged, known
 
     def cpu_half(self, damaged: np.ndarray, known: np.ndarray) -> np.ndarray:
         """What a CPU task makes of a damaged image: a classical inpainter's reconstruction, or a network's
@@ -193,11 +229,11 @@ class DamageTransform:
         """The whole step in this process, both images as values (a network runs here, one image at a time)."""
         damaged, known = self.zero_fill(image, path)
         if known is None:
-            return Damaged(image, image)
+            return Damaged(damaged, damaged)
         filled = self.cpu_half(damaged, known)
         if self.network:
             filled = self._network().refine([filled], [known], [damaged])[0]
-        return Damaged(damaged, filled)
+        return Damaged(damaged, filled, known)
 
     def __call__(self, image: np.ndarray, path: str) -> np.ndarray:
         """The reconstruction of :meth:`damage`: the ``(image, path) -> image`` hook."""
@@ -212,7 +248,7 @@ class DamageTransform:
         """
         damaged, known = self.zero_fill(image, path)
         if known is None:
-            return image, None
+            return damaged, None
         filled = self.cpu_half(damaged, known)
         return (filled, known) if self.network else (filled, None)
 
