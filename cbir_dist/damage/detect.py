@@ -44,6 +44,16 @@ ARCHITECTURE = "MaskNet"
 MIN_REGION = 0.001
 #: Probability above which a pixel is missing.
 THRESHOLD = 0.5
+#: A region's colour is a fill's when every channel's median is at most BLACK or at least WHITE.
+BLACK, WHITE = 3, 252
+#: :func:`flat_regions`: a hole's inside is within this of its median colour ...
+FLAT_TOLERANCE = 4
+#: ... for at least this share of its pixels.
+FLAT_SHARE = 0.6
+#: :func:`snap_stripes`: the lines must explain this share of the missing region's variance ...
+STRIPE_EXPLAINED = 0.5
+#: ... and the mean missing share of missing and known lines differ by at least this.
+STRIPE_GAP = 0.5
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -75,6 +85,136 @@ def drop_small_regions(missing: np.ndarray, min_fraction: float = MIN_REGION) ->
     return keep[labels]
 
 
+def flat_regions(missing: np.ndarray, rgb: np.ndarray, *, tolerance: int = FLAT_TOLERANCE,
+                 share: float = FLAT_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat, fill_coloured)``: the pixels of ``missing`` whose connected region is one flat colour,
+    and those of the flat regions whose colour is black or white (a fill's usual colours).
+
+    A hole is filled with one value and stays flat inside after JPEG and resizing (its 8×8 blocks
+    away from the edge keep their one value); a textured or shaded region does not. A region is flat
+    when at least ``share`` of its pixels at least 4 px from its edge lie within ``tolerance`` of its
+    median colour in every channel, or when it is too thin to have such an inside (a thin stroke
+    cannot be judged). Its colour is black when every channel's median is at most
+    :data:`BLACK`, white when at least :data:`WHITE`.
+    """
+    import cv2
+
+    if not missing.any():
+        return missing, missing
+    n, labels = cv2.connectedComponents(missing.astype(np.uint8), connectivity=8)
+    inside = cv2.erode(missing.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    flat = np.ones(n, bool)
+    fill = np.zeros(n, bool)
+    flat[0] = False
+    for label in range(1, n):
+        region = labels == label
+        core = region & inside
+        px = rgb[core if core.sum() >= 16 else region].astype(np.int16)
+        median = np.median(px, axis=0)
+        if core.sum() >= 16:
+            flat[label] = (np.abs(px - median) <= tolerance).all(axis=1).mean() >= share
+        fill[label] = bool((median <= BLACK).all() or (median >= WHITE).all())
+    return flat[labels], (flat & fill)[labels]
+
+
+def _lines(h: int, w: int, angle: float) -> np.ndarray:
+    """Each pixel's line index across the fringe axis at ``angle`` degrees (1-px wide lines, from 0)."""
+    t = np.deg2rad(angle)
+    c, s = np.cos(t), np.sin(t)
+    c, s = (0.0 if abs(c) < 1e-9 else c), (0.0 if abs(s) < 1e-9 else s)
+    p = np.arange(w)[None, :] * c + np.arange(h)[:, None] * s
+    return np.rint(p - p.min()).astype(np.int64)
+
+
+def _explained(values: np.ndarray, lines: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Share of the variance of ``values`` that its means along the lines explain; the means and counts."""
+    counts = np.bincount(lines.ravel())
+    sums = np.bincount(lines.ravel(), weights=values.ravel())
+    keep = counts > 0
+    means = np.zeros_like(sums)
+    means[keep] = sums[keep] / counts[keep]
+    total = float(((values - values.mean()) ** 2).sum())
+    between = float((counts * (means - values.mean()) ** 2).sum())
+    return (between / total if total > 0 else 0.0), means, counts
+
+
+def _best_angle(values: np.ndarray, angles: np.ndarray) -> float:
+    """The angle (degrees) whose lines explain most of the variance of ``values``: all angles in one pass."""
+    h, w = values.shape
+    t = np.deg2rad(np.asarray(angles, np.float64))[:, None]
+    c, s = np.cos(t), np.sin(t)
+    c[np.abs(c) < 1e-9], s[np.abs(s) < 1e-9] = 0.0, 0.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    p = xx.ravel()[None, :] * c + yy.ravel()[None, :] * s
+    lines = np.rint(p - p.min(axis=1, keepdims=True)).astype(np.int64)
+    width = int(lines.max()) + 1
+    flat = (lines + width * np.arange(len(angles))[:, None]).ravel()
+    v = np.broadcast_to(values.ravel()[None, :], lines.shape).ravel().astype(np.float64)
+    counts = np.bincount(flat, minlength=width * len(angles)).reshape(len(angles), width)
+    sums = np.bincount(flat, weights=v, minlength=width * len(angles)).reshape(len(angles), width)
+    mean = values.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = np.where(counts > 0, sums ** 2 / np.maximum(counts, 1), 0.0).sum(axis=1) - values.size * mean ** 2
+    return float(np.asarray(angles)[int(np.argmax(between))])
+
+
+def snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED, step: float = 1.5) -> np.ndarray | None:
+    """The missing region as whole straight stripes, when it is one (:func:`_snap_stripes`), or None."""
+    return _snap_stripes(missing, min_explained=min_explained, step=step)[0]
+
+
+def _snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED,
+                  step: float = 1.5) -> tuple[np.ndarray | None, int]:
+    """The missing region as whole straight stripes, when it is one: a fringe mask's shape, or None.
+
+    Returns the stripes and how many there are, or ``(None, 0)``. The angle at which the missing
+    share is most nearly constant along lines is found on a ≤32 px copy (every ``step`` degrees),
+    then refined by ``step / 6`` on a ≤96 px copy; each line is then missing when most of it is (Otsu's threshold on the lines' missing shares). The stripes are accepted
+    when the lines explain at least ``min_explained`` of the region's variance and the missing and
+    known lines are well apart: then pixels the network could not judge — a band crossing a black
+    background — follow their stripe, and specks off the stripes are dropped.
+    """
+    import cv2
+
+    h, w = missing.shape
+    if not missing.any() or missing.all() or min(h, w) < 8:
+        return None, 0
+
+    def shrunk(side):
+        scale = min(1.0, side / max(h, w))
+        if scale == 1.0:
+            return missing.astype(np.float32)
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        return cv2.resize(missing.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+    small, medium = shrunk(32), shrunk(96)
+    coarse = _best_angle(small, np.arange(0.0, 180.0, step))
+    fine = np.array([coarse]) if coarse % 90 == 0 else np.arange(coarse - step, coarse + step + 1e-9, step / 6)
+    angle = _best_angle(medium, fine) % 180.0
+    lines = _lines(h, w, angle)
+    explained, means, counts = _explained(missing.astype(np.float64), lines)
+    if explained < min_explained:
+        return None, 0
+    used = counts > 0
+    order = np.argsort(means[used])
+    m, c = means[used][order], counts[used][order].astype(np.float64)
+    cum_c, cum_mc = np.cumsum(c), np.cumsum(c * m)
+    total_c, total_mc = cum_c[-1], cum_mc[-1]
+    lo_c, hi_c = cum_c[:-1], total_c - cum_c[:-1]
+    between = lo_c * hi_c * (cum_mc[:-1] / lo_c - (total_mc - cum_mc[:-1]) / hi_c) ** 2
+    if between.size == 0:
+        return None, 0
+    cut = int(np.argmax(between))
+    threshold = (m[cut] + m[cut + 1]) / 2
+    low = cum_mc[cut] / cum_c[cut]
+    high = (total_mc - cum_mc[cut]) / (total_c - cum_c[cut])
+    if high - low < STRIPE_GAP:
+        return None, 0
+    on = means > threshold
+    count = int(on[0]) + int(np.count_nonzero(on[1:] & ~on[:-1]))
+    return on[lines], count
+
+
 def classical_known_mask(image: np.ndarray, dark: int = 20) -> np.ndarray:
     """The baseline: a pixel is missing when every channel is at most ``dark``, the region opened by 3×3."""
     import cv2
@@ -94,8 +234,9 @@ class MaskEstimator:
     """
 
     def __init__(self, model, *, max_side: int = 1024, threshold: float = THRESHOLD,
-                 min_region: float = MIN_REGION, runtime: str | None = None):
+                 min_region: float = MIN_REGION, stripes: bool = True, runtime: str | None = None):
         self.model, self.max_side, self.threshold, self.min_region = model, int(max_side), threshold, min_region
+        self.stripes = stripes
         self.runtime = runtime or ("onnxruntime" if hasattr(model, "run") else "torch")
         self._lock = threading.Lock()
 
@@ -130,8 +271,20 @@ class MaskEstimator:
         return prob
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        missing = drop_small_regions(self.probabilities(image) > self.threshold, self.min_region)
-        return ~missing
+        rgb = as_rgb(image)
+        missing = drop_small_regions(self.probabilities(rgb) > self.threshold, self.min_region)
+        if not missing.any():
+            return ~missing
+        flat, fill = flat_regions(missing, rgb)
+        # Flat regions of any colour when they form parallel stripes (two or more: a fringe mask);
+        # otherwise only black or white ones (a flat blue sky is not a hole), snapped to stripes
+        # when they are one.
+        stripes, count = _snap_stripes(flat) if self.stripes else (None, 0)
+        if stripes is None or count < 2:
+            stripes, count = _snap_stripes(fill) if self.stripes else (None, 0)
+            if stripes is None:
+                return ~fill
+        return ~stripes
 
     def estimate_batch(self, images) -> list[np.ndarray]:
         return [self(im) for im in images]
@@ -216,11 +369,14 @@ _ESTIMATOR_LOCK = threading.Lock()
 
 
 def default_estimator() -> MaskEstimator:
-    """The shipped estimator, loaded once per process."""
+    """The shipped estimator, loaded once per process, on as many threads as torch uses in it (one in
+    the index workers and Ray tasks, whose torch runs on one thread)."""
     global _ESTIMATOR
     with _ESTIMATOR_LOCK:
         if _ESTIMATOR is None:
-            _ESTIMATOR = load_estimator()
+            import torch
+
+            _ESTIMATOR = load_estimator(num_threads=torch.get_num_threads())
         return _ESTIMATOR
 
 

@@ -9,7 +9,7 @@ on crops damaged by :func:`simulate_damage`:
   10-50 % missing, any phase, angle 0°/90°/uniform) with probability ``fringe_prob`` of the damaged
   crops, else a free-form one; ``intact_prob`` of the crops stay undamaged (the estimator must not
   invent holes);
-* the holes filled with zero (60 %), white (15 %) or one random flat colour (25 %);
+* the holes filled with zero (65 %), white (20 %) or one random flat colour (15 %);
 * with probability ``resize_prob`` the damage happens at another size (×0.5-2) and the photo is
   resized back (area or bilinear), the true mask with it (missing where more than half the pixel is);
 * JPEG at quality 70-95 with probability ``jpeg_prob``; 5 % of the crops are grey.
@@ -57,7 +57,7 @@ class MaskTrainConfig:
     lr: float = 2e-3
     seed: int = 0
     fringe_prob: float = 0.7
-    intact_prob: float = 0.1
+    intact_prob: float = 0.3
     resize_prob: float = 0.4
     jpeg_prob: float = 0.85
     dice_weight: float = 1.0
@@ -129,7 +129,7 @@ def simulate_damage(patch: np.ndarray, rng: np.random.Generator, cfg: MaskTrainC
     else:
         known = sample_mask(rng, work, cfg.fringe_prob)
     u = rng.random()
-    fill = (0, 0, 0) if u < 0.6 else (255, 255, 255) if u < 0.75 else tuple(int(v) for v in rng.integers(0, 256, 3))
+    fill = (0, 0, 0) if u < 0.65 else (255, 255, 255) if u < 0.85 else tuple(int(v) for v in rng.integers(0, 256, 3))
     damaged = fill_holes(img, known, fill)
     if work != side:
         interp = cv2.INTER_AREA if work > side else cv2.INTER_LINEAR
