@@ -66,6 +66,40 @@ def test_small_regions_are_dropped_large_ones_kept():
     assert not out[10:12, 10:12].any() and out[50:60].all() and out.sum() == 1000
 
 
+@pytest.mark.parametrize("frequency,angle", [(0.5, 0.0), (2.0, 0.0), (6.0, 0.0), (3.0, 90.0), (1.5, 30.0)])
+def test_stripes_are_snapped_to_whole_lines_and_lost_parts_follow_them(frequency, angle):
+    known = fringe_mask(128, 160, frequency, 0.25, angle=angle, phase=0.4)
+    missing = ~known
+    missing[60:90, 20:40] &= np.random.default_rng(0).random((30, 20)) < 0.5  # a patch half lost
+    if angle == 0.0 and frequency > 1:
+        missing[:30, :] = False  # the top of every band lost (a black background the network missed)
+    snapped = detect.snap_stripes(missing)
+    assert snapped is not None
+    assert iou_missing(~snapped, known) > (0.97 if angle % 90 == 0 else 0.95)
+
+
+def test_free_form_holes_are_not_snapped():
+    from cbir_dist.damage.masks import irregular_mask
+
+    for seed in range(10):
+        assert detect.snap_stripes(~irregular_mask(128, 128, np.random.default_rng(seed))) is None
+
+
+def test_flat_regions_tell_a_fill_from_texture_and_black_from_blue():
+    img = textured(96, 128)
+    missing = np.zeros((96, 128), bool)
+    missing[10:40, 10:60] = True   # will be black: flat, a fill colour
+    missing[50:90, 10:60] = True   # will be flat blue: flat, not a fill colour
+    missing[10:60, 80:120] = True  # stays textured: not flat
+    img = img.copy()
+    img[10:40, 10:60] = 0
+    img[50:90, 10:60] = (30, 60, 200)
+    flat, fill = detect.flat_regions(missing, img)
+    assert flat[20, 20] and fill[20, 20]
+    assert flat[70, 20] and not fill[70, 20]
+    assert not flat[30, 100] and not fill[30, 100]
+
+
 def test_the_classical_baseline_finds_a_black_band_and_is_fooled_by_shadows():
     img = textured()
     known = fringe_mask(96, 128, 1.0)

@@ -54,6 +54,8 @@ FLAT_SHARE = 0.6
 STRIPE_EXPLAINED = 0.5
 #: ... and the mean missing share of missing and known lines differ by at least this.
 STRIPE_GAP = 0.5
+#: ... and 0° or 90° is taken when it scores at least this share of the best angle's score.
+AXIS_PREFERENCE = 0.9
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -138,8 +140,8 @@ def _explained(values: np.ndarray, lines: np.ndarray) -> tuple[float, np.ndarray
     return (between / total if total > 0 else 0.0), means, counts
 
 
-def _best_angle(values: np.ndarray, angles: np.ndarray) -> float:
-    """The angle (degrees) whose lines explain most of the variance of ``values``: all angles in one pass."""
+def _angle_scores(values: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """How well the lines at each angle (degrees) explain ``values`` (an F statistic), all angles in one pass."""
     h, w = values.shape
     t = np.deg2rad(np.asarray(angles, np.float64))[:, None]
     c, s = np.cos(t), np.sin(t)
@@ -152,10 +154,19 @@ def _best_angle(values: np.ndarray, angles: np.ndarray) -> float:
     v = np.broadcast_to(values.ravel()[None, :], lines.shape).ravel().astype(np.float64)
     counts = np.bincount(flat, minlength=width * len(angles)).reshape(len(angles), width)
     sums = np.bincount(flat, weights=v, minlength=width * len(angles)).reshape(len(angles), width)
-    mean = values.mean()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        between = np.where(counts > 0, sums ** 2 / np.maximum(counts, 1), 0.0).sum(axis=1) - values.size * mean ** 2
-    return float(np.asarray(angles)[int(np.argmax(between))])
+    squares = np.bincount(flat, weights=v * v, minlength=width * len(angles)).reshape(len(angles), width)
+    # only lines at least half the longest: the short lines in the corners of a tilted grid are
+    # nearly pure by chance and would favour tilted angles
+    full = counts >= 0.5 * counts.max(axis=1, keepdims=True)
+    n = (counts * full).sum(axis=1)
+    mean = (sums * full).sum(axis=1) / n
+    between = (np.where(full, sums ** 2 / np.maximum(counts, 1), 0.0)).sum(axis=1) - n * mean ** 2
+    total = (squares * full).sum(axis=1) - n * mean ** 2
+    within = np.maximum(total - between, 1e-9 * n)
+    k = full.sum(axis=1)
+    # an F statistic: explained variance per line against what is left per pixel, so that angles
+    # cutting the image into more (shorter) lines do not win by fitting noise
+    return (between / np.maximum(k - 1, 1)) / (within / np.maximum(n - k, 1))
 
 
 def snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED, step: float = 1.5) -> np.ndarray | None:
@@ -168,8 +179,9 @@ def _snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINE
     """The missing region as whole straight stripes, when it is one: a fringe mask's shape, or None.
 
     Returns the stripes and how many there are, or ``(None, 0)``. The angle at which the missing
-    share is most nearly constant along lines is found on a ≤32 px copy (every ``step`` degrees),
-    then refined by ``step / 6`` on a ≤96 px copy; each line is then missing when most of it is (Otsu's threshold on the lines' missing shares). The stripes are accepted
+    share is most nearly constant along lines is found on a ≤32 px copy (the best three every
+    ``step`` degrees), then refined by ``step / 6`` on a ≤96 px copy, where 0° or 90° wins when its score (an F
+    statistic) is within :data:`AXIS_PREFERENCE` of the best; each line is then missing when most of it is (Otsu's threshold on the lines' missing shares). The stripes are accepted
     when the lines explain at least ``min_explained`` of the region's variance and the missing and
     known lines are well apart: then pixels the network could not judge — a band crossing a black
     background — follow their stripe, and specks off the stripes are dropped.
@@ -188,9 +200,14 @@ def _snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINE
         return cv2.resize(missing.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
     small, medium = shrunk(32), shrunk(96)
-    coarse = _best_angle(small, np.arange(0.0, 180.0, step))
-    fine = np.array([coarse]) if coarse % 90 == 0 else np.arange(coarse - step, coarse + step + 1e-9, step / 6)
-    angle = _best_angle(medium, fine) % 180.0
+    grid = np.arange(0.0, 180.0, step)
+    top = grid[np.argsort(_angle_scores(small, grid))[-3:]]
+    fine = np.unique(np.concatenate([np.arange(a - step, a + step + 1e-9, step / 6) for a in top] + [[0.0, 90.0]]) % 180.0)
+    scores = _angle_scores(medium, fine)
+    angle = float(fine[int(np.argmax(scores))])
+    axis = max((0.0, 90.0), key=lambda a: scores[np.searchsorted(fine, a)])
+    if scores[np.searchsorted(fine, axis)] >= AXIS_PREFERENCE * scores.max():  # scans and the protocol: axis-aligned
+        angle = axis
     lines = _lines(h, w, angle)
     explained, means, counts = _explained(missing.astype(np.float64), lines)
     if explained < min_explained:
