@@ -24,32 +24,35 @@ __all__ = ["DEFAULT_CONFIG", "MaskNet", "STRIDE", "build_model"]
 #: Height and width of the input must be multiples of this (four stride-2 levels).
 STRIDE = 16
 
-#: The shipped architecture: channels per level, full resolution first.
-DEFAULT_CONFIG: dict = {"channels": [8, 16, 32, 48, 64]}
+#: The shipped architecture: channels per level (full resolution first) and 3×3 convolutions per
+#: decoder level (one: measured 0.73× the time of two in ONNX Runtime on one thread).
+DEFAULT_CONFIG: dict = {"channels": [8, 16, 32, 48, 64], "decoder_convs": 1}
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1),
-        nn.ReLU(inplace=True),
-    )
+def _block(cin: int, cout: int, stride: int = 1, convs: int = 2) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
+    for _ in range(convs - 1):
+        layers += [nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class MaskNet(nn.Module):
-    """U-Net: ``len(channels)`` levels, stride 2 between them, additive skips, one logit per pixel."""
+    """U-Net: 5 levels, stride 2 between them, two 3×3 convolutions per encoder level and
+    ``decoder_convs`` per decoder level, additive skips, one logit per pixel."""
 
-    def __init__(self, channels=(8, 16, 32, 48, 64)):
+    def __init__(self, channels=(8, 16, 32, 48, 64), decoder_convs: int = 1):
         super().__init__()
         channels = [int(c) for c in channels]
         if len(channels) != 5 or min(channels) < 1:
             raise UsageError(f"MaskNet needs 5 positive channel counts (full resolution to 1/16), got {channels}")
+        if int(decoder_convs) < 1:
+            raise UsageError(f"decoder_convs must be 1 or more, got {decoder_convs}")
         self.channels = channels
         self.enc = nn.ModuleList([_block(3, channels[0])] +
                                  [_block(channels[i - 1], channels[i], stride=2) for i in range(1, 5)])
         self.up = nn.ModuleList([nn.Conv2d(channels[i], channels[i - 1], 1) for i in range(4, 0, -1)])
-        self.dec = nn.ModuleList([_block(channels[i - 1], channels[i - 1]) for i in range(4, 0, -1)])
+        self.dec = nn.ModuleList([_block(channels[i - 1], channels[i - 1], convs=int(decoder_convs))
+                                  for i in range(4, 0, -1)])
         self.head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,9 +69,9 @@ class MaskNet(nn.Module):
 
 
 def build_model(config: dict | None = None) -> MaskNet:
-    """A :class:`MaskNet` for ``config`` (``{"channels": [...]}``; default :data:`DEFAULT_CONFIG`)."""
+    """A :class:`MaskNet` for ``config`` (keys of :data:`DEFAULT_CONFIG`; missing keys take its values)."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     unknown = set(cfg) - set(DEFAULT_CONFIG)
     if unknown:
         raise UsageError(f"unknown mask-estimator config keys {sorted(unknown)}; valid: {sorted(DEFAULT_CONFIG)}")
-    return MaskNet(cfg["channels"])
+    return MaskNet(cfg["channels"], cfg["decoder_convs"])

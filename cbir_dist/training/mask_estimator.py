@@ -49,8 +49,8 @@ class MaskTrainConfig:
 
     images_dirs: tuple[str, ...]
     out: str
-    model_config: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 48, 64]})
-    steps: int = 4000
+    model_config: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 48, 64], "decoder_convs": 1})
+    steps: int = 2500
     batch_size: int = 12
     crop_min: int = 128
     crop_max: int = 224
