@@ -228,6 +228,9 @@ def cmd_evaluate(args) -> int:
     for weights in args.weights.values():
         _check_weights(weights=weights)
     if args.profile in ("shape", "texture"):
+        if args.detect_mask:
+            raise UsageError(f"--detect-mask applies to the damaged-query evaluation (Table 2), not --profile "
+                             f"{args.profile}")
         from ..evaluation.shapes import ShapeEvalConfig, run_shape_evaluate
 
         res = run_shape_evaluate(ShapeEvalConfig(args.dataset, args.out, profile=args.profile, seed=args.seed,
@@ -245,6 +248,7 @@ def cmd_evaluate(args) -> int:
         repeats=args.repeats, queries=queries, protocol=args.protocol, missing_fraction=args.missing_fraction,
         k=args.k, seed=args.seed, backend=args.backend, db=args.db, token=_token(args),
         collection_prefix=args.collection_prefix, network_cpus=args.network_cpus, runtime=args.runtime,
+        detect_mask=args.detect_mask, mask_estimator=args.mask_estimator,
     )
     res = run_evaluate(cfg)
 

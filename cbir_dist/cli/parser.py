@@ -279,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-cpus", type=float, default=None, metavar="N",
                    help="CPUs each network-inpainter actor reserves on a cluster without GPUs (default 0: it "
                         "shares the cores with the tasks; with GPUs every actor takes one GPU)")
+    p.add_argument("--detect-mask", action="store_true",
+                   help="also reconstruct the same damaged queries through the mask estimated in each damaged "
+                        "image (not the true one): an 'estimated mask' row beside every true-mask row of "
+                        "Table 2, and per frequency the mean IoU of the estimated missing region with the true one")
+    p.add_argument("--mask-estimator", default="network", choices=["network", "classical"],
+                   help="--detect-mask's estimator: network (default; the shipped cbir_dist/weights/"
+                        "mask_estimator.pt) or classical (the dark-pixel baseline)")
     _add_runtime_arg(p)
     p.add_argument("--db", default=None,
                    help="milvus-lite path or Milvus server URI http://host:19530 (default: OUT/eval.db)")

@@ -18,6 +18,13 @@ the collection's own spec and searched:
 * SSIM, FSIM (luminance, the paper's) and PSNR of the reconstruction against the original.
 * Each figure is the mean over queries; ``*_std`` is the standard deviation over the repeats (0
   with one repeat).
+* ``estimated`` (with ``--detect-mask``) — the same zero-filled queries reconstructed through the mask
+  the estimator (``--mask-estimator``: the shipped network, or the classical baseline) finds in them,
+  not the true one: one record beside every (frequency, inpainter, backbone) cell's true-mask records
+  (for ``none``: the damaged image with the estimated holes zeroed too), so the cost of not knowing
+  the mask is its difference from ``reconstructed``. A query where nothing is found is searched as
+  the damaged image. Per frequency, ``results.json``'s ``mask_estimation`` gives the mean IoU of the
+  estimated missing region with the true one (and the true and estimated missing fractions).
 
 Work is split into Ray tasks (see :func:`run_evaluate`): one reconstruction task per (frequency,
 inpainter, repeat) and one quality task scoring it, shared by the feature cells of every backbone;
@@ -25,7 +32,10 @@ one feature task per (frequency, inpainter, backbone) cell; the driver is the si
 writer/searcher of the store and fetches only small results (scores, vectors, the Fig. 6 images).
 The queries are decoded once and shared through the object store; the damaged images are
 recomputed where needed (a mask and a multiplication) instead of shipped; FSIM's reference maps of
-the intact queries are computed once. A network inpainter (``two-stage``) runs as in the index and
+the intact queries are computed once. With ``--detect-mask`` the masks are estimated once per
+(frequency, repeat) in a CPU task (:func:`~.damaged_tasks.estimate_masks_task`) and handed to a second
+set of reconstruction, quality and feature cells, as references (the driver fetches only their IoU).
+A network inpainter (``two-stage``) runs as in the index and
 query jobs: its classical pre-fill in CPU tasks (Telea's own cells when it is Telea at the same
 radius: the very same images), the network in an actor pool (:class:`~.damaged_tasks.NetworkActor`:
 weights loaded once per actor, a cell's images as batches, one GPU per actor when the cluster has
@@ -61,8 +71,10 @@ from ..store.lite import lite_path
 from .common import PROTOCOLS, check_collection_prefix, public_config, versions
 from .damaged_results import collect_results
 from .damaged_tasks import (
+    MASK_ESTIMATORS,
     NetworkActor,
     cell_features_task,
+    estimate_masks_task,
     fsim_references_task,
     original_features_task,
     quality_task,
@@ -103,6 +115,8 @@ class EvalConfig:
     token: str | None = field(default=None, repr=False, compare=False)  # never written to results.json
     collection_prefix: str = ""  # prepended to eval_<backbone>, so several runs can share one server
     runtime: str = "auto"  # what runs the backbones (features.backbones.load_backbone): index and cells
+    detect_mask: bool = False  # also reconstruct through the estimated mask: the "estimated" records
+    mask_estimator: str = "network"  # with detect_mask: "network" (the shipped one) or "classical"
 
     def __post_init__(self):
         from ..features.onnx_runtime import check_runtime
@@ -125,6 +139,8 @@ class EvalConfig:
                              f"give -k {self.map_k} or less")
         if not 0.0 < self.missing_fraction < 1.0:
             raise UsageError(f"--missing-fraction must lie in (0, 1), got {self.missing_fraction}")
+        if self.mask_estimator not in MASK_ESTIMATORS:
+            raise UsageError(f"--mask-estimator must be one of {', '.join(MASK_ESTIMATORS)}, got {self.mask_estimator!r}")
         if self.network_cpus is not None and not (math.isfinite(self.network_cpus) and self.network_cpus >= 0):
             raise UsageError(f"--network-cpus must be a number of CPUs >= 0, got {self.network_cpus}")
         unknown = [name for name in self.inpainters if name not in available_inpainters()]
@@ -220,8 +236,11 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                                      │    network's pre-fill (Telea's own cell when they are the same)
                                      │    └─ network (f, repeat): NetworkActor pool (GPU when present)
                                      ├─ quality (f, inpainter, repeat): SSIM, FSIM, PSNR, Fig. 6 images
+                                     ├─ --detect-mask: estimate masks (f, repeat), then the same
+                                     │    reconstruct / network / quality cells through them
                                      ├─ (driver) index the data set once per backbone
                                      └─ features (backbone, f, inpainter): damaged + reconstructed vectors
+                                          (--detect-mask: a second cell, the estimated-mask reconstructions)
     """
     from ..damage.inpaint import is_network
     from ..distributed.tasks import make_executor
@@ -234,6 +253,10 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     from .report.damaged import write_report
 
     t_start, cpu = time.time(), MachineCpu().start()  # this machine's busy cores, every process on it
+    if cfg.detect_mask and cfg.mask_estimator == "network":
+        from ..damage.detect import default_estimator
+
+        default_estimator()  # missing or corrupt weights: said here, before any work (a WeightsError)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(cfg.dataset)
@@ -254,6 +277,9 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     pools = {}
     n_cells = (len(cfg.frequencies) * len(cfg.inpainters) * cfg.repeats
                + len(cfg.backbones) * (1 + len(cfg.frequencies) * len(cfg.inpainters)))
+    if cfg.detect_mask:  # the masks per (f, repeat), then a quality and a feature cell per true-mask one
+        n_cells += len(cfg.frequencies) * cfg.repeats * (1 + len(cfg.inpainters)) + \
+            len(cfg.backbones) * len(cfg.frequencies) * len(cfg.inpainters)
     bar = progress_bar(n_cells, progress, "evaluate", "cell")
     try:
         query_images = [r.image for r in queries]
@@ -266,9 +292,14 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         #    cells first (a network whose pre-fill is Telea's refines them)
         order = sorted(cfg.inpainters, key=lambda n: (n != "telea", is_network(n)))
         recon_refs, quality_refs, phases = {}, {}, {}
+        est = {"masks": {}, "summary": {}, "recon": {}, "quality": {}, "features": {}}  # --detect-mask's cells
         for f in cfg.frequencies:
             for rep in range(cfg.repeats):
                 phases[(f, rep)] = mask_phase(cfg.seed, f, rep)
+                if cfg.detect_mask:
+                    est["summary"][(f, rep)], est["masks"][(f, rep)] = ex.submit(
+                        estimate_masks_task, query_ref, f, phases[(f, rep)], cfg.missing_fraction, cfg.mask_estimator,
+                        num_cpus=cfg.cell_cpus, num_returns=2)
         for inp in order:
             reuse = is_network(inp) and "telea" in cfg.inpainters and _prefill_is_telea(inp)
             if is_network(inp) and inp not in pools:
@@ -286,6 +317,20 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                     quality_refs[(f, inp, rep)] = ex.submit(
                         quality_task, query_ref, ref, f, ph, cfg.missing_fraction, cfg.fig6_query if rep == 0 else 0,
                         *fsim_refs, num_cpus=cfg.cell_cpus)
+                    if not cfg.detect_mask:
+                        continue
+                    # the same cell through the estimated masks (for "none" too: the estimated holes zeroed)
+                    masks = est["masks"][(f, rep)]
+                    if reuse:
+                        base = est["recon"][(f, "telea", rep)]
+                    else:
+                        base = ex.submit(reconstruct_task, query_ref, f, inp, ph, cfg.missing_fraction, masks,
+                                         num_cpus=cfg.cell_cpus)
+                    ref = (pools[inp].submit("refine", query_ref, base, f, ph, cfg.missing_fraction, masks)
+                           if is_network(inp) else base)
+                    est["recon"][(f, inp, rep)] = ref
+                    est["quality"][(f, inp, rep)] = ex.submit(quality_task, query_ref, ref, f, ph, cfg.missing_fraction,
+                                                              0, *fsim_refs, num_cpus=cfg.cell_cpus)
         # 2. index the clean set once per backbone (this process is the single writer)
         db = cfg.resolved_db()
         stores, specs, index_seconds = {}, {}, {}
@@ -318,9 +363,14 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                     cell_refs[(bb, f, inp)] = ex.submit(cell_features_task, specs[bb], cfg.weights.get(bb), query_ref,
                                                         damage, *recons, runtime=cfg.runtime,
                                                         num_cpus=cfg.cell_cpus)
+                    if cfg.detect_mask:
+                        est["features"][(bb, f, inp)] = ex.submit(
+                            cell_features_task, specs[bb], cfg.weights.get(bb), query_ref, None,
+                            *[est["recon"][(f, inp, rep)] for rep in range(cfg.repeats)], runtime=cfg.runtime,
+                            num_cpus=cfg.cell_cpus)
         # 4. search and score as cells finish
         results = collect_results(ex, cfg, queries, class_sizes, stores, orig_refs, cell_refs, quality_refs,
-                                  [t for t, _ in fsim_parts], bar)
+                                  [t for t, _ in fsim_parts], bar, estimated=est if cfg.detect_mask else None)
     finally:
         bar.close()
         for pool in pools.values():
@@ -329,7 +379,8 @@ def run_evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     results["config"] = {**public_config(asdict(cfg)), "db": db, "n_queries": len(queries), "n_database": len(valid),
                          "query_ids": [r.id for r in queries],
                          "classes": class_sizes, "index_seconds": index_seconds}
-    _write_errors(out / "errors.parquet", records, results.pop("_inpaint_errors", []))
+    _write_errors(out / "errors.parquet", records, results.pop("_inpaint_errors", []),
+                  results.pop("_mask_errors", []))
     results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t_start, 2)
     from .report.damaged import timeline_summary
@@ -365,13 +416,15 @@ def _check_rows(store, valid: Sequence, db: str) -> None:
         )
 
 
-def _write_errors(path: Path, records, inpaint_errors) -> None:
-    """errors.parquet of the evaluation: files not used (rejected, duplicate) and per-query inpaint failures."""
+def _write_errors(path: Path, records, inpaint_errors, mask_errors=()) -> None:
+    """errors.parquet of the evaluation: files not used (rejected, duplicate), per-query inpaint failures and
+    (``--detect-mask``) per-query mask-estimate failures."""
     from ..io.records import OK
     from ..io.tables import write_parquet
 
     rows = [(r.path, r.status, r.error) for r in records if r.status != OK]
     rows += [(p, "inpaint_failed", why) for p, why in inpaint_errors]
+    rows += [(p, "mask_estimate_failed", why) for p, why in mask_errors]
     write_parquet(path, {"path": [r[0] for r in rows], "status": [r[1] for r in rows], "reason": [r[2] for r in rows]})
 
 

@@ -8,6 +8,11 @@ by the damage step of the index and query jobs: :func:`fringe_damage`), one reco
 :func:`fsim_references_task`) and the query vectors of each feature cell
 (:func:`original_features_task`, :func:`cell_features_task`). Each returns only what the driver
 needs, with its start, end and pid for the timeline.
+
+With ``--detect-mask`` the same damaged queries are also reconstructed through the mask an estimator
+finds in them (:func:`estimate_masks_task`, once per (frequency, repeat): the masks go on to
+:func:`reconstruct_task` and :class:`NetworkActor` as ``estimated``; the driver fetches only their IoU
+with the true masks).
 """
 
 from __future__ import annotations
@@ -36,40 +41,122 @@ def damaged_images(images, frequency: float, phase: float, missing_fraction: flo
     return [damage.zero_fill(img)[0] for img in images]
 
 
+#: The mask estimators of ``--mask-estimator``: the shipped network, or the classical baseline.
+MASK_ESTIMATORS = ("network", "classical")
+
+
+def mask_estimator(name: str = "network"):
+    """The estimator ``name`` as an ``image -> known`` callable (bool, True = known), in this process:
+    ``network`` the shipped one (:func:`~cbir_dist.damage.detect.default_estimator`, loaded once per
+    process), ``classical`` the baseline (:func:`~cbir_dist.damage.detect.classical_known_mask`)."""
+    from ..damage import detect
+
+    if name == "classical":
+        return detect.classical_known_mask
+    if name != "network":
+        raise ValueError(f"mask estimator must be one of {MASK_ESTIMATORS}, got {name!r}")
+    return detect.default_estimator()
+
+
+def mask_iou(known: np.ndarray, estimated: np.ndarray | None) -> float:
+    """IoU of the estimated missing region with the true one (``estimated`` None: nothing found, IoU 0
+    unless nothing is missing either, then 1)."""
+    missing = ~np.asarray(known, dtype=bool)
+    found = np.zeros_like(missing) if estimated is None else ~np.asarray(estimated, dtype=bool)
+    union = int(np.count_nonzero(missing | found))
+    return 1.0 if union == 0 else int(np.count_nonzero(missing & found)) / union
+
+
+def estimate_masks_task(images: Sequence[np.ndarray], frequency: float, phase: float, missing_fraction: float,
+                        estimator: str = "network") -> tuple[dict, list]:
+    """Estimate the known mask of every zero-filled query of one (frequency, repeat) in this CPU task.
+
+    The estimator sees the damaged query as :meth:`~cbir_dist.damage.hook.DamageTransform.zero_fill`
+    gives it to the index and query jobs' ``--detect-mask``, and its mask is taken as
+    :meth:`~cbir_dist.damage.hook.DamageTransform.estimate` takes it (all known: None, nothing found).
+    Returns ``(summary, masks)``, submitted with two returns so that the driver fetches only the
+    summary (per query: ``iou`` with the true mask, true and estimated ``missing`` fractions; ``errors``
+    {query index: why} for an image the estimator failed on, searched as damaged) while the masks go
+    on to the reconstructions.
+    """
+    t0 = time.time()
+    damage = fringe_damage(frequency, phase, missing_fraction)
+    estimate = mask_estimator(estimator)
+    masks, iou, missing, found, errors = [], [], [], [], {}
+    for j, img in enumerate(images):
+        damaged, known = damage.zero_fill(img)
+        try:
+            est = np.asarray(estimate(damaged), dtype=bool)
+            if est.shape != damaged.shape[:2]:
+                raise ValueError(f"estimated mask of shape {est.shape} for an image of {damaged.shape[:2]}")
+            est = None if est.all() else est
+        except Exception as exc:  # noqa: BLE001 - one image's failure is a recorded value, not a failed cell
+            est, errors[j] = None, f"mask estimate failed ({type(exc).__name__}: {exc}); searched as the damaged image"
+        masks.append(est)
+        iou.append(mask_iou(known, est))
+        missing.append(1.0 - float(known.mean()))
+        found.append(0.0 if est is None else 1.0 - float(est.mean()))
+    summary = {"iou": np.asarray(iou), "missing": np.asarray(missing), "estimated_missing": np.asarray(found),
+               "found_nothing": sum(m is None for m in masks), "errors": errors,
+               "start": t0, "end": time.time(), "pid": os.getpid(), "task": f"estimate masks ({estimator})"}
+    return summary, masks
+
+
+def damaged_pairs(images, frequency: float, phase: float, missing_fraction: float,
+                  estimated: Sequence | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``(damaged, known)`` per query: zero-filled by the fringe mask, and that mask; with ``estimated``
+    (the masks of :func:`estimate_masks_task`) the estimated missing pixels zeroed too and the estimated
+    mask, None where nothing was found (as :meth:`~cbir_dist.damage.hook.DamageTransform.zero_fill` with
+    ``detect_mask``)."""
+    from ..damage.masks import apply_mask
+
+    damage = fringe_damage(frequency, phase, missing_fraction)
+    pairs = [damage.zero_fill(img) for img in images]
+    if estimated is None:
+        return pairs
+    return [(d if m is None else apply_mask(d, m), m) for (d, _), m in zip(pairs, estimated)]
+
+
 def _inpaint_failed(exc: BaseException) -> str:
     return f"inpaint failed ({type(exc).__name__}: {exc}); scored as the damaged image"
 
 
 def reconstruct_task(images: Sequence[np.ndarray], frequency: float, inpainter: str, phase: float,
-                     missing_fraction: float) -> dict:
+                     missing_fraction: float, estimated: Sequence | None = None) -> dict:
     """Damage every query with one fringe mask and reconstruct it in this CPU task.
 
     A classical inpainter runs whole; for a network only its CPU half runs (its classical pre-fill:
     the network then refines it in a :class:`NetworkActor`). Returns ``{"reconstructed": [...],
     "errors": {query index: why}, "start", "end", "pid"}``; a query whose inpainting fails is scored as
-    its damaged image and listed in ``errors``.
+    its damaged image and listed in ``errors``. With ``estimated`` (:func:`estimate_masks_task`'s masks)
+    each query is reconstructed through its estimated mask (:func:`damaged_pairs`); one where nothing
+    was found stays the damaged image, searched as it is.
     """
     t0 = time.time()
     damage = fringe_damage(frequency, phase, missing_fraction, inpainter)
     restored, errors = [], {}
-    for j, img in enumerate(images):
-        damaged, known = damage.zero_fill(img)
+    for j, (damaged, known) in enumerate(damaged_pairs(images, frequency, phase, missing_fraction, estimated)):
+        if known is None:
+            restored.append(damaged)
+            continue
         try:
             restored.append(damage.cpu_half(damaged, known))
         except Exception as exc:  # noqa: BLE001 - one image's failure is a recorded value, not a failed cell
             restored.append(damaged)
             errors[j] = _inpaint_failed(exc)
+    task = f"pre-fill {inpainter}" if damage.network else f"reconstruct {inpainter}"
     return {"reconstructed": restored, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
-            "task": f"pre-fill {inpainter}" if damage.network else f"reconstruct {inpainter}"}
+            "task": task + (" (estimated mask)" if estimated is not None else "")}
 
 
 class NetworkActor:
     """Actor body of a network inpainter in the evaluation: loads the weights once, refines whole cells.
 
-    ``refine(images, prefilled, frequency, phase, missing_fraction)`` takes the intact queries and the
-    result of the network's CPU half for one (frequency, repeat) (:func:`reconstruct_task`, or Telea's
-    own cell when the network's pre-fill is Telea with its radius: the same images) and returns the
-    reconstructions in :func:`reconstruct_task`'s format. The batch runs under
+    ``refine(images, prefilled, frequency, phase, missing_fraction, estimated=None)`` takes the intact
+    queries and the result of the network's CPU half for one (frequency, repeat) (:func:`reconstruct_task`,
+    or Telea's own cell when the network's pre-fill is Telea with its radius: the same images; with
+    ``estimated``, the masks the pre-fill used) and returns the reconstructions in
+    :func:`reconstruct_task`'s format. The batch runs under
     ``torch.inference_mode()``, one forward per image size (bf16/fp16 autocast on CUDA).
     """
 
@@ -80,22 +167,25 @@ class NetworkActor:
         self.stage = NetworkStage(inpainter, device=device, num_threads=num_threads)
         self.stage.load()
 
-    def refine(self, images, prefilled: dict, frequency: float, phase: float, missing_fraction: float) -> dict:
+    def refine(self, images, prefilled: dict, frequency: float, phase: float, missing_fraction: float,
+               estimated: Sequence | None = None) -> dict:
         t0 = time.time()
-        damage = fringe_damage(frequency, phase, missing_fraction)
+        pairs = damaged_pairs(images, frequency, phase, missing_fraction, estimated)  # (damaged, known)
         errors = dict(prefilled.get("errors", {}))  # a failed pre-fill stays the damaged image
         out = list(prefilled["reconstructed"])
-        rows = [j for j in range(len(images)) if j not in errors]
-        damaged = {j: damage.zero_fill(images[j]) for j in rows}  # (damaged, known)
+        # nothing to refine where the pre-fill failed or no mask was found (the damaged image, as it is)
+        rows = [j for j in range(len(images)) if j not in errors and pairs[j][1] is not None]
+        damaged = {j: pairs[j] for j in rows}
         done = self.stage.refine_each([out[j] for j in rows], [damaged[j][1] for j in rows],
-                                      [damaged[j][0] for j in rows])
+                                      [damaged[j][0] for j in rows]) if rows else []
         for j, r in zip(rows, done):
             if isinstance(r, Exception):
                 out[j], errors[j] = damaged[j][0], _inpaint_failed(r)
             else:
                 out[j] = r
         return {"reconstructed": out, "errors": errors, "start": t0, "end": time.time(), "pid": os.getpid(),
-                "task": f"network {self.name}", "prefill": {k: prefilled[k] for k in ("start", "end", "pid", "task")}}
+                "task": f"network {self.name}" + (" (estimated mask)" if estimated is not None else ""),
+                "prefill": {k: prefilled[k] for k in ("start", "end", "pid", "task")}}
 
 
 def fsim_references_task(images: Sequence[np.ndarray]) -> list:

@@ -46,7 +46,9 @@ def table1(results: dict) -> str:
         f"Data set `{cfg.get('dataset', '?')}`, {cfg.get('n_queries', '?')} queries, missing fraction "
         f"{cfg.get('missing_fraction', '?')}, {cfg.get('repeats', 1)} repeat(s) with different mask phases "
         "(± = std over repeats). SSIM and FSIM (luminance FSIM, as the paper) in [0, 1], PSNR in dB. "
-        "`none` is the destroyed (zero-filled) image.",
+        "`none` is the destroyed (zero-filled) image."
+        + (" `estimated mask`: reconstructed through the mask estimated in the damaged image (--detect-mask)."
+           if any(r["state"] == "estimated" for r in recs) else ""),
         "",
         "| frequency (Hz) | " + " | ".join(f"{i} SSIM | {i} FSIM | {i} PSNR" for i in inps) + " |",
         "|---:|" + "---:|" * (3 * len(inps)),
@@ -57,14 +59,66 @@ def table1(results: dict) -> str:
             r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}
             cells += [_pm(r, "ssim", 3), _pm(r, "fsim", 3), _pm(r, "psnr", 2)]
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+        if any(r["state"] == "estimated" for r in recs):  # --detect-mask: through the estimated mask
+            cells = []
+            for i in inps:
+                r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="estimated") or {}
+                cells += [_pm(r, "ssim", 3), _pm(r, "fsim", 3), _pm(r, "psnr", 2)]
+            lines.append(f"| {f:g} estimated mask | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _delta(est: dict, true: dict, key: str = "p_at_1") -> str:
+    """``est[key] - true[key]`` in points, signed ("–" when either is missing)."""
+    if est.get(key) is None or true.get(key) is None:
+        return "–"
+    return f"{est[key] - true[key]:+.1f}"
+
+
+def mask_table(results: dict) -> str:
+    """``--detect-mask``: per frequency, how well the estimator found the missing region, and per backbone
+    what not knowing the mask costs (P@1 through the estimated mask minus P@1 through the true one)."""
+    rows = results.get("mask_estimation") or []
+    if not rows:
+        return ""
+    recs = results["records"]
+    inps = _uniq(r["inpainter"] for r in recs)
+    lines = [
+        f"## Estimated masks (--detect-mask, estimator: {rows[0].get('estimator', 'network')})",
+        "",
+        "The same zero-filled queries, reconstructed through the mask the estimator finds in each damaged "
+        "image instead of the true one (`estimated mask` rows above; `none`: the damaged image with the "
+        "estimated holes zeroed too; a query where nothing is found is searched as the damaged image). "
+        "Mask IoU: the estimated missing region against the true one, mean over queries.",
+        "",
+        "| frequency (Hz) | mask IoU | missing (true) % | missing (estimated) % | nothing found |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['frequency']:g} | {_pm(r, 'mask_iou', 3)} | {100 * r['missing_fraction']:.1f} | "
+                     f"{100 * r['estimated_missing_fraction']:.1f} | {r['found_nothing']} of {r['n_images']} |")
+    for bb in _uniq(r["backbone"] for r in recs):
+        lines += ["", f"### {bb}: cost of not knowing the mask (P@1, estimated − true mask, points)", "",
+                  "| frequency (Hz) | mask IoU | " + " | ".join(f"{i} ΔP@1" for i in inps) + " |",
+                  "|---:|---:|" + "---:|" * len(inps)]
+        for r in rows:
+            f = r["frequency"]
+            cells = [_delta(_find(recs, backbone=bb, inpainter=i, frequency=f, state="estimated") or {},
+                            _find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {})
+                     for i in inps]
+            lines.append(f"| {f:g} | {r['mask_iou']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def table2(results: dict) -> str:
-    """The paper's Table 2: P@1/5/10 per backbone and frequency, damaged and after each reconstruction."""
+    """The paper's Table 2: P@1/5/10 per backbone and frequency, damaged and after each reconstruction.
+
+    With ``--detect-mask`` every frequency's row is followed by its ``estimated mask`` row (the damaged
+    column: ``none`` through the estimated mask), and :func:`mask_table` closes the table."""
     recs = results["records"]
     freqs = _uniq(r["frequency"] for r in recs)
     inps = [i for i in _uniq(r["inpainter"] for r in recs) if i != "none"]
+    estimated = any(r["state"] == "estimated" for r in recs)
     cfg = results.get("config", {})
     protocol = recs[0].get("protocol", "exclude-self")
     lines = [
@@ -93,7 +147,15 @@ def table2(results: dict) -> str:
                 r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}
                 row += [_pm(r, "p_at_1"), _pm(r, "p_at_5"), _pm(r, "p_at_10")]
             lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+            if estimated:
+                d = _find(recs, backbone=bb, inpainter="none", frequency=f, state="estimated") or {}
+                row = [f"{f:g} estimated mask", _pm(d, "p_at_1"), _pm(d, "p_at_5"), _pm(d, "p_at_10")]
+                for i in inps:
+                    r = _find(recs, backbone=bb, inpainter=i, frequency=f, state="estimated") or {}
+                    row += [_pm(r, "p_at_1"), _pm(r, "p_at_5"), _pm(r, "p_at_10")]
+                lines.append("| " + " | ".join(row) + " |")
+    mask = mask_table(results)
+    return "\n".join(lines) + "\n" + ("\n" + mask if mask else "")
 
 
 def plot_precision(results: dict, path: Path) -> None:
@@ -116,7 +178,11 @@ def plot_precision(results: dict, path: Path) -> None:
                     continue
                 y = [(_find(recs, backbone=bb, inpainter=i, frequency=f, state="reconstructed") or {}).get(key, np.nan)
                      for f in freqs]
-                ax.plot(freqs, y, "o-", label=f"reconstructed ({i})")
+                line, = ax.plot(freqs, y, "o-", label=f"reconstructed ({i})")
+                y = [(_find(recs, backbone=bb, inpainter=i, frequency=f, state="estimated") or {}).get(key, np.nan)
+                     for f in freqs]
+                if not np.all(np.isnan(y)):  # --detect-mask: the same reconstruction through the estimated mask
+                    ax.plot(freqs, y, "x--", color=line.get_color(), label=f"{i}, estimated mask")
             ax.set_title(f"{bb}: {key.replace('p_at_', 'P@')}")
             ax.set_xlabel("fringe frequency (Hz)")
             ax.set_ylabel("%")
@@ -149,7 +215,7 @@ def plot_quality(results: dict, path: Path) -> None:
 
 
 _KINDS = (("network", "tab:red"), ("pre-fill", "tab:orange"), ("reconstruct", "tab:orange"), ("quality", "tab:green"),
-          ("FSIM", "tab:grey"), ("features", "tab:blue"))
+          ("FSIM", "tab:grey"), ("features", "tab:blue"), ("estimate masks", "tab:brown"))
 
 
 def timeline_summary(timeline: list[dict]) -> dict:
@@ -179,7 +245,7 @@ def plot_timeline(results: dict, path: Path) -> None:
     """Gantt chart of the tasks, one lane per worker process: gaps in a lane are idle time of that worker.
 
     Colours: red the network (its actor), orange reconstruction / pre-fill, green quality metrics, grey
-    FSIM reference maps, blue features. The title gives the mean number of tasks running at once.
+    FSIM reference maps, blue features, brown mask estimates (``--detect-mask``). The title gives the mean number of tasks running at once.
     """
     plt = _plt()
     tl = sorted(results.get("timeline", []), key=lambda t: t["start"])
@@ -203,7 +269,8 @@ def plot_timeline(results: dict, path: Path) -> None:
     ax.set_title(f"{len(tl)} tasks on {summ['workers']} processes; mean {summ['mean_concurrency']:.2f} running at once "
                  f"over {summ['span_s']:.0f} s{cores_text(results)}", fontsize=9)
     ax.set_xlabel("seconds since the first task started (red network, orange reconstruction, green quality, "
-                  "grey FSIM references, blue features)")
+                  "grey FSIM references, blue features" + (", brown mask estimates" if any(
+                      t["task"].startswith("estimate masks") for t in tl) else "") + ")")
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
     plt.close(fig)
