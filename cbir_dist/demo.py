@@ -6,7 +6,10 @@ The demo indexes it into a local milvus-lite collection, then queries a few imag
 and damaged by fringe masks at 0.5 Hz and 6 Hz, zero-filled and reconstructed by Telea, prints
 P@1/5/10 (the query's own original excluded from its neighbours) and writes an HTML page of some
 damaged queries: each one intact, damaged and reconstructed, with its top hits before and after
-reconstruction.
+reconstruction. The page opens with one damaged query whose mask the demo does not give: the
+missing region is found in the damaged image itself (the path of ``--detect-mask``), shown in red,
+and the query is reconstructed through it and searched (skipped, with the reason on the page, when
+the mask estimator's weights are not installed).
 
 The generated set (:data:`DEMO_CLASSES`) is made so that damage costs precision as it does on
 photos: four palettes (sunset, forest, ocean, night), each in two classes with the same colours and
@@ -158,6 +161,10 @@ class DemoResult:
     n_page_queries: int = 0
     seconds: float = 0.0
     files: dict = field(default_factory=dict)
+    #: the query whose mask was found in it: ``query``, ``found`` and ``true`` missing fractions, ``iou``
+    #: of the found and true missing regions; None when the estimator could not run (``why``: the reason)
+    estimated: dict | None = None
+    why_not_estimated: str = ""
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = None, backbone: str = "mobilenet_v2",
@@ -204,9 +211,9 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
     views = QueryViews(f"damaged: fringe {page_freq:g} Hz, {base.missing_fraction:.0%} missing",
                        f"reconstructed: {page_inpainter}" if page_inpainter else None)
 
-    def observe(r, damaged, rebuilt):
+    def observe(r, result):
         if r.path in shown:
-            views(r, damaged, rebuilt)
+            views(r, result)
 
     page_cols: dict[str, dict] = {}
     rows = []
@@ -226,7 +233,11 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
             p = precision_table(cols)
             label = "intact" if freq is None else ("damaged (zero fill)" if inp == "none" else f"reconstructed ({inp})")
             rows.append({"query": state, "state": label, "p_at_1": p[1], "p_at_5": p[5], "p_at_10": p[10]})
-    entries = _page_entries(page_cols, views, shown, page_inpainter, page_hits)
+        first = next((r for r in queries if r.path in shown and r.status == "ok"), None)
+        found, why_not = (None, "no query to show") if first is None else _found_mask_entry(
+            searcher, replace(base, fringe=page_freq, inpainter=page_inpainter or "none", detect_mask=True), first,
+            str(data), page_hits)
+    entries = ([found[0]] if found else []) + _page_entries(page_cols, views, shown, page_inpainter, page_hits)
     table = {r["query"] + " " + r["state"]: r for r in rows}
     what = "generated set" if images is None else str(images)
     page = write_page(
@@ -235,12 +246,63 @@ def run_demo(out_dir: str | Path = "demo_out", *, images: str | Path | None = No
         summary=[f"{what}: {summary.line()}; {len(files)} queries ({queries_per_class} per class at most), "
                  f"own original excluded; backbone {backbone}",
                  "P@1: " + ", ".join(f"{k} {r['p_at_1']:.1f}" for k, r in table.items()),
+                 (_found_line(found[1]) if found else f"no query with its mask found in it: {why_not}"),
                  f"{len(entries)} queries shown, one or more per class; each row: the top {page_hits} hits of "
                  "the query as searched"])
     seconds = time.perf_counter() - t0
     log.info("demo finished in %.1f s", seconds)
     return DemoResult(rows, summary, page, db, collection, n_queries=len(files), n_page_queries=len(entries),
-                      seconds=seconds, files={f"{s} {i}": str(p) for (s, i), p in written.items()})
+                      seconds=seconds, files={f"{s} {i}": str(p) for (s, i), p in written.items()},
+                      estimated=found[1] if found else None, why_not_estimated=why_not)
+
+
+def _found_mask_entry(searcher, config, record, root: str, page_hits: int) -> tuple[tuple | None, str]:
+    """One query damaged by ``config``'s fringe, its mask found in the damaged image itself (``detect_mask``),
+    reconstructed through it and searched: ``((page entry, facts), "")``, or ``(None, why)`` when the
+    mask estimator cannot run here (its weights are not installed)."""
+    from .damage.hook import DamageConfig, DamageTransform
+    from .errors import WeightsError
+    from .query.page import HitRow, PageEntry, QueryViews
+    from .query.results import by_query
+
+    inp = config.inpainter
+    views = QueryViews(f"damaged: fringe {config.fringe:g} Hz, {config.missing_fraction:.0%} missing, "
+                       "no mask given",
+                       f"reconstructed: {inp} through the region found" if inp != "none" else None, estimated=True)
+    seen = {}
+
+    def observe(r, result):
+        views(r, result)
+        seen["known"] = result.known
+
+    try:
+        cols = searcher.run([record], config, root=root, progress=False, observe=observe)
+    except WeightsError as exc:
+        log.debug("demo: no query with an estimated mask: %s", exc)
+        return None, str(exc)
+    (q,) = by_query(cols)
+    true_known = DamageTransform(DamageConfig(fringe=config.fringe, missing_fraction=config.missing_fraction,
+                                              angle=config.angle, phase=config.phase)).known(record.image, record.path)
+    found = seen.get("known")
+    found_missing = ~found if found is not None else np.zeros_like(true_known)
+    union = (found_missing | ~true_known).sum()
+    facts = {"query": record.path, "found": float(found_missing.mean()), "true": float((~true_known).mean()),
+             "iou": float((found_missing & ~true_known).sum() / union) if union else 1.0, "error": q["error"]}
+    what = f"reconstructed by {inp}" if inp != "none" else "zero-filled"
+    entry = PageEntry(record.path, q["label"], q["error"], views.views.get(record.path, []),
+                      [] if q["error"] else [HitRow(f"top {page_hits} of the query {what} through the missing region "
+                                                    "found in it", q["hits"][:page_hits])],
+                      q["estimated_missing"],
+                      note=f"no mask given: the missing region was found in the damaged image itself (--detect-mask; "
+                           f"{facts['found']:.1%} found where the fringe removed {facts['true']:.1%}, IoU "
+                           f"{facts['iou']:.2f}); the same query with its true mask follows below")
+    return (entry, facts), ""
+
+
+def _found_line(facts: dict) -> str:
+    return (f"first query: damaged at the page's frequency and searched without its mask (--detect-mask): "
+            f"{facts['found']:.1%} found missing where the fringe removed {facts['true']:.1%} "
+            f"(overlap IoU {facts['iou']:.2f})")
 
 
 def _page_entries(page_cols: dict, views, shown: set, page_inpainter: str | None, page_hits: int) -> list:

@@ -104,7 +104,8 @@ def test_searcher_run_leaves_the_records_as_read_and_shows_the_query_as_given(in
     cfg = _cfg(db, k=3, fringe=6.0, inpainter="telea")
     with Searcher(cfg) as searcher:
         first = searcher.run(records, cfg, progress=False,
-                             observe=lambda r, d, rebuilt: seen.setdefault(r.path, (r.image.copy(), d, rebuilt)))
+                             observe=lambda r, result: seen.setdefault(r.path, (r.image.copy(), result.damaged,
+                                                                                result.reconstructed)))
         again = searcher.run(records, cfg, progress=False)
     assert all(np.array_equal(r.image, o) for r, o in zip(records, originals))
     assert first == again

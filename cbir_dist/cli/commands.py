@@ -79,6 +79,15 @@ def cmd_index(args) -> int:
 
     spec = _spec_from_args(args)
     _check_weights(weights=args.weights, weights_override=args.weights_override)
+    from ..damage.hook import DamageConfig, damage_transform
+
+    # with --fringe/--masks: index images with missing regions, reconstructed by --inpainter; with
+    # --detect-mask: reconstructed through the missing region found in each image
+    damage = DamageConfig(fringe=args.fringe, masks_dir=args.masks, missing_fraction=args.missing_fraction,
+                          angle=args.angle, phase=args.phase, inpainter=args.inpainter, root=args.images_dir,
+                          detect_mask=args.detect_mask)
+    if damage.detect_mask:
+        _check_estimator()
     cfg = IndexConfig(
         args.images_dir, db=args.db, collection=args.collection, token=_token(args), run_dir=args.run_dir,
         shard_size=args.shard_size, batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
@@ -86,15 +95,9 @@ def cmd_index(args) -> int:
         index_type=args.index_type, weights_override=args.weights_override, device=args.device,
         save_features=args.save_features, overwrite=args.overwrite, backend=args.backend,
         torch_threads=args.torch_threads, runtime=args.runtime, deep_actors=args.deep_actors, workers=args.workers,
-        deep_resources=dict(args.deep_resource),
+        deep_resources=dict(args.deep_resource), damage=damage.describe() if damage.active else None,
     )
-    from ..damage.hook import DamageConfig, damage_transform
-
-    # with --fringe/--masks: index images with missing regions, reconstructed by --inpainter
-    transform = damage_transform(DamageConfig(fringe=args.fringe, masks_dir=args.masks,
-                                              missing_fraction=args.missing_fraction, angle=args.angle,
-                                              phase=args.phase, inpainter=args.inpainter, root=args.images_dir))
-    summary = run_index(spec, cfg, transform=transform)
+    summary = run_index(spec, cfg, transform=damage_transform(damage))
     print(summary.line())
     if summary.advice:
         print(summary.advice)
@@ -105,15 +108,37 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _check_estimator() -> None:
+    """``--detect-mask``: the mask estimator's weights are there, before the job's work (cheap: no load)."""
+    from ..damage.detect import check_estimator_weights
+
+    check_estimator_weights()
+
+
 def _damage_captions(args) -> tuple[str | None, str | None, str]:
     """Captions of the damaged and reconstructed views and of the hits row, for the query page."""
+    through = " through the missing region found in it" if args.detect_mask else ""
     if args.fringe is None and args.masks is None:
-        return None, None, f"top {args.k}"
+        if not args.detect_mask:
+            return None, None, f"top {args.k}"
+        if args.inpainter == "none":
+            return None, None, f"top {args.k} of the query, the missing region found in it zero-filled"
+        return (None, f"reconstructed: {args.inpainter}{through}",
+                f"top {args.k} of the query reconstructed by {args.inpainter}{through}")
     damaged = (f"damaged: fringe {args.fringe:g} Hz, {args.missing_fraction:.0%} missing" if args.fringe is not None
                else f"damaged: mask from {args.masks}")
     if args.inpainter == "none":
-        return damaged + " (zero fill)", None, f"top {args.k} of the damaged query (zero fill)"
-    return damaged, f"reconstructed: {args.inpainter}", f"top {args.k} of the query reconstructed by {args.inpainter}"
+        return damaged + " (zero fill)", None, f"top {args.k} of the damaged query (zero fill{through})"
+    return (damaged, f"reconstructed: {args.inpainter}{through}",
+            f"top {args.k} of the query reconstructed by {args.inpainter}{through}")
+
+
+def _nothing_found_lines(cols: dict, damaged: bool) -> list[str]:
+    """``--detect-mask``: one line per query in which no missing region was found (not an error)."""
+    from ..query.results import nothing_found
+
+    how = "searched damaged, not reconstructed" if damaged else "searched as it is"
+    return [f"no missing region found in {q}: {how}" for q in nothing_found(cols)]
 
 
 def _check_page_path(path: str) -> None:
@@ -134,10 +159,13 @@ def cmd_query(args) -> int:
         _check_page_path(args.html)
         _writable(args.html, "--html")
     _check_weights(weights_override=args.weights_override)
+    if args.detect_mask:
+        _check_estimator()
     cfg = QueryConfig(
         db=args.db, collection=args.collection, token=_token(args), k=args.k, fringe=args.fringe,
         missing_fraction=args.missing_fraction, angle=args.angle, phase=args.phase, masks_dir=args.masks,
-        inpainter=args.inpainter, exclude_self=args.exclude_self, batch_size=args.batch_size,
+        inpainter=args.inpainter, detect_mask=args.detect_mask, exclude_self=args.exclude_self,
+        batch_size=args.batch_size,
         weights_override=args.weights_override, device=args.device, max_pixels=args.max_pixels,
         max_bytes=args.max_bytes, backend=args.backend, follow_symlinks=args.follow_symlinks, runtime=args.runtime,
     )
@@ -146,8 +174,12 @@ def cmd_query(args) -> int:
     if args.html:
         from ..query.page import QueryViews
 
-        views = QueryViews(damaged, rebuilt)
+        views = QueryViews(damaged, rebuilt, estimated=args.detect_mask)
     cols = run_query(args.queries, cfg, out=args.out, observe=views)
+    from ..io.text import printable
+
+    for line in _nothing_found_lines(cols, damaged is not None) if args.detect_mask else []:
+        print(printable(line), file=sys.stderr, flush=True)
     if not args.out:
         print(format_results(cols))
     queries = list(dict.fromkeys(cols["query"]))
@@ -170,14 +202,16 @@ def cmd_query(args) -> int:
     if args.html:
         from ..query.page import entries_from_results, write_page
 
-        page = write_page(args.html, entries_from_results(cols, views, row_caption),
+        as_it_is = (f"top {args.k} of the query as it is (no missing region found in it)" if damaged is None else
+                    f"top {args.k} of the damaged query, not reconstructed (no missing region found in it)")
+        page = write_page(args.html, entries_from_results(cols, views, row_caption,
+                                                          as_it_is if args.detect_mask else None),
                           title=f"cbir-dist query: {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}",
                           summary=[f"collection {args.collection} in {args.db}; k = {args.k}; "
-                                   + (rebuilt or damaged or "queries intact")
+                                   + (rebuilt or damaged or ("missing region found in each query, zero-filled"
+                                                             if args.detect_mask else "queries intact"))
                                    + ("; own original excluded" if args.exclude_self else ""), *lines])
         lines.append(f"page: {page}")
-    from ..io.text import printable
-
     print("\n".join(printable(line) for line in lines))
     return _failed_status("query", failed, len(queries), ("query", "queries"), "the error column of --out" if args.out else
                           "each failed query's reason above" + (f" and on {args.html}" if args.html else ""))
@@ -209,7 +243,13 @@ def cmd_demo(args) -> int:
                       per_class=args.per_class, queries_per_class=args.queries, runtime=args.runtime)
     print(result.summary.line())
     print(format_table(result.rows))
-    print(f"page: {result.page}   (open it in a browser: {result.n_page_queries} damaged queries and their hits)")
+    found = ("; the first one's mask found in it: "
+             f"{result.estimated['found']:.1%} missing, IoU {result.estimated['iou']:.2f} with the true one"
+             if result.estimated else "")
+    print(f"page: {result.page}   (open it in a browser: {result.n_page_queries} damaged queries and their "
+          f"hits{found})")
+    if not result.estimated:
+        print(f"no query with its mask found in it (--detect-mask): {result.why_not_estimated}", file=sys.stderr)
     print("next: images like one photo, as a page:\n"
           f"  cbir-dist query PHOTO.jpg --db {result.db} --collection {result.collection} -k 5 --html hits.html")
     return 0

@@ -11,6 +11,7 @@ EPILOG = """examples:
   cbir-dist index ./photos --db ./cbir.db --backbone mobilenet_v2   # default backbone: resnet50
   cbir-dist query photo.jpg --db ./cbir.db -k 5 --html hits.html      # images like this one, as a page
   cbir-dist query ./queries --db ./cbir.db --fringe 6 --inpainter telea --exclude-self --out hits.parquet
+  cbir-dist query torn.jpg --db ./cbir.db --detect-mask --inpainter telea --html hits.html   # no mask file
   cbir-dist info --db ./cbir.db --collection images   # spec, rows, index, runs, size on disk
 
 Weights: --weights imagenet uses torchvision's weights API (downloaded once into $TORCH_HOME);
@@ -63,6 +64,9 @@ def _add_damage_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--angle", type=float, default=0.0, help="fringe: orientation in degrees (default 0)")
     p.add_argument("--inpainter", default="none",
                    help=f"reconstruct damaged {what}s with: none (zero fill), telea, ns, biharmonic, two-stage")
+    p.add_argument("--detect-mask", action="store_true",
+                   help="find the missing region in each image itself (no mask file needed) and reconstruct "
+                        "through it; with --fringe/--masks: after that damage")
 
 
 def _int_in(lo: int, hi: int | None = None):
@@ -231,11 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-self", action="store_true",
                    help="drop the query's own original (same content id) from its neighbours")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="write the result table (one row per query and rank) to FILE.parquet, FILE.csv or "
-                        "FILE.jsonl instead of printing it")
+                   help="write the result table (one row per query and rank; with --detect-mask the fraction found "
+                        "missing in estimated_missing) to FILE.parquet, FILE.csv or FILE.jsonl instead of printing it")
     p.add_argument("--html", default=None, metavar="FILE.html",
-                   help="also write a self-contained page: each query (damaged and reconstructed too) and its "
-                        "top-k thumbnails, framed green when the label matches the query's, red when not")
+                   help="also write a self-contained page: each query (damaged and reconstructed too; with "
+                        "--detect-mask the region found missing, in red) and its top-k thumbnails, framed green "
+                        "when the label matches the query's, red when not")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local = one process (the default); ray = decode, damage, inpaint and describe on the Ray "
                         "pipeline (GPU actors when present), search in this process")
@@ -336,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="End-to-end demo in a local milvus-lite collection: index --images DIR (class = "
                                    "parent folder name) or a generated set (8 classes x 12 images), query it intact "
                                    "and damaged by fringe masks at 0.5 and 6 Hz, zero-filled and reconstructed by "
-                                   "Telea, print P@1/5/10 and write an HTML page of damaged queries and their hits. "
-                                   "About a minute on 2 CPU cores.")
+                                   "Telea, print P@1/5/10 and write an HTML page of damaged queries and their hits, "
+                                   "opening with one whose mask is not given but found in it (--detect-mask's path; "
+                                   "when the mask estimator is installed). About a minute on 2 CPU cores.")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="index and query this class-per-folder image set instead of generating one")
     p.add_argument("--out", default="demo_out", help="folder for the images, the collection and results (demo_out)")

@@ -5,7 +5,7 @@ torn-off strip, a picture with blacked-out bands, JPEG-compressed and resized on
 returns its known-pixel mask (bool, True = known, the convention of every mask in the package). It
 runs the shipped network (:mod:`.detect_net`, weights ``cbir_dist/weights/mask_estimator.pt`` with
 provenance beside them, trained by ``cbir-dist train-mask-estimator`` on the inpainter's training
-split), loaded once per process. An undamaged photo comes back all known.
+split; ``$CBIR_MASK_ESTIMATOR_WEIGHTS`` names other weights), loaded once per process. An undamaged photo comes back all known.
 
 The network's probabilities are thresholded at 0.5, then missing regions smaller than
 :data:`MIN_REGION` of the image are dropped (a hole is a band or a stroke, never a speck), so a
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsError
+from ..errors import WeightsError, WeightsNotFoundError
 from ..io.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -384,16 +385,61 @@ def _onnx_session(model, num_threads: int | None, required: bool):
 _ESTIMATOR: MaskEstimator | None = None
 _ESTIMATOR_LOCK = threading.Lock()
 
+#: Environment variable naming the weights :func:`default_estimator` loads instead of the shipped ones.
+WEIGHTS_ENV = "CBIR_MASK_ESTIMATOR_WEIGHTS"
+
+
+def estimator_weights() -> Path:
+    """The weights :func:`default_estimator` loads: ``$CBIR_MASK_ESTIMATOR_WEIGHTS`` when set, else the
+    shipped :data:`DEFAULT_WEIGHTS`.
+
+    Raises :class:`~cbir_dist.errors.WeightsNotFoundError` (exit status 2) when the variable names
+    no file. Cheap (no torch): jobs call it before their first image.
+    """
+    value = os.environ.get(WEIGHTS_ENV)
+    if not value:
+        return DEFAULT_WEIGHTS
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"${WEIGHTS_ENV}={value}: no such file (it names the mask estimator's weights, "
+                                   "a MaskNet state dict with its provenance JSON beside it; unset it to use the "
+                                   "shipped ones)")
+    return path
+
+
+def check_estimator_weights() -> Path:
+    """The weights of :func:`estimator_weights` when the file is there, else
+    :class:`~cbir_dist.errors.WeightsError` saying how to get them (cheap: no torch, no load)."""
+    weights = estimator_weights()
+    if not weights.is_file():
+        raise WeightsError(f"{weights}: mask estimator weights not found (--detect-mask needs them); train them "
+                           f"with `cbir-dist train-mask-estimator --help` and point ${WEIGHTS_ENV} at the .pt file, "
+                           "or reinstall cbir-dist (it ships cbir_dist/weights/mask_estimator.pt)")
+    return weights
+
+
+def estimator_identity() -> dict:
+    """What identifies the estimator :func:`default_estimator` loads, for run records: its weights path
+    and the sha256 its provenance records (None when unreadable). Reads no weights."""
+    weights = estimator_weights()
+    try:
+        sha = read_provenance(weights).get("sha256")
+    except (WeightsError, OSError, ValueError):
+        sha = None
+    return {"weights": str(weights), "sha256": sha}
+
 
 def default_estimator() -> MaskEstimator:
-    """The shipped estimator, loaded once per process, on as many threads as torch uses in it (one in
-    the index workers and Ray tasks, whose torch runs on one thread)."""
+    """The estimator, loaded once per process: the shipped weights, or those ``$CBIR_MASK_ESTIMATOR_WEIGHTS``
+    names (a ``.pt`` state dict of a MaskNet with its provenance JSON beside it: architecture, config,
+    sha256). The variable is read where the step runs: worker processes inherit it from the job. It
+    runs on as many threads as torch uses in the process (one in the index workers and Ray tasks)."""
     global _ESTIMATOR
     with _ESTIMATOR_LOCK:
         if _ESTIMATOR is None:
             import torch
 
-            _ESTIMATOR = load_estimator(num_threads=torch.get_num_threads())
+            _ESTIMATOR = load_estimator(estimator_weights(), num_threads=torch.get_num_threads())
         return _ESTIMATOR
 
 

@@ -76,6 +76,19 @@ class DamageConfig:
     def active(self) -> bool:
         return self.fringe is not None or self.masks_dir is not None or self.detect_mask
 
+    def describe(self) -> dict:
+        """What a job records of its damage step (``stats.json``, a collection's run history): the mask
+        source, the inpainter and, with ``detect_mask``, the estimator's weights and their sha256."""
+        out: dict = {"fringe": self.fringe, "masks": self.masks_dir, "inpainter": self.inpainter,
+                     "detect_mask": self.detect_mask}
+        if self.fringe is not None:
+            out.update(missing_fraction=self.missing_fraction, angle=self.angle, phase=self.phase)
+        if self.detect_mask:
+            from .detect import estimator_identity
+
+            out["mask_estimator"] = estimator_identity()
+        return out
+
 
 def known_mask(shape: tuple[int, ...], path: str, config: DamageConfig) -> np.ndarray | None:
     """The known-pixel mask of one image: a fringe pattern, a file from the masks folder, or None (intact).
@@ -167,6 +180,13 @@ class DamageTransform:
         self._cpu_inpainter()
         if self.network:
             self._network().load()
+        if self.config.detect_mask:
+            self._mask_estimator()
+        return self
+
+    def load_estimator(self) -> "DamageTransform":
+        """Load the mask estimator now (with ``detect_mask``; nothing otherwise), not the inpainter: for a
+        process that only finds the masks (the query job's driver on the Ray backend)."""
         if self.config.detect_mask:
             self._mask_estimator()
         return self

@@ -15,12 +15,19 @@ def run_index(spec: FeatureSpec, config: IndexConfig, *, store=None, transform: 
               processor_factory=None) -> IndexSummary:
     """Index ``config.images_dir`` into the collection on ``config.backend``.
 
-    ``transform`` is the optional damage-and-reconstruct hook (see :data:`.run.ImageTransform`);
+    ``transform`` is the optional damage-and-reconstruct hook (see :data:`.run.ImageTransform`; a
+    :class:`~cbir_dist.damage.hook.DamageTransform` is recorded in ``stats.json`` and the run history
+    as ``config.damage`` when that is not given);
     ``processor_factory`` replaces the local backend's :class:`.local.ShardProcessor` (tests).
     Raises :class:`~cbir_dist.errors.InputError` when there is nothing to index and
     :class:`~cbir_dist.errors.StoreError` when the store fails: a job-level failure. Individual bad
     files never raise; they are counted and listed in ``errors.parquet``.
     """
+    describe = getattr(getattr(transform, "config", None), "describe", None)
+    if config.damage is None and callable(describe):  # a DamageTransform: record what it does
+        from dataclasses import replace
+
+        config = replace(config, damage=describe())
     if config.backend == "ray" and processor_factory is None:
         from .cluster import run_index_ray
 

@@ -94,6 +94,11 @@ class IndexConfig:
     to pin them on tagged nodes). ``max_bytes`` rejects larger files before they are read;
     ``follow_symlinks`` lets symlinks that leave the input folder in. ``workers``: the local
     backend's processes (default: the cores this process may use); see :meth:`processes`.
+    ``damage``: what the run's damage-and-reconstruct hook does, as recorded in ``stats.json`` and the
+    collection's run history (:meth:`cbir_dist.damage.hook.DamageConfig.describe`: mask source,
+    inpainter, and whether the masks were estimated, ``detect_mask``, with the estimator's identity);
+    None: the images were indexed as read. :func:`~cbir_dist.index.run_index` fills it from a
+    :class:`~cbir_dist.damage.hook.DamageTransform` when it is not given.
     """
 
     images_dir: str
@@ -123,6 +128,8 @@ class IndexConfig:
     #: local backend: worker processes computing shards (1: this process alone; None: the cores this
     #: process may use); see :meth:`processes` and .local
     workers: int | None = None
+    #: the damage step as recorded (stats.json, run history); None: images indexed as read
+    damage: Mapping[str, object] | None = None
 
     def __post_init__(self):
         if self.shard_size < 1 or self.batch_size < 1:
@@ -230,9 +237,9 @@ class IndexRun:
             S.write_stats(plan.run_dir / "stats.json", summary, seconds=time.perf_counter() - self.t_start,
                           shards=plan.shards, clock=self.clock, workers=workers, backend=config.backend,
                           collection=config.collection, db=plan.target.uri, spec_dim=self.spec.dim,
-                          processes=self.processes or 1)
+                          processes=self.processes or 1, damage=config.damage)
             plan.store.record_run(S.run_record(summary, run_dir=plan.run_dir, images_dir=config.images_dir,
-                                               backend=config.backend))
+                                               backend=config.backend, damage=config.damage))
             if plan.final_store is not None and rows_written and not n_missing:
                 plan.final_store.replace_with(plan.store)  # --overwrite: the new collection takes the name
                 plan.final_store.flush_and_index()  # loaded and searchable under its name

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -164,10 +164,11 @@ def write_tables(run_dir: Path, shards: Sequence, missing: dict[int, np.ndarray]
 
 def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Sequence, clock: StageClock,
                 workers: WorkerStats, backend: str, collection: str, db: str, spec_dim: int,
-                processes: int = 1) -> None:
-    """``stats.json``: the summary's counts, timings per stage, memory, where each stage ran, and the
+                processes: int = 1, damage: Mapping[str, object] | None = None) -> None:
+    """``stats.json``: the summary's counts, timings per stage, memory, where each stage ran, the
     cores the whole machine kept busy over the run (``cores_busy``, every process on it counted; None
-    off Linux) of the ``cores_available`` to this process."""
+    off Linux) of the ``cores_available`` to this process, and the damage step (``damage``: None
+    when the images were indexed as read; ``damage.detect_mask`` true when their masks were estimated)."""
     peak_mb = peak_rss_mb()
     stats = {
         "files": summary.files,
@@ -201,16 +202,22 @@ def write_stats(path: Path, summary: IndexSummary, *, seconds: float, shards: Se
         "collection": collection,
         "db": db,  # normalised, without credentials
         "spec_dim": spec_dim,
+        "damage": dict(damage) if damage else None,
     }
     write_json(path, stats)
 
 
-def run_record(summary: IndexSummary, *, run_dir: Path, images_dir: str, backend: str) -> dict:
-    """What the collection remembers of this run (``cbir-dist info`` lists them)."""
+def run_record(summary: IndexSummary, *, run_dir: Path, images_dir: str, backend: str,
+               damage: Mapping[str, object] | None = None) -> dict:
+    """What the collection remembers of this run (``cbir-dist info`` lists them); ``damage`` only when
+    the images were damaged or reconstructed (see :func:`write_stats`)."""
     import platform
 
     s = summary
-    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run_dir).resolve()),
-            "images_dir": str(Path(images_dir).resolve()), "host": platform.node(),
-            "backend": backend, "runtime": s.runtime, "files": s.files, "indexed": s.indexed, "missing": s.missing,
-            "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}
+    record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(Path(run_dir).resolve()),
+              "images_dir": str(Path(images_dir).resolve()), "host": platform.node(),
+              "backend": backend, "runtime": s.runtime, "files": s.files, "indexed": s.indexed, "missing": s.missing,
+              "duplicates": s.duplicates, "rejected": s.rejected, "rows_written": s.rows_written}
+    if damage:
+        record["damage"] = dict(damage)
+    return record

@@ -143,8 +143,24 @@ def format_info(facts: dict) -> str:
         lines.append(f"            {r.get('finished', '?')}  {r.get('backend', '?')}@{r.get('host', '?')}  "
                      f"files {r.get('files', '?')}, indexed {r.get('indexed', '?')}, duplicates "
                      f"{r.get('duplicates', '?')}, rejected {r.get('rejected', '?')}  from {r.get('images_dir', '?')}"
-                     + (f"  backbone on {r['runtime']}" if r.get("runtime") else ""))
+                     + (f"  backbone on {r['runtime']}" if r.get("runtime") else "")
+                     + (f"  {_damage_text(r['damage'])}" if isinstance(r.get("damage"), dict) else ""))
     return "\n".join(lines)
+
+
+def _damage_text(damage: dict) -> str:
+    """A run's damage step in a few words: how its images were damaged and reconstructed."""
+    if damage.get("fringe") is not None:
+        source = f"fringe {damage['fringe']:g} Hz"
+    elif damage.get("masks"):
+        source = f"masks from {damage['masks']}"
+    else:
+        source = ""
+    parts = [f"damaged by {source}"] if source else []
+    if damage.get("detect_mask"):
+        parts.append("masks estimated (--detect-mask)")
+    parts.append(f"inpainter {damage.get('inpainter', '?')}")
+    return ", ".join(parts)
 
 
 def info_json(facts: dict) -> str:

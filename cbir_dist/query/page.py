@@ -1,15 +1,18 @@
 """Self-contained HTML pages of query results (``cbir-dist query --html``, the demo's page).
 
 Per query the page shows the query as given, its damaged and reconstructed versions when the query
-was damaged, and one or more rows of its top-k neighbours as thumbnails with rank, distance and
+was damaged, the mask found in it when the mask was estimated (``--detect-mask``: the query as
+given with the pixels found missing painted red, the missing fraction in the caption), and one or
+more rows of its top-k neighbours as thumbnails with rank, distance and
 label, framed green when the neighbour's label equals the query's and red when it does not (grey
 when the query's label, the name of its folder, is no label of any neighbour on the page: a photo
 from ``~/Downloads`` has no class to agree with). A query that could not be run shows its reason. Every image is an
 inline JPEG ``data:`` URI, so the page is one file that can be mailed or opened anywhere.
 
 The markup is meant to be read by programs too: one ``<section class="query">`` per query with
-``data-query``, ``data-label``, ``data-status`` (``ok`` or ``error``) and ``data-hits``; inside it
-``<img class="view" data-view="query|damaged|reconstructed">``, one ``<div class="hits">`` per row
+``data-query``, ``data-label``, ``data-status`` (``ok`` or ``error``), ``data-hits`` and, when its
+mask was estimated, ``data-estimated-missing`` (the fraction found missing); inside it
+``<img class="view" data-view="query|damaged|mask|reconstructed">``, one ``<div class="hits">`` per row
 of neighbours and one ``<img class="hit" data-rank data-label data-distance data-same>`` per
 neighbour; a failed query has ``<p class="error">`` with the reason. Names and paths appear as
 :func:`~cbir_dist.io.text.printable` shows them (control characters and bytes that are not UTF-8 as
@@ -27,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..damage.hook import Damaged
 from ..errors import ImageDecodeError
 from ..io.images import read_image
 from ..io.records import Record
@@ -37,26 +41,56 @@ from ..io.thumbnails import jpeg_data_uri, placeholder
 VIEW_PX = 128  # the query's own thumbnails
 HIT_PX = 112  # the neighbours'
 SAME, OTHER, UNKNOWN = "#2e9d3a", "#d0342c", "#b0b0b0"
+MISSING_RGB = (230, 30, 30)  # the pixels a mask view marks missing
+
+
+def mask_overlay(image: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """``image`` (uint8 grey or RGB) as RGB with the pixels ``known`` marks missing painted red (mostly:
+    what lies under them still shows a little); ``image`` itself as RGB when ``known`` is None."""
+    rgb = np.asarray(image)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    rgb = rgb[..., :3].copy() if rgb.shape[2] >= 3 else np.repeat(rgb[..., :1], 3, axis=2)
+    if known is not None:
+        missing = ~np.asarray(known, bool)
+        rgb[missing] = (0.3 * rgb[missing] + 0.7 * np.array(MISSING_RGB)).astype(np.uint8)
+    return rgb
+
+
+def mask_caption(result: Damaged, damaged: bool = False) -> str:
+    """The mask view's caption: the fraction found missing, or that nothing was found (and so the query
+    was searched as it is, or as damaged when ``damaged``)."""
+    if result.known is None or result.missing_fraction == 0.0:
+        return "no missing region found: searched " + ("as damaged" if damaged else "as it is")
+    return f"missing region found: {result.missing_fraction:.1%} (red)"
 
 
 class QueryViews:
-    """Keeps a thumbnail of each query as given, damaged and reconstructed: an ``observe`` hook of
-    :func:`~cbir_dist.query.search.run_query` (only thumbnails are kept, a few kB per query).
+    """Keeps a thumbnail of each query as given, damaged, its estimated mask and reconstructed: an
+    ``observe`` hook of :func:`~cbir_dist.query.search.run_query` (only thumbnails are kept, a few kB
+    per query).
 
     ``damaged`` and ``reconstructed`` are the captions of those views, None when the queries were
     not damaged (or not reconstructed: ``--inpainter none`` leaves the damaged image as it is).
+    ``estimated``: the masks were found in the queries (``--detect-mask``); a ``mask`` view then
+    shows each (:func:`mask_overlay` on the query as given, :func:`mask_caption`), and a query in
+    which nothing was found has no reconstructed view (it was not reconstructed).
     """
 
-    def __init__(self, damaged: str | None = None, reconstructed: str | None = None, *, size: int = VIEW_PX):
-        self.damaged, self.reconstructed, self.size = damaged, reconstructed, size
+    def __init__(self, damaged: str | None = None, reconstructed: str | None = None, *, estimated: bool = False,
+                 size: int = VIEW_PX):
+        self.damaged, self.reconstructed, self.estimated, self.size = damaged, reconstructed, estimated, size
         self.views: dict[str, list[tuple[str, str, str]]] = {}
 
-    def __call__(self, record: Record, damaged: np.ndarray, reconstructed: np.ndarray) -> None:
+    def __call__(self, record: Record, result: Damaged) -> None:
         views = [("query", "query", jpeg_data_uri(record.image, self.size))]
         if self.damaged:
-            views.append(("damaged", self.damaged, jpeg_data_uri(damaged, self.size)))
-            if self.reconstructed:
-                views.append(("reconstructed", self.reconstructed, jpeg_data_uri(reconstructed, self.size)))
+            views.append(("damaged", self.damaged, jpeg_data_uri(result.damaged, self.size)))
+        if self.estimated:
+            views.append(("mask", mask_caption(result, bool(self.damaged)),
+                          jpeg_data_uri(mask_overlay(record.image, result.known), self.size)))
+        if self.reconstructed and (self.damaged or self.estimated) and not (self.estimated and result.known is None):
+            views.append(("reconstructed", self.reconstructed, jpeg_data_uri(result.reconstructed, self.size)))
         self.views[record.path] = views
 
 
@@ -103,16 +137,22 @@ class PageEntry:
     error: str = ""
     views: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, caption, data URI)
     rows: list[HitRow] = field(default_factory=list)
+    estimated_missing: float | None = None  # the fraction found missing, when the mask was estimated
+    note: str = ""  # a line under the heading: what this entry shows (the demo's found-mask query)
 
 
-def entries_from_results(cols: dict, views: QueryViews | None, caption: str) -> list[PageEntry]:
-    """One entry per query of a result table (failed queries with their reason), one row of hits each."""
+def entries_from_results(cols: dict, views: QueryViews | None, caption: str,
+                         nothing_found: str | None = None) -> list[PageEntry]:
+    """One entry per query of a result table (failed queries with their reason), one row of hits each,
+    captioned ``caption`` (``nothing_found``, when given, for a query whose estimated mask marked nothing
+    missing: it was searched without being reconstructed)."""
     from .results import by_query
 
     out = []
     for q in by_query(cols):
+        row = nothing_found if nothing_found and q.get("estimated_missing") == 0.0 else caption
         out.append(PageEntry(q["query"], q["label"], q["error"], (views.views.get(q["query"], []) if views else []),
-                             [] if q["error"] else [HitRow(caption, q["hits"])]))
+                             [] if q["error"] else [HitRow(row, q["hits"])], q.get("estimated_missing")))
     return out
 
 
@@ -141,11 +181,14 @@ def _hit_html(hit: dict, query_label: str, thumbs: HitThumbnails, classes: set[s
 def _entry_html(n: int, e: PageEntry, thumbs: HitThumbnails, classes: set[str]) -> str:
     status = "error" if e.error else "ok"
     hits = sum(len(r.hits) for r in e.rows)
+    estimated = "" if e.estimated_missing is None else f" data-estimated-missing='{float(e.estimated_missing):.4f}'"
     head = (f"<section class='query {status}' data-query='{_esc(e.query)}' data-label='{_esc(e.label)}' "
-            f"data-status='{status}' data-hits='{hits}'>"
+            f"data-status='{status}' data-hits='{hits}'{estimated}>"
             f"<h2>{n}. {_esc(e.query)}"
             + (f" <span class='qlabel'>label: {_esc(e.label)}</span>" if e.label else "") + "</h2>")
     parts = [head]
+    if e.note:
+        parts.append(f"<p class='note'>{_esc(e.note)}</p>")
     if e.error:
         parts.append(f"<p class='error'>could not be searched: {_esc(e.error)}</p>")
     if e.views:
@@ -181,6 +224,7 @@ figcaption{margin-top:2px;line-height:1.25;overflow:hidden;text-overflow:ellipsi
 .name{color:#777;white-space:nowrap} .problem{color:#d0342c}
 .hits .caption{font-size:12px;color:#555;margin:.5em 0 .2em}
 p.error{color:#d0342c;font-weight:600;margin:.2em 0}
+p.note{font-size:13px;color:#333;margin:.1em 0 .4em}
 """
 
 

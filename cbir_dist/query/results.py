@@ -1,7 +1,11 @@
 """The query job's results: the row table, its files (Parquet, CSV, JSON Lines), P@k, the printed table.
 
 Rows, one per query and rank: ``query, query_id, query_label, rank, id, path, label, distance,
-error`` — a query that could not be run has one row with ``rank`` 0 and the reason in ``error``.
+error, estimated_missing`` — a query that could not be run has one row with ``rank`` 0 and the
+reason in ``error``. ``estimated_missing`` is the fraction of the query's pixels that the mask it was
+reconstructed through marks missing, when that mask was estimated (``--detect-mask``; 0.0 when
+nothing missing was found and the query was searched as it is), and null otherwise (no
+``--detect-mask``, or a query that could not be run).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import numpy as np
 from ..errors import UsageError
 from ..io.tables import check_writable, write_csv, write_jsonl, write_parquet
 
-RESULT_COLUMNS = ("query", "query_id", "query_label", "rank", "id", "path", "label", "distance", "error")
-RESULT_TYPES = {"query_id": "int64", "rank": "int32", "id": "int64", "distance": "float32"}
+RESULT_COLUMNS = ("query", "query_id", "query_label", "rank", "id", "path", "label", "distance", "error",
+                  "estimated_missing")
+RESULT_TYPES = {"query_id": "int64", "rank": "int32", "id": "int64", "distance": "float32",
+                "estimated_missing": "float32"}
 RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
 
 
@@ -62,17 +68,23 @@ def precision_table(cols: dict, ks=(1, 5, 10), *, labels=None) -> dict[int, floa
 
 def by_query(cols: dict) -> list[dict]:
     """The result table grouped per query, in the order of the table: ``{"query", "query_id", "label",
-    "error", "hits": [{"rank", "id", "path", "label", "distance"}, ...]}``."""
+    "error", "estimated_missing", "hits": [{"rank", "id", "path", "label", "distance"}, ...]}``."""
     out: dict[str, dict] = {}
     for row in zip(*(cols[c] for c in RESULT_COLUMNS)):
         r = dict(zip(RESULT_COLUMNS, row))
         q = out.setdefault(r["query"], {"query": r["query"], "query_id": r["query_id"], "label": r["query_label"],
-                                        "error": "", "hits": []})
+                                        "error": "", "estimated_missing": r["estimated_missing"], "hits": []})
         if r["error"]:
             q["error"] = r["error"]
         elif r["rank"] > 0:
             q["hits"].append({k: r[k] for k in ("rank", "id", "path", "label", "distance")})
     return list(out.values())
+
+
+def nothing_found(cols: dict) -> list[str]:
+    """The queries, in table order, whose estimated mask marked nothing missing (``estimated_missing``
+    0.0): searched as they are."""
+    return [q["query"] for q in by_query(cols) if not q["error"] and q["estimated_missing"] == 0.0]
 
 
 def format_results(cols: dict) -> str:
@@ -83,6 +95,9 @@ def format_results(cols: dict) -> str:
     lines = []
     for n, q in enumerate(groups, 1):
         head = f"[{n}/{len(groups)}] {t(q['query'])}" + (f"  (label {t(q['label'])})" if q["label"] else "")
+        if q["estimated_missing"] is not None and not q["error"]:
+            head += (f"  (missing region found: {q['estimated_missing']:.1%})" if q["estimated_missing"] > 0
+                     else "  (no missing region found)")
         if q["error"]:
             lines.append(f"{head}\n  error: {t(q['error'])}")
             continue

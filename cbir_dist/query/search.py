@@ -4,8 +4,16 @@ Queries are image files, folders and glob patterns in any mix (:mod:`.inputs`); 
 reads, describes and searches them one batch at a time, so memory does not grow with their number.
 They are always described with the collection's own FeatureSpec, read from the store, so the
 vectors compared were made the same way. Output rows (one per query and rank):
-``query, query_id, query_label, rank, id, path, label, distance, error`` — a query whose file is bad
-gets one row with ``rank`` 0 and the reason in ``error``.
+``query, query_id, query_label, rank, id, path, label, distance, error, estimated_missing`` — a query
+whose file is bad gets one row with ``rank`` 0 and the reason in ``error``; ``estimated_missing`` is
+the missing fraction of the mask found in the query with ``detect_mask`` (see :mod:`.results`).
+
+With ``detect_mask`` (``--detect-mask``) each query's missing region is found in the query itself
+(:mod:`cbir_dist.damage.detect`; after the ``fringe``/``masks_dir`` damage when one is given) and the
+query is reconstructed through it; a query in which nothing is found missing is searched as it is
+(``estimated_missing`` 0.0). On the Ray backend the workers find the masks they reconstruct
+through, and this process finds each searched query's mask again (the same network) for the
+column and the page.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..damage.hook import DamageConfig, DamageTransform, damage_record, damage_transform
+from ..damage.hook import DamageConfig, Damaged, DamageTransform, damage_record, damage_transform
 from ..errors import InputError, UsageError
 from ..features.spec import FeatureSpec
 from ..io.files import DEFAULT_MAX_BYTES, ImageFile
@@ -47,6 +55,8 @@ class QueryConfig:
     phase: float = 0.0
     masks_dir: str | None = None
     inpainter: str = "none"
+    #: find each query's missing region in the query itself (after the fringe/masks damage, if any)
+    detect_mask: bool = False
     exclude_self: bool = False
     batch_size: int = 32
     weights_override: str | None = None
@@ -76,7 +86,8 @@ class QueryConfig:
     def damage(self, root: str | None = None) -> DamageConfig:
         """The damage-and-reconstruct settings of the queries (paths relative to ``root`` for ``--masks``)."""
         return DamageConfig(fringe=self.fringe, masks_dir=self.masks_dir, missing_fraction=self.missing_fraction,
-                            angle=self.angle, phase=self.phase, inpainter=self.inpainter, root=root)
+                            angle=self.angle, phase=self.phase, inpainter=self.inpainter, root=root,
+                            detect_mask=self.detect_mask)
 
 
 def load_queries(files: Sequence[ImageFile], max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Record]:
@@ -88,14 +99,20 @@ def _new_columns() -> dict[str, list]:
 
 
 def _add_row(cols: dict, rec: Record, rank: int, hit_id: int, path: str, label: str, distance: float,
-             error: str) -> None:
-    for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error)):
+             error: str, missing: float | None = None) -> None:
+    for c, v in zip(RESULT_COLUMNS, (rec.path, rec.id, rec.label, rank, hit_id, path, label, distance, error,
+                                     missing)):
         cols[c].append(v)
 
 
 def _add_error(cols: dict, rec: Record, reason: str) -> None:
-    """A query that could not be run: one row with rank 0 and the reason."""
+    """A query that could not be run: one row with rank 0 and the reason (no estimated fraction)."""
     _add_row(cols, rec, 0, -1, "", "", float("nan"), reason)
+
+
+def _estimated(config: QueryConfig, result: Damaged) -> float | None:
+    """The ``estimated_missing`` of a query: its mask's missing fraction with ``detect_mask``, else None."""
+    return result.missing_fraction if config.detect_mask else None
 
 
 def _damage(config: QueryConfig, paths: Sequence[str], root: str | None,
@@ -113,9 +130,10 @@ def _loaded(damage: DamageTransform | None) -> DamageTransform | None:
     return damage.load() if damage is not None else None
 
 
-#: ``observe(record, damaged, reconstructed)``: called for every query that reaches the search, with
-#: the images it was described from (all three the same array when the query is intact).
-Observer = Callable[[Record, np.ndarray, np.ndarray], None]
+#: ``observe(record, damaged)``: called for every query that reaches the search, with the record as read
+#: and its :class:`~cbir_dist.damage.hook.Damaged` (the damaged image, the reconstruction it was
+#: described from, the mask it was reconstructed through; both images the record's own when intact).
+Observer = Callable[[Record, Damaged], None]
 
 
 class Searcher:
@@ -200,6 +218,7 @@ class Searcher:
     def _run_batch(self, cols: dict, records: Sequence[Record], config: QueryConfig, damage: DamageTransform | None,
                    observe: Observer | None) -> None:
         errors: dict[int, str] = {}
+        missing: dict[int, float | None] = {}
         good, images = [], []
         for i, r in enumerate(records):
             result = damage_record(r, damage) if r.status == OK else None  # the one per-file rule
@@ -207,15 +226,19 @@ class Searcher:
                 errors[i] = r.error
                 continue
             if observe is not None:
-                observe(r, result.damaged, result.reconstructed)
+                observe(r, result)
             images.append(result.reconstructed)
+            missing[i] = _estimated(config, result)
             good.append(i)
         vectors = self.extractor(images) if good else None
-        self._add_results(cols, records, errors, good, vectors, config)
+        self._add_results(cols, records, errors, good, vectors, config, missing)
 
     def _add_results(self, cols: dict, records: Sequence[Record], errors: Mapping[int, str], good: Sequence[int],
-                     vectors: np.ndarray | None, config: QueryConfig) -> None:
-        """Search the vectors of ``records[good]`` and add every record's rows, in the records' order."""
+                     vectors: np.ndarray | None, config: QueryConfig,
+                     missing: Mapping[int, float | None] | None = None) -> None:
+        """Search the vectors of ``records[good]`` and add every record's rows, in the records' order
+        (``missing[i]``: record i's ``estimated_missing``)."""
+        missing = missing or {}
         hits: dict[int, tuple] = {}
         if good:
             ids, dist, paths, labels = search_vectors(self.store, vectors, [records[i].id for i in good], config.k,
@@ -237,11 +260,16 @@ class Searcher:
                                     f"(collection {self.store.collection!r} holds {self.rows} rows)")
                 continue
             for rank in found:
-                _add_row(cols, r, rank + 1, int(ids_q[rank]), paths_q[rank], labels_q[rank], float(dist_q[rank]), "")
+                _add_row(cols, r, rank + 1, int(ids_q[rank]), paths_q[rank], labels_q[rank], float(dist_q[rank]), "",
+                         missing.get(i))
 
     def run_ray(self, files: Sequence[ImageFile], config: QueryConfig | None = None, *,
-                root: str | None = None, roots: Mapping[str, str | None] | None = None) -> dict:
-        """Like :meth:`run`, with decoding, damage, reconstruction and features on the Ray pipeline."""
+                root: str | None = None, roots: Mapping[str, str | None] | None = None,
+                observe: Observer | None = None) -> dict:
+        """Like :meth:`run`, with decoding, damage, reconstruction and features on the Ray pipeline.
+
+        With ``observe`` or ``detect_mask`` the searched queries are then damaged again in this
+        process (:func:`observe_files`): for the page, and for the masks' ``estimated_missing``."""
         from ..distributed.graph import GraphConfig, describe_files
 
         config = config or self.config
@@ -249,26 +277,57 @@ class Searcher:
                            weights_override=config.weights_override, device=config.device, progress=config.progress,
                            runtime=config.runtime)
         transform = _damage(config, [f.path for f in files], root, roots)
+        if transform is not None:
+            transform.load_estimator()  # missing weights fail the job here, not on every worker
         recs, feats = describe_files(self.spec, files, gcfg, transform=transform)
-        cols = _new_columns()
         errors = {i: r.error for i, r in enumerate(recs) if r.status != OK}
         good = [i for i, r in enumerate(recs) if r.status == OK]
-        self._add_results(cols, recs, errors, good, self.spec.fuse(feats) if good else None, config)
+        missing: dict[int, float | None] = {}
+        if good and (observe is not None or config.detect_mask):
+            by_path: dict[str, float | None] = {}
+
+            def seen(r: Record, result: Damaged) -> None:
+                by_path[r.path] = _estimated(config, result)
+                if observe is not None:
+                    observe(r, result)
+
+            observe_files(files, config, seen, root=root, roots=roots, paths={recs[i].path for i in good},
+                          reconstruct=observe is not None)
+            missing = {i: by_path.get(recs[i].path) for i in good}
+        cols = _new_columns()
+        self._add_results(cols, recs, errors, good, self.spec.fuse(feats) if good else None, config, missing)
         return cols
 
 
-def observe_files(files: Sequence[ImageFile], config: QueryConfig, observe: Observer, *,
-                  roots: Mapping[str, str | None] | None = None, paths: set[str] | None = None) -> None:
+def observe_files(files: Sequence[ImageFile], config: QueryConfig, observe: Observer, *, root: str | None = None,
+                  roots: Mapping[str, str | None] | None = None, paths: set[str] | None = None,
+                  reconstruct: bool = True) -> None:
     """Read, damage and reconstruct ``files`` (only ``paths`` when given) one at a time and pass each to
     ``observe``: what the Ray path described, made again in this process (the damage step is
-    deterministic) for a page that shows the queries."""
+    deterministic; a mask the estimator finds, up to the runtime that ran it) for a page that shows
+    the queries. Without ``reconstruct`` only the masks are made (``Damaged.reconstructed`` is then
+    the damaged image): enough for ``estimated_missing``, and no inpainter is loaded."""
     files = [f for f in files if paths is None or f.path in paths]
-    damage = _loaded(_damage(config, [f.path for f in files], None, roots))
+    damage = _damage(config, [f.path for f in files], root, roots)
+    damage = _loaded(damage) if reconstruct else (damage.load_estimator() if damage is not None else None)
     for f in files:
         r = read_record(f, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
-        result = damage_record(r, damage) if r.status == OK else None
+        if r.status != OK:
+            continue
+        result = damage_record(r, damage) if reconstruct else _masked(r, damage)
         if result is not None:  # a failed query's error row came from the search; the page shows that
-            observe(r, result.damaged, result.reconstructed)
+            observe(r, result)
+
+
+def _masked(record: Record, damage: DamageTransform | None) -> Damaged | None:
+    """The mask and the damaged image of one record without reconstructing it (None when that fails)."""
+    if damage is None:
+        return Damaged(record.image, record.image)
+    try:
+        damaged, known = damage.zero_fill(record.image, record.path)
+    except Exception:  # noqa: BLE001 - the search already recorded what the workers made of this file
+        return None
+    return Damaged(damaged, damaged, known)
 
 
 def run_query(queries, config: QueryConfig, *, store=None, out: str | None = None, progress: bool = True,
@@ -279,7 +338,7 @@ def run_query(queries, config: QueryConfig, *, store=None, out: str | None = Non
     :mod:`.inputs`), a :class:`~.inputs.QuerySet`, or a list of :class:`~cbir_dist.io.files.ImageFile`.
     The local backend reads and describes the queries one batch at a time. ``out`` ends in
     ``.parquet``, ``.csv`` or ``.jsonl``. ``observe`` sees every query that reaches the search, with
-    its damaged and reconstructed images (for :mod:`.page`).
+    its :class:`~cbir_dist.damage.hook.Damaged` (damaged and reconstructed images, the mask; for :mod:`.page`).
     """
     if out:
         check_out_path(out)
@@ -287,10 +346,7 @@ def run_query(queries, config: QueryConfig, *, store=None, out: str | None = Non
     searcher = Searcher(config, store=store)
     try:
         if config.backend == "ray":
-            cols = searcher.run_ray(qs.files, roots=qs.roots)
-            if observe is not None:
-                searched = {q for q, e in zip(cols["query"], cols["error"]) if not e}
-                observe_files(qs.files, config, observe, roots=qs.roots, paths=searched)
+            cols = searcher.run_ray(qs.files, roots=qs.roots, observe=observe)
         else:
             cols = searcher.run_files(qs.files, roots=qs.roots, progress=progress, observe=observe)
     finally:
