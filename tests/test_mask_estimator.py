@@ -85,19 +85,20 @@ def test_free_form_holes_are_not_snapped():
         assert detect.snap_stripes(~irregular_mask(128, 128, np.random.default_rng(seed))) is None
 
 
-def test_flat_regions_tell_a_fill_from_texture_and_black_from_blue():
-    img = textured(96, 128)
-    missing = np.zeros((96, 128), bool)
-    missing[10:40, 10:60] = True   # will be black: flat, a fill colour
-    missing[50:90, 10:60] = True   # will be flat blue: flat, not a fill colour
-    missing[10:60, 80:120] = True  # stays textured: not flat
-    img = img.copy()
-    img[10:40, 10:60] = 0
-    img[50:90, 10:60] = (30, 60, 200)
-    flat, fill = detect.flat_regions(missing, img)
-    assert flat[20, 20] and fill[20, 20]
-    assert flat[70, 20] and not fill[70, 20]
-    assert not flat[30, 100] and not fill[30, 100]
+def test_the_fill_is_told_from_a_sky_or_shadow_beside_it():
+    img = textured(96, 128).copy()
+    candidates = np.zeros((96, 128), bool)
+    candidates[:, 10:30] = True    # a black band ...
+    img[:, 10:30] = 0
+    candidates[:40, 30:70] = True  # ... touching a flat blue sky the network also marked
+    img[:40, 30:70] = (30, 60, 200)
+    candidates[60:80, 30:50] = True  # and a textured patch beside it
+    colour = detect.fill_colour(img, candidates)
+    assert (colour == 0).all() and detect.is_fill_colour(colour)
+    kept = detect.filled_regions(candidates, img, colour)
+    assert kept[:, 10:30].all()
+    assert not kept[:40, 40:70].any() and not kept[60:80, 40:50].any()  # beyond the edge's reach
+    assert not detect.is_fill_colour(np.array([30, 60, 200], np.uint8))
 
 
 def test_the_classical_baseline_finds_a_black_band_and_is_fooled_by_shadows():

@@ -5,13 +5,23 @@ torn-off strip, a picture with blacked-out bands, JPEG-compressed and resized on
 returns its known-pixel mask (bool, True = known, the convention of every mask in the package). It
 runs the shipped network (:mod:`.detect_net`, weights ``cbir_dist/weights/mask_estimator.pt`` with
 provenance beside them, trained by ``cbir-dist train-mask-estimator`` on the inpainter's training
-split; ``$CBIR_MASK_ESTIMATOR_WEIGHTS`` names other weights), loaded once per process. An undamaged photo comes back all known.
+split; ``$CBIR_MASK_ESTIMATOR_WEIGHTS`` names other weights), loaded once per process. An
+undamaged photo comes back all known.
 
-The network's probabilities are thresholded at 0.5, then missing regions smaller than
-:data:`MIN_REGION` of the image are dropped (a hole is a band or a stroke, never a speck), so a
-photo with nothing to fill has no invented holes. Photos are padded to a multiple of the network's
-stride; one whose longer side exceeds ``max_side`` is estimated at that size and the mask scaled
-back up.
+The network marks candidate pixels (probability above 0.5; regions under :data:`MIN_REGION` of
+the image dropped: a hole is never a speck). Then what damage makes is kept and the rest dropped:
+
+1. the holes' fill colour is the most common colour of the candidates (:func:`fill_colour`), and only
+   candidates of that colour and their blurred edges remain (:func:`filled_regions`): a shadow or a
+   sky of another colour beside a hole goes;
+2. when the remaining region is straight parallel stripes, it becomes whole stripes
+   (:func:`snap_stripes`): a band across a black background, where the network cannot tell, follows
+   its stripe;
+3. a fill colour other than black or white is taken only as two or more stripes (a fringe mask), so
+   a flat blue sky is never a hole.
+
+Photos are padded to a multiple of the network's stride; one whose longer side exceeds
+``max_side`` is estimated at that size and the mask scaled back up.
 
 :func:`classical_known_mask` is the baseline the network is measured against
 (benchmarks/mask_detection.py): "dark in every channel, opened by 3×3", which cannot tell a hole
@@ -45,12 +55,13 @@ ARCHITECTURE = "MaskNet"
 MIN_REGION = 0.001
 #: Probability above which a pixel is missing.
 THRESHOLD = 0.5
-#: A region's colour is a fill's when every channel's median is at most BLACK or at least WHITE.
+#: A fill colour other than black (every channel at most BLACK) or white (at least WHITE) is taken
+#: only for parallel stripes.
 BLACK, WHITE = 3, 252
-#: :func:`flat_regions`: a hole's inside is within this of its median colour ...
-FLAT_TOLERANCE = 4
-#: ... for at least this share of its pixels.
-FLAT_SHARE = 0.6
+#: :func:`filled_regions`: a hole's pixels are within this of its fill colour (away from its edge).
+FLAT_TOLERANCE = 6
+#: Stripes are taken only when they overlap (IoU) the region they were fitted to at least this much.
+STRIPE_OVERLAP = 0.6
 #: :func:`snap_stripes`: the lines must explain this share of the missing region's variance ...
 STRIPE_EXPLAINED = 0.5
 #: ... and the mean missing share of missing and known lines differ by at least this.
@@ -88,36 +99,36 @@ def drop_small_regions(missing: np.ndarray, min_fraction: float = MIN_REGION) ->
     return keep[labels]
 
 
-def flat_regions(missing: np.ndarray, rgb: np.ndarray, *, tolerance: int = FLAT_TOLERANCE,
-                 share: float = FLAT_SHARE) -> tuple[np.ndarray, np.ndarray]:
-    """``(flat, fill_coloured)``: the pixels of ``missing`` whose connected region is one flat colour,
-    and those of the flat regions whose colour is black or white (a fill's usual colours).
+def fill_colour(rgb: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The colour the holes were filled with: the most common colour among the candidate pixels
+    (in 8-level bins per channel), as the median of the pixels of that bin (uint8 RGB)."""
+    px = rgb[candidates]
+    q = (px // 8).astype(np.int64)
+    key = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
+    mode = int(np.argmax(np.bincount(key, minlength=32 ** 3)))
+    return np.median(px[key == mode], axis=0).astype(np.uint8)
 
-    A hole is filled with one value and stays flat inside after JPEG and resizing (its 8×8 blocks
-    away from the edge keep their one value); a textured or shaded region does not. A region is flat
-    when at least ``share`` of its pixels at least 4 px from its edge lie within ``tolerance`` of its
-    median colour in every channel, or when it is too thin to have such an inside (a thin stroke
-    cannot be judged). Its colour is black when every channel's median is at most
-    :data:`BLACK`, white when at least :data:`WHITE`.
-    """
+
+def filled_regions(candidates: np.ndarray, rgb: np.ndarray, colour: np.ndarray, *,
+                   tolerance: int = FLAT_TOLERANCE, reach: int = 4) -> np.ndarray:
+    """The candidate pixels of one fill: those within ``tolerance`` of ``colour`` in every channel, and
+    the candidates within ``reach`` px of them (a hole's edge, blurred by JPEG and resizing, is not of
+    its fill's colour). A shadow or a sky of another colour next to a hole is not taken with it."""
     import cv2
 
-    if not missing.any():
-        return missing, missing
-    n, labels = cv2.connectedComponents(missing.astype(np.uint8), connectivity=8)
-    inside = cv2.erode(missing.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    flat = np.ones(n, bool)
-    fill = np.zeros(n, bool)
-    flat[0] = False
-    for label in range(1, n):
-        region = labels == label
-        core = region & inside
-        px = rgb[core if core.sum() >= 16 else region].astype(np.int16)
-        median = np.median(px, axis=0)
-        if core.sum() >= 16:
-            flat[label] = (np.abs(px - median) <= tolerance).all(axis=1).mean() >= share
-        fill[label] = bool((median <= BLACK).all() or (median >= WHITE).all())
-    return flat[labels], (flat & fill)[labels]
+    core = candidates & (np.abs(rgb.astype(np.int16) - colour.astype(np.int16)).max(axis=2) <= tolerance)
+    size = 2 * reach + 1
+    return candidates & cv2.dilate(core.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+
+
+def is_fill_colour(colour: np.ndarray) -> bool:
+    """True for black or white (every channel at most :data:`BLACK` or at least :data:`WHITE`)."""
+    return bool((colour <= BLACK).all() or (colour >= WHITE).all())
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def _lines(h: int, w: int, angle: float) -> np.ndarray:
@@ -147,9 +158,9 @@ def _angle_scores(values: np.ndarray, angles: np.ndarray) -> np.ndarray:
     t = np.deg2rad(np.asarray(angles, np.float64))[:, None]
     c, s = np.cos(t), np.sin(t)
     c[np.abs(c) < 1e-9], s[np.abs(s) < 1e-9] = 0.0, 0.0
-    yy, xx = np.mgrid[0:h, 0:w]
-    p = xx.ravel()[None, :] * c + yy.ravel()[None, :] * s
-    lines = np.rint(p - p.min(axis=1, keepdims=True)).astype(np.int64)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    p = xx.ravel()[None, :] * c.astype(np.float32) + yy.ravel()[None, :] * s.astype(np.float32)
+    lines = np.rint(p - p.min(axis=1, keepdims=True)).astype(np.int32)
     width = int(lines.max()) + 1
     flat = (lines + width * np.arange(len(angles))[:, None]).ravel()
     v = np.broadcast_to(values.ravel()[None, :], lines.shape).ravel().astype(np.float64)
@@ -170,18 +181,18 @@ def _angle_scores(values: np.ndarray, angles: np.ndarray) -> np.ndarray:
     return (between / np.maximum(k - 1, 1)) / (within / np.maximum(n - k, 1))
 
 
-def snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED, step: float = 1.5) -> np.ndarray | None:
+def snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED, step: float = 2.0) -> np.ndarray | None:
     """The missing region as whole straight stripes, when it is one (:func:`_snap_stripes`), or None."""
     return _snap_stripes(missing, min_explained=min_explained, step=step)[0]
 
 
 def _snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINED,
-                  step: float = 1.5) -> tuple[np.ndarray | None, int]:
+                  step: float = 2.0) -> tuple[np.ndarray | None, int]:
     """The missing region as whole straight stripes, when it is one: a fringe mask's shape, or None.
 
     Returns the stripes and how many there are, or ``(None, 0)``. The angle at which the missing
-    share is most nearly constant along lines is found on a ≤32 px copy (the best three every
-    ``step`` degrees), then refined by ``step / 6`` on a ≤96 px copy, where 0° or 90° wins when its score (an F
+    share is most nearly constant along lines is found on a ≤32 px copy (the best two every
+    ``step`` degrees), then refined by ``step / 4`` on a ≤64 px copy, where 0° or 90° wins when its score (an F
     statistic) is within :data:`AXIS_PREFERENCE` of the best; each line is then missing when most of it is (Otsu's threshold on the lines' missing shares). The stripes are accepted
     when the lines explain at least ``min_explained`` of the region's variance and the missing and
     known lines are well apart: then pixels the network could not judge — a band crossing a black
@@ -200,10 +211,10 @@ def _snap_stripes(missing: np.ndarray, *, min_explained: float = STRIPE_EXPLAINE
         size = (max(8, round(w * scale)), max(8, round(h * scale)))
         return cv2.resize(missing.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
-    small, medium = shrunk(32), shrunk(96)
+    small, medium = shrunk(32), shrunk(64)
     grid = np.arange(0.0, 180.0, step)
-    top = grid[np.argsort(_angle_scores(small, grid))[-3:]]
-    fine = np.unique(np.concatenate([np.arange(a - step, a + step + 1e-9, step / 6) for a in top] + [[0.0, 90.0]]) % 180.0)
+    top = grid[np.argsort(_angle_scores(small, grid))[-2:]]
+    fine = np.unique(np.concatenate([np.arange(a - step, a + step + 1e-9, step / 4) for a in top] + [[0.0, 90.0]]) % 180.0)
     scores = _angle_scores(medium, fine)
     angle = float(fine[int(np.argmax(scores))])
     axis = max((0.0, 90.0), key=lambda a: scores[np.searchsorted(fine, a)])
@@ -290,19 +301,18 @@ class MaskEstimator:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         rgb = as_rgb(image)
-        missing = drop_small_regions(self.probabilities(rgb) > self.threshold, self.min_region)
-        if not missing.any():
-            return ~missing
-        flat, fill = flat_regions(missing, rgb)
-        # Flat regions of any colour when they form parallel stripes (two or more: a fringe mask);
-        # otherwise only black or white ones (a flat blue sky is not a hole), snapped to stripes
-        # when they are one.
-        stripes, count = _snap_stripes(flat) if self.stripes else (None, 0)
-        if stripes is None or count < 2:
-            stripes, count = _snap_stripes(fill) if self.stripes else (None, 0)
-            if stripes is None:
-                return ~fill
-        return ~stripes
+        candidates = drop_small_regions(self.probabilities(rgb) > self.threshold, self.min_region)
+        if not candidates.any():
+            return ~candidates
+        colour = fill_colour(rgb, candidates)
+        missing = drop_small_regions(filled_regions(candidates, rgb, colour), self.min_region)
+        stripes, count = _snap_stripes(missing) if self.stripes and missing.any() else (None, 0)
+        if stripes is not None and _overlap(stripes, missing) < STRIPE_OVERLAP:
+            stripes, count = None, 0  # the lines do not describe the region: not stripes
+        if is_fill_colour(colour):
+            return ~(missing if stripes is None else stripes)
+        # a flat region of another colour is a hole only as parallel stripes (a flat blue sky is not)
+        return ~stripes if stripes is not None and count >= 2 else np.ones_like(candidates)
 
     def estimate_batch(self, images) -> list[np.ndarray]:
         return [self(im) for im in images]
