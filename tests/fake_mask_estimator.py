@@ -35,9 +35,9 @@ def save_dark_estimator(path: str | Path) -> Path:
         stem1.bias[0] = (DARK_SUM + 0.5) / 127.5 - 3.0  # > 0 for a channel sum up to DARK_SUM
         stem2.weight[0, 0, 1, 1] = 1e4  # passes channel 0 on, scaled: the logit is far from 0 either way
         # every deeper level and the upsampling add zeros; the last decoder block passes channel 0 on
-        last = model.dec[-1]
-        last[0].weight[0, 0, 1, 1] = 1.0
-        last[2].weight[0, 0, 1, 1] = 1.0
+        for layer in model.dec[-1]:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight[0, 0, 1, 1] = 1.0
         model.head.weight[0, 0, 0, 0] = 1.0
         model.head.bias[0] = -1.0  # logit -1 (known) where channel 0 is 0
     torch.save(model.state_dict(), path)
