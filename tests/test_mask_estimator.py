@@ -43,7 +43,7 @@ def random_weights(tmp_path, seed=0):
     torch.manual_seed(seed)
     cfg = MaskTrainConfig(images_dirs=("x",), out=str(tmp_path))
     path = tmp_path / "me.pt"
-    export(build_model().eval(), path, cfg, 0, {}, 0)
+    export(build_model(cfg.model_config).eval(), path, cfg, 0, {}, 0)
     return path
 
 

@@ -49,11 +49,12 @@ class MaskTrainConfig:
 
     images_dirs: tuple[str, ...]
     out: str
-    model_config: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 48, 64], "decoder_convs": 1})
-    steps: int = 2500
+    model_config: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 48, 64], "decoder_convs": 1,
+                                                        "global_context": True})
+    steps: int = 4000
     batch_size: int = 12
     crop_min: int = 128
-    crop_max: int = 224
+    crop_max: int = 256
     lr: float = 2e-3
     seed: int = 0
     fringe_prob: float = 0.7
