@@ -267,7 +267,6 @@ class MaskEstimator:
         self.model, self.max_side, self.threshold, self.min_region = model, int(max_side), threshold, min_region
         self.stripes = stripes
         self.runtime = runtime or ("onnxruntime" if hasattr(model, "run") else "torch")
-        self._lock = threading.Lock()
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         if self.runtime == "onnxruntime":
@@ -300,6 +299,7 @@ class MaskEstimator:
         return prob
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The known-pixel mask of ``image``: the network's candidates, kept as the module's steps say."""
         rgb = as_rgb(image)
         candidates = drop_small_regions(self.probabilities(rgb) > self.threshold, self.min_region)
         if not candidates.any():
