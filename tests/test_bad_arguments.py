@@ -18,6 +18,9 @@ from cbir_dist.demo import make_dataset
 FAST = ["--backbone", "none", "--descriptors", "correlogram"]
 #: evaluate, cut down so that a row the validation lets through still ends in seconds
 EVAL = ["--backend", "local", "--frequencies", "1", "--backbones", "none", "--inpainters", "none", "--ablation"]
+#: train-mask-estimator, cut down likewise
+TRAIN_MASK = ["--steps", "1", "--batch-size", "1", "--crop-min", "32", "--crop-max", "32", "--val-images", "1",
+              "--threads", "1"]
 #: train-inpainter, cut down likewise
 TRAIN = ["--no-ray", "--steps", "1", "--crop-min", "16", "--crop-max", "16", "--batch-size", "1", "--val-every", "0",
          "--snapshot-every", "0"]
@@ -224,6 +227,27 @@ ROWS = [
      "is not under the data root {tmp} (--data-root): give a folder that holds every image directory"),
     ("train-inpainter", "--loss unknown", ["train-inpainter", "{data}", "--out", "{tmp}/tr", "--loss", "l2"],
      "invalid choice: 'l2'"),
+    # train-mask-estimator
+    ("train-mask-estimator", "no such images dir", ["train-mask-estimator", "{tmp}/missing", "--out", "{tmp}/me",
+                                                    *TRAIN_MASK], "no such image directory"),
+    ("train-mask-estimator", "no images in the dir", ["train-mask-estimator", "{empty}", "--out", "{tmp}/me",
+                                                      *TRAIN_MASK], "no image files under {empty}"),
+    ("train-mask-estimator", "--crop-min not a multiple of 16", ["train-mask-estimator", "{data}", "--out", "{tmp}/me",
+                                                                *TRAIN_MASK, "--crop-min", "24"], "multiples of 16"),
+    ("train-mask-estimator", "--steps 0", ["train-mask-estimator", "{data}", "--out", "{tmp}/me", *TRAIN_MASK,
+                                           "--steps", "0"], "steps must be >= 1"),
+    ("train-mask-estimator", "--lr 0", ["train-mask-estimator", "{data}", "--out", "{tmp}/me", *TRAIN_MASK,
+                                        "--lr", "0"], "lr must be > 0"),
+    ("train-mask-estimator", "--threads negative", ["train-mask-estimator", "{data}", "--out", "{tmp}/me", *TRAIN_MASK,
+                                                    "--threads", "-1"], "--threads must be 1 or more"),
+    ("train-mask-estimator", "--weights-out a .json", ["train-mask-estimator", "{data}", "--out", "{tmp}/me",
+                                                       *TRAIN_MASK, "--weights-out", "{tmp}/w.json"],
+     "--weights-out {tmp}/w.json: the provenance is written beside the weights"),
+    ("train-mask-estimator", "--val-split-file of other files", ["train-mask-estimator", "{data}", "--out", "{tmp}/me",
+                                                                 *TRAIN_MASK, "--val-split-file", "{split}"],
+     "listed files are not under"),
+    ("train-mask-estimator", "--out under a file", ["train-mask-estimator", "{data}", "--out", "{txt}/me", *TRAIN_MASK],
+     "--out {txt}/me: {txt} is not a folder"),
 ]
 
 

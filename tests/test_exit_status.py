@@ -75,6 +75,7 @@ def test_index_of_only_bad_files_exits_1_and_leaves_no_collection(tmp_path, caps
     cap = capsys.readouterr()
     assert "indexed 0, duplicates 0, rejected 3" in cap.out
     assert "every one of the 3 file(s) was rejected" in cap.err and "errors.parquet" in cap.err
+    assert "the first: " in cap.err and "not a readable image" in cap.err  # why, without opening the table
     assert "c" not in _collections(db)
 
 

@@ -37,7 +37,7 @@ def test_bytes_that_are_not_utf8_show_as_hex():
 def test_the_query_table_escapes_every_name():
     evil = "d/\x1b]0;x\x07/q\n.png"
     cols = {"query": [evil], "query_id": [1], "query_label": ["\x1b[31m"], "rank": [1], "id": [2],
-            "path": [evil], "label": ["l\rx"], "distance": [0.5], "error": [""]}
+            "path": [evil], "label": ["l\rx"], "distance": [0.5], "error": [""], "estimated_missing": [None]}
     out = format_results(cols)
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert out.count("\n") == 2  # head, column titles, one hit: the name's newline is no line break

@@ -102,10 +102,27 @@ def cmd_index(args) -> int:
     if summary.advice:
         print(summary.advice)
     if summary.planned == 0 and summary.rejected:
+        errors = Path(summary.run_dir) / "errors.parquet"
         print(f"cbir-dist index: error: every one of the {summary.files} file(s) was rejected, nothing was "
-              f"written; the reasons are in {Path(summary.run_dir) / 'errors.parquet'}", file=sys.stderr, flush=True)
+              f"written; the reasons are in {errors}{_first_reason(errors)}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _first_reason(errors: Path) -> str:
+    """``; the first: REASON`` from an index run's ``errors.parquet`` (or "" when unreadable): a user
+    whose every file was rejected learns why without opening the table."""
+    try:
+        import pyarrow.parquet as pq
+
+        reasons = [r for r in pq.read_table(errors, columns=["reason"]).column("reason").to_pylist() if r]
+    except Exception:  # noqa: BLE001 - the table is a hint here; the error line stands without it
+        return ""
+    if not reasons:
+        return ""
+    from ..io.text import printable
+
+    return f"; the first: {printable(reasons[0])}"
 
 
 def _check_estimator() -> None:

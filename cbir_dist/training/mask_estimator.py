@@ -83,6 +83,10 @@ class MaskTrainConfig:
         if self.crop_min % 16 or self.crop_max % 16 or not 32 <= self.crop_min <= self.crop_max:
             raise UsageError(f"crop_min and crop_max must be multiples of 16 (the network's stride) with "
                              f"32 <= crop_min <= crop_max, got {self.crop_min}, {self.crop_max}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.num_threads is not None and self.num_threads < 0:
+            raise UsageError(f"--threads must be 1 or more (or 0: the libraries' own choice), got {self.num_threads}")
         for name in ("fringe_prob", "intact_prob", "resize_prob", "jpeg_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -353,6 +357,9 @@ def add_arguments(p) -> None:
 
 
 def run_from_args(args) -> dict:
+    if args.weights_out and Path(args.weights_out).suffix.lower() == ".json":  # before the training, not after
+        raise UsageError(f"--weights-out {args.weights_out}: the provenance is written beside the weights as "
+                         f"{Path(args.weights_out).with_suffix('.json').name}; name the weights file e.g. mask_estimator.pt")
     for d in args.images_dirs:
         if not Path(d).is_dir():
             raise InputError(f"{d}: no such image directory (expected class-per-folder images)")
