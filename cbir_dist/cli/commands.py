@@ -112,17 +112,11 @@ def cmd_index(args) -> int:
 def _first_reason(errors: Path) -> str:
     """``; the first: REASON`` from an index run's ``errors.parquet`` (or "" when unreadable): a user
     whose every file was rejected learns why without opening the table."""
-    try:
-        import pyarrow.parquet as pq
-
-        reasons = [r for r in pq.read_table(errors, columns=["reason"]).column("reason").to_pylist() if r]
-    except Exception:  # noqa: BLE001 - the table is a hint here; the error line stands without it
-        return ""
-    if not reasons:
-        return ""
+    from ..index.summary import first_reason
     from ..io.text import printable
 
-    return f"; the first: {printable(reasons[0])}"
+    reason = first_reason(errors)
+    return f"; the first: {printable(reason)}" if reason else ""
 
 
 def _check_estimator() -> None:

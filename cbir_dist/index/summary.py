@@ -121,6 +121,17 @@ class WorkerStats:
     runtimes: set = field(default_factory=set)  # what ran the backbone (the actors' reports)
 
 
+def first_reason(errors_path) -> str | None:
+    """The first reason in a run's ``errors.parquet``, or None when it has none or cannot be read."""
+    try:
+        import pyarrow.parquet as pq
+
+        reasons = pq.read_table(errors_path, columns=["reason"]).column("reason").to_pylist()
+    except Exception:  # noqa: BLE001 - a hint for an error line; the line stands without it
+        return None
+    return next((r for r in reasons if r), None)
+
+
 def read_back(store, planned_ids: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Look up every planned id in the store; returns shard index → the ids that are missing."""
     missing = {}
