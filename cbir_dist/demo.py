@@ -261,6 +261,7 @@ def _found_mask_entry(searcher, config, record, root: str, page_hits: int) -> tu
     reconstructed through it and searched: ``((page entry, facts), "")``, or ``(None, why)`` when the
     mask estimator cannot run here (its weights are not installed)."""
     from .damage.hook import DamageConfig, DamageTransform
+    from .damage.masks import missing_iou
     from .errors import WeightsError
     from .query.page import HitRow, PageEntry, QueryViews
     from .query.results import by_query
@@ -285,9 +286,8 @@ def _found_mask_entry(searcher, config, record, root: str, page_hits: int) -> tu
                                               angle=config.angle, phase=config.phase)).known(record.image, record.path)
     found = seen.get("known")
     found_missing = ~found if found is not None else np.zeros_like(true_known)
-    union = (found_missing | ~true_known).sum()
     facts = {"query": record.path, "found": float(found_missing.mean()), "true": float((~true_known).mean()),
-             "iou": float((found_missing & ~true_known).sum() / union) if union else 1.0, "error": q["error"]}
+             "iou": missing_iou(found, true_known), "error": q["error"]}
     what = f"reconstructed by {inp}" if inp != "none" else "zero-filled"
     entry = PageEntry(record.path, q["label"], q["error"], views.views.get(record.path, []),
                       [] if q["error"] else [HitRow(f"top {page_hits} of the query {what} through the missing region "

@@ -127,8 +127,10 @@ def is_fill_colour(colour: np.ndarray) -> bool:
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+    """IoU of two missing regions (True = missing)."""
+    from .masks import missing_iou
+
+    return missing_iou(~a, ~b)
 
 
 def _lines(h: int, w: int, angle: float) -> np.ndarray:

@@ -367,6 +367,15 @@ def apply_mask(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     return out
 
 
+def missing_iou(estimated: np.ndarray | None, true: np.ndarray) -> float:
+    """IoU of the missing regions of two known-pixel masks (``estimated`` None: nothing found missing);
+    1.0 when neither has a missing pixel."""
+    b = ~np.asarray(true, dtype=bool)
+    a = np.zeros_like(b) if estimated is None else ~np.asarray(estimated, dtype=bool)
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
 def fraction_missing(known: np.ndarray) -> float:
     """Fraction of missing (False) pixels of a known-pixel mask."""
     known = np.asarray(known)

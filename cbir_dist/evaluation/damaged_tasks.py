@@ -61,10 +61,9 @@ def mask_estimator(name: str = "network"):
 def mask_iou(known: np.ndarray, estimated: np.ndarray | None) -> float:
     """IoU of the estimated missing region with the true one (``estimated`` None: nothing found, IoU 0
     unless nothing is missing either, then 1)."""
-    missing = ~np.asarray(known, dtype=bool)
-    found = np.zeros_like(missing) if estimated is None else ~np.asarray(estimated, dtype=bool)
-    union = int(np.count_nonzero(missing | found))
-    return 1.0 if union == 0 else int(np.count_nonzero(missing & found)) / union
+    from ..damage.masks import missing_iou
+
+    return missing_iou(estimated, known)
 
 
 def estimate_masks_task(images: Sequence[np.ndarray], frequency: float, phase: float, missing_fraction: float,

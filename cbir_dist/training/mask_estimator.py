@@ -188,10 +188,10 @@ def validation_cases(val_paths, n_images: int, seed: int = 0) -> list[tuple[str,
 
 
 def iou_missing(estimated_known: np.ndarray, true_known: np.ndarray) -> float:
-    """IoU of the missing regions (1.0 when both are empty)."""
-    a, b = ~np.asarray(estimated_known, bool), ~np.asarray(true_known, bool)
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    """IoU of the missing regions (1.0 when both are empty): :func:`~cbir_dist.damage.masks.missing_iou`."""
+    from ..damage.masks import missing_iou
+
+    return missing_iou(estimated_known, true_known)
 
 
 def validate(estimate, cases) -> dict:
